@@ -1,0 +1,16 @@
+"""sb3_ppo_kl: PPO with the adaptive KL penalty ("PPO1", Schulman et al. 2017) for Stable-Baselines3."""
+
+from sb3_ppo_kl.common.kl import KLCoefController, distribution_params, has_analytic_kl, per_state_kl, sampled_kl
+from sb3_ppo_kl.ppo_kl import PPOKL
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PPOKL",
+    "KLCoefController",
+    "distribution_params",
+    "has_analytic_kl",
+    "per_state_kl",
+    "sampled_kl",
+    "__version__",
+]

@@ -1,0 +1,211 @@
+"""
+The KL-penalty machinery of PPO1, shared by every algorithm in this package.
+
+Schulman et al. (2017), "Proximal Policy Optimization Algorithms", section 4
+(https://arxiv.org/abs/1707.06347): maximise
+
+    E_t[ r_t(theta) * A_t  -  beta * KL[pi_old(.|s_t) || pi_theta(.|s_t)] ]
+
+and adapt beta after each policy update toward a target KL.
+
+This module holds the two pieces an algorithm needs:
+
+- :func:`distribution_params` / :func:`per_state_kl`: the analytic KL per state between the
+  policy that collected the rollout (stored as a parameter tensor) and the current policy,
+  summed over action dimensions. :func:`sampled_kl` is the fallback for distributions
+  without an analytic form.
+- :class:`KLCoefController`: the adaptive coefficient beta.
+"""
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import torch as th
+from stable_baselines3.common.distributions import (
+    BernoulliDistribution,
+    CategoricalDistribution,
+    DiagGaussianDistribution,
+    Distribution,
+    MultiCategoricalDistribution,
+    StateDependentNoiseDistribution,
+)
+from torch.nn import functional as F
+
+# Distributions whose per-state parameters are (mean, std) of independent Gaussians.
+# gSDE's distribution is a diagonal Gaussian per state too (its noise matrix only enters
+# through the variance), and a tanh squashing leaves the KL unchanged.
+_GAUSSIAN = (DiagGaussianDistribution, StateDependentNoiseDistribution)
+# Distributions whose per-state parameters we store as log-probabilities of every outcome.
+_DISCRETE = (CategoricalDistribution, MultiCategoricalDistribution, BernoulliDistribution)
+
+
+def has_analytic_kl(distribution: Distribution) -> bool:
+    """Whether :func:`per_state_kl` has a closed form for this distribution class."""
+    return isinstance(distribution, _GAUSSIAN + _DISCRETE)
+
+
+def distribution_params(distribution: Distribution) -> th.Tensor:
+    """
+    The parameters that determine a batch of action distributions, as one ``(batch, k)`` tensor.
+
+    - Diagonal Gaussian and gSDE: ``[mean, std]``, ``k = 2 * action_dim``.
+    - Categorical: log-probabilities of the ``n`` actions.
+    - MultiCategorical: log-probabilities of every sub-action, concatenated (``k = sum(nvec)``).
+    - Bernoulli: ``[log p, log(1 - p)]`` for every dimension (``k = 2 * n``).
+
+    The result keeps the autograd graph; take it under ``th.no_grad()`` to snapshot a policy.
+    SB3 mutates a policy's distribution object in place on every forward pass, so storing this
+    tensor (not the object) is what makes a snapshot safe.
+
+    :param distribution: an SB3 distribution after ``proba_distribution()`` was called
+    :raises TypeError: for distributions without an analytic KL (see :func:`has_analytic_kl`)
+    """
+    if isinstance(distribution, _GAUSSIAN):
+        normal = distribution.distribution
+        return th.cat([normal.loc, normal.scale], dim=-1)
+    if isinstance(distribution, CategoricalDistribution):
+        return distribution.distribution.logits  # torch normalises logits to log-probabilities
+    if isinstance(distribution, MultiCategoricalDistribution):
+        return th.cat([categorical.logits for categorical in distribution.distribution], dim=-1)
+    if isinstance(distribution, BernoulliDistribution):
+        logits = distribution.distribution.logits
+        return th.cat([F.logsigmoid(logits), F.logsigmoid(-logits)], dim=-1)
+    raise TypeError(f"No analytic KL for {type(distribution).__name__}; use sampled_kl() instead")
+
+
+def per_state_kl(old: th.Tensor | Distribution, new: Distribution) -> th.Tensor:
+    """
+    Analytic ``KL[old(.|s) || new(.|s)]`` for each state of a batch, summed over action dimensions.
+
+    For a diagonal Gaussian with means ``m`` and standard deviations ``s``::
+
+        KL = sum_i  log(s_new/s_old) + (s_old^2 + (m_old - m_new)^2) / (2 s_new^2) - 1/2
+
+    For Categorical, MultiCategorical and Bernoulli, with ``log p`` the log-probability of every
+    outcome (see :func:`distribution_params`)::
+
+        KL = sum_outcomes  p_old * (log p_old - log p_new)
+
+    which is the sum of the KLs of the independent sub-distributions.
+
+    :param old: the old policy's distribution, or its :func:`distribution_params` (typically a
+        stored, detached snapshot)
+    :param new: the current policy's distribution for the same states; gradients flow through it
+    :return: tensor of shape ``(batch,)``
+    """
+    old_params = distribution_params(old) if isinstance(old, Distribution) else old
+    new_params = distribution_params(new)
+    if isinstance(new, _GAUSSIAN):
+        old_mean, old_std = old_params.chunk(2, dim=-1)
+        new_mean, new_std = new_params.chunk(2, dim=-1)
+        kl = th.log(new_std / old_std) + (old_std**2 + (old_mean - new_mean) ** 2) / (2.0 * new_std**2) - 0.5
+        return kl.sum(dim=-1)
+    return (old_params.exp() * (old_params - new_params)).sum(dim=-1)
+
+
+def sampled_kl(old_log_prob: th.Tensor, new_log_prob: th.Tensor) -> th.Tensor:
+    """
+    Sampled estimate of ``KL[old || new]`` from actions drawn from ``old``, per sample.
+
+    This is the non-negative, unbiased "k3" estimator ``(r - 1) - log r`` with
+    ``r = new(a|s) / old(a|s)`` (http://joschu.net/blog/kl-approx.html), the same quantity SB3 PPO
+    logs as ``approx_kl``. It is the fallback for distributions without an analytic KL.
+
+    :param old_log_prob: log-probability of the rollout's actions under the old policy
+    :param new_log_prob: log-probability of the same actions under the current policy
+    :return: tensor of the same shape as the inputs
+    """
+    log_ratio = new_log_prob - old_log_prob
+    return th.expm1(log_ratio) - log_ratio
+
+
+def _check_float(name: str, value: float, valid: str, ok: bool) -> None:
+    if not (isinstance(value, numbers.Real) and math.isfinite(value) and ok):
+        raise ValueError(f"`{name}` must be {valid}, got {value!r}")
+
+
+class KLCoefController:
+    """
+    The adaptive KL coefficient beta of PPO1 (Schulman et al. 2017, section 4,
+    https://arxiv.org/abs/1707.06347).
+
+    After each policy update, with ``d`` the mean KL between the policy before and after it:
+
+    - if ``d < kl_target / kl_tolerance``: ``beta <- beta / kl_adapt_factor``
+    - if ``d > kl_target * kl_tolerance``: ``beta <- beta * kl_adapt_factor``
+    - otherwise beta stays; the result is clamped to ``kl_coef_bounds``.
+
+    With ``adaptive_kl=False`` beta never changes (the paper's "fixed KL" setting).
+
+    :param kl_coef: initial beta, dimensionless, ``>= 0``. Default 1.0 (the paper's start value).
+    :param kl_target: target KL ``d_targ`` in nats per state, ``> 0``. Default 0.01.
+    :param adaptive_kl: adapt beta (True, default) or keep it fixed (False).
+    :param kl_tolerance: the band around ``kl_target`` where beta is left alone, ``> 1``.
+        Default 1.5 (the paper's).
+    :param kl_adapt_factor: factor by which beta is multiplied or divided, ``> 1``. Default 2.0
+        (the paper's).
+    :param kl_coef_bounds: ``(low, high)`` with ``0 <= low <= high``: adapted values of beta are
+        clamped to this range so that beta can neither vanish nor overflow. Default
+        ``(1e-4, 1e4)``: 13 halvings or doublings away from the paper's start value of 1, wider
+        than beta travels in normal training. When ``adaptive_kl`` is True the initial
+        ``kl_coef`` must lie inside the bounds.
+    """
+
+    def __init__(
+        self,
+        kl_coef: float = 1.0,
+        kl_target: float = 0.01,
+        adaptive_kl: bool = True,
+        kl_tolerance: float = 1.5,
+        kl_adapt_factor: float = 2.0,
+        kl_coef_bounds: Sequence[float] = (1e-4, 1e4),
+    ):
+        _check_float("kl_coef", kl_coef, "a finite number >= 0", kl_coef >= 0)
+        _check_float("kl_target", kl_target, "a finite number > 0", kl_target > 0)
+        _check_float("kl_tolerance", kl_tolerance, "a finite number > 1", kl_tolerance > 1)
+        _check_float("kl_adapt_factor", kl_adapt_factor, "a finite number > 1", kl_adapt_factor > 1)
+        bounds = tuple(kl_coef_bounds)
+        if not (
+            len(bounds) == 2
+            and all(isinstance(b, numbers.Real) and not math.isnan(b) for b in bounds)
+            and 0 <= bounds[0] <= bounds[1]
+        ):
+            raise ValueError(f"`kl_coef_bounds` must be a pair (low, high) with 0 <= low <= high, got {kl_coef_bounds!r}")
+        low, high = float(bounds[0]), float(bounds[1])
+        if adaptive_kl and not low <= kl_coef <= high:
+            raise ValueError(
+                f"`kl_coef` (the initial beta) must lie within kl_coef_bounds=[{low}, {high}] when adaptive_kl=True, "
+                f"got {kl_coef}"
+            )
+        self.kl_coef = float(kl_coef)
+        self.kl_target = float(kl_target)
+        self.adaptive_kl = bool(adaptive_kl)
+        self.kl_tolerance = float(kl_tolerance)
+        self.kl_adapt_factor = float(kl_adapt_factor)
+        self.kl_coef_bounds = (low, high)
+
+    def update(self, kl: float) -> float:
+        """
+        Adapt beta to the KL measured over the last policy update.
+
+        :param kl: ``d``, the mean KL between the policy before and after the update (nats)
+        :return: the new beta, also stored in ``self.kl_coef``
+        """
+        if not math.isfinite(kl):
+            raise ValueError(f"the measured KL must be finite, got {kl}")
+        if self.adaptive_kl:
+            if kl < self.kl_target / self.kl_tolerance:
+                self.kl_coef /= self.kl_adapt_factor
+            elif kl > self.kl_target * self.kl_tolerance:
+                self.kl_coef *= self.kl_adapt_factor
+            low, high = self.kl_coef_bounds
+            self.kl_coef = min(max(self.kl_coef, low), high)
+        return self.kl_coef
+
+    def __repr__(self) -> str:
+        return (
+            f"KLCoefController(kl_coef={self.kl_coef}, kl_target={self.kl_target}, adaptive_kl={self.adaptive_kl}, "
+            f"kl_tolerance={self.kl_tolerance}, kl_adapt_factor={self.kl_adapt_factor}, "
+            f"kl_coef_bounds={self.kl_coef_bounds})"
+        )

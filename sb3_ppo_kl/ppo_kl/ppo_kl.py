@@ -1,0 +1,433 @@
+from collections.abc import Sequence
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, BasePolicy, MultiInputActorCriticPolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.utils import FloatSchedule, explained_variance
+from torch.nn import functional as F
+
+from sb3_ppo_kl.common.buffers import KLBufferMixin, KLDictRolloutBuffer, KLRolloutBatch, KLRolloutBuffer
+from sb3_ppo_kl.common.kl import KLCoefController, distribution_params, has_analytic_kl, per_state_kl, sampled_kl
+
+SelfPPOKL = TypeVar("SelfPPOKL", bound="PPOKL")
+
+# Samples per forward pass when the whole rollout is evaluated (old-policy snapshot, KL after the update).
+FULL_PASS_BATCH_SIZE = 4096
+
+
+class PPOKL(OnPolicyAlgorithm):
+    """
+    Proximal Policy Optimization with an adaptive KL penalty ("PPO1").
+
+    Paper: Schulman et al. (2017), "Proximal Policy Optimization Algorithms", section 4,
+    https://arxiv.org/abs/1707.06347
+
+    The loss minimised on every minibatch is::
+
+        ratio   = pi_theta(a|s) / pi_old(a|s)
+        loss    = -(ratio * A).mean()                                  # importance-sampled surrogate
+                  + kl_coef * KL[pi_old(.|s) || pi_theta(.|s)].mean()  # the KL penalty, beta = kl_coef
+                  + vf_coef * value_loss - ent_coef * entropy
+
+    ``pi_old`` is the policy that collected the rollout; its action distribution is stored once per
+    update for every sample, and the KL is analytic per state (summed over action dimensions) for
+    every SB3 action distribution. After all epochs, ``d`` = the mean KL over the rollout between the
+    policy before and after the update adapts beta (see :class:`~sb3_ppo_kl.KLCoefController`):
+    divided by ``kl_adapt_factor`` when ``d < kl_target / kl_tolerance``, multiplied when
+    ``d > kl_target * kl_tolerance``, clamped to ``kl_coef_bounds``. ``model.kl_coef`` is always
+    the current beta; it is saved and loaded with the model.
+
+    :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy)
+    :param env: The environment to learn from (if registered in Gym, can be str)
+    :param learning_rate: Adam step size, a float or a schedule of the progress remaining (1 to 0).
+        Default 3e-4.
+    :param n_steps: Steps per environment per update; the rollout has ``n_steps * n_envs`` samples.
+        Default 2048.
+    :param batch_size: Minibatch size, ``2 <= batch_size <= n_steps * n_envs``. Default 64.
+    :param n_epochs: Passes over the rollout per update. Default 10.
+    :param gamma: Discount factor. Default 0.99.
+    :param gae_lambda: GAE lambda. Default 0.95.
+    :param kl_target: Target KL ``d_targ`` between consecutive policies, nats per state, ``> 0``.
+        Default 0.01.
+    :param kl_coef: Initial KL coefficient beta, ``>= 0``. Default 1.0.
+    :param adaptive_kl: Adapt beta toward ``kl_target`` after every update (True, default), or keep
+        ``kl_coef`` fixed (False, the paper's "fixed KL").
+    :param kl_tolerance: Beta is left alone while ``kl_target / kl_tolerance <= d <= kl_target * kl_tolerance``,
+        ``> 1``. Default 1.5.
+    :param kl_adapt_factor: Factor by which beta is multiplied or divided, ``> 1``. Default 2.0.
+    :param kl_coef_bounds: ``(low, high)``, ``0 <= low <= high``: adapted beta is clamped to this range.
+        Default ``(1e-4, 1e4)``.
+    :param clip_range: None (default) for pure PPO1. A float or schedule adds PPO2's ratio clipping on
+        top of the penalty (as RLlib does).
+    :param clip_range_vf: Clipping of the value function update, as in SB3 PPO. None (default): no clipping.
+        IMPORTANT: this clipping depends on the reward scaling.
+    :param normalize_advantage: Normalise advantages per minibatch. Default True.
+    :param ent_coef: Entropy coefficient. Default 0.0.
+    :param vf_coef: Value function coefficient. Default 0.5.
+    :param max_grad_norm: Maximum gradient norm. Default 0.5.
+    :param use_sde: Use generalized State Dependent Exploration (gSDE). Default False.
+    :param sde_sample_freq: Sample a new gSDE noise matrix every n steps; -1 (default): once per rollout.
+    :param rollout_buffer_class: Rollout buffer class; must mix in
+        :class:`~sb3_ppo_kl.common.buffers.KLBufferMixin`. None (default) picks
+        :class:`~sb3_ppo_kl.common.buffers.KLRolloutBuffer` or ``KLDictRolloutBuffer``.
+    :param rollout_buffer_kwargs: Keyword arguments for the rollout buffer.
+    :param target_kl: SB3's optional early stop: stop the epochs of an update when the sampled KL
+        estimate of a minibatch exceeds ``1.5 * target_kl``. Default None (never). Independent of
+        ``kl_target``.
+    :param stats_window_size: Episodes averaged for the rollout logs. Default 100.
+    :param tensorboard_log: TensorBoard log directory (None: no TensorBoard).
+    :param policy_kwargs: Additional arguments for the policy.
+    :param verbose: 0 silent, 1 info, 2 debug.
+    :param seed: Seed for the pseudo random generators.
+    :param device: Device (cpu, cuda, auto).
+    :param _init_setup_model: Whether to build the network at the creation of the instance.
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": ActorCriticPolicy,
+        "CnnPolicy": ActorCriticCnnPolicy,
+        "MultiInputPolicy": MultiInputActorCriticPolicy,
+    }
+    supported_action_spaces: ClassVar[tuple[type[spaces.Space], ...]] = (
+        spaces.Box,
+        spaces.Discrete,
+        spaces.MultiDiscrete,
+        spaces.MultiBinary,
+    )
+    rollout_buffer: KLBufferMixin  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        policy: str | type[ActorCriticPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 3e-4,
+        n_steps: int = 2048,
+        batch_size: int = 64,
+        n_epochs: int = 10,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        kl_target: float = 0.01,
+        kl_coef: float = 1.0,
+        adaptive_kl: bool = True,
+        kl_tolerance: float = 1.5,
+        kl_adapt_factor: float = 2.0,
+        kl_coef_bounds: Sequence[float] = (1e-4, 1e4),
+        clip_range: float | Schedule | None = None,
+        clip_range_vf: float | Schedule | None = None,
+        normalize_advantage: bool = True,
+        ent_coef: float = 0.0,
+        vf_coef: float = 0.5,
+        max_grad_norm: float = 0.5,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        rollout_buffer_class: type[RolloutBuffer] | None = None,
+        rollout_buffer_kwargs: dict[str, Any] | None = None,
+        target_kl: float | None = None,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+    ):
+        # Every check runs before an environment is made or a network built.
+        self.kl_controller = KLCoefController(
+            kl_coef=kl_coef,
+            kl_target=kl_target,
+            adaptive_kl=adaptive_kl,
+            kl_tolerance=kl_tolerance,
+            kl_adapt_factor=kl_adapt_factor,
+            kl_coef_bounds=kl_coef_bounds,
+        )
+        _check_hyperparameters(n_steps, batch_size, n_epochs, normalize_advantage, clip_range, clip_range_vf, target_kl)
+        if rollout_buffer_class is not None and not issubclass(rollout_buffer_class, KLBufferMixin):
+            raise ValueError(
+                f"`rollout_buffer_class` must mix in sb3_ppo_kl.common.buffers.KLBufferMixin, got {rollout_buffer_class.__name__}"
+            )
+
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            ent_coef=ent_coef,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            rollout_buffer_class=rollout_buffer_class,
+            rollout_buffer_kwargs=rollout_buffer_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            device=device,
+            seed=seed,
+            _init_setup_model=False,
+        )
+
+        if self.env is not None:
+            if not isinstance(self.action_space, self.supported_action_spaces):
+                raise ValueError(
+                    f"{type(self).__name__} does not support the action space {self.action_space}; "
+                    f"supported: {', '.join(space.__name__ for space in self.supported_action_spaces)}"
+                )
+            rollout_size = self.n_steps * self.env.num_envs
+            if batch_size > rollout_size:
+                raise ValueError(
+                    f"`batch_size` must be <= n_steps * n_envs = {self.n_steps} * {self.env.num_envs} = {rollout_size}, "
+                    f"got {batch_size}"
+                )
+
+        self.batch_size = batch_size
+        self.n_epochs = n_epochs
+        self.clip_range = clip_range
+        self.clip_range_vf = clip_range_vf
+        self.normalize_advantage = normalize_advantage
+        self.target_kl = target_kl
+
+        if _init_setup_model:
+            self._setup_model()
+
+    @property
+    def kl_coef(self) -> float:
+        """The current KL coefficient beta (the value the next update uses)."""
+        return self.kl_controller.kl_coef
+
+    @kl_coef.setter
+    def kl_coef(self, value: float) -> None:
+        if not value >= 0:
+            raise ValueError(f"`kl_coef` must be >= 0, got {value}")
+        self.kl_controller.kl_coef = float(value)
+
+    def _setup_model(self) -> None:
+        # Rebuilds what load() does not restore. The KL controller (beta) is restored with __dict__
+        # and must not be touched here.
+        if self.rollout_buffer_class is None:
+            self.rollout_buffer_class = KLDictRolloutBuffer if isinstance(self.observation_space, spaces.Dict) else KLRolloutBuffer
+        super()._setup_model()
+
+        if self.clip_range is not None:
+            self.clip_range = FloatSchedule(self.clip_range)
+        if self.clip_range_vf is not None:
+            self.clip_range_vf = FloatSchedule(self.clip_range_vf)
+
+    def _evaluate_actions(self, rollout_data: Any) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
+        """
+        Values, log-probabilities and entropy of the rollout's actions under the current policy.
+
+        As a side effect ``self.policy.action_dist`` holds the action distribution of these states:
+        SB3 policies fill that object in place on every forward pass. Variants whose policies take
+        more inputs (action masks, LSTM states) override this method only.
+        """
+        actions = rollout_data.actions
+        if isinstance(self.action_space, spaces.Discrete):
+            actions = actions.long().flatten()
+        return self.policy.evaluate_actions(rollout_data.observations, actions)
+
+    def _kl_to_old(self, batch: KLRolloutBatch, log_prob: th.Tensor) -> th.Tensor:
+        """Per-sample ``KL[pi_old || pi_theta]`` for a batch just passed through :meth:`_evaluate_actions`."""
+        if batch.old_dist_params is not None:
+            return per_state_kl(batch.old_dist_params, self.policy.action_dist)
+        return sampled_kl(batch.data.old_log_prob, log_prob)
+
+    def _snapshot_rollout_policy(self) -> None:
+        """Store the rollout policy's action distribution for every sample, in one pass without gradients."""
+        self.rollout_buffer.old_dist_params = None
+        if not has_analytic_kl(self.policy.action_dist):
+            return  # the sampled KL needs only the rollout's log-probabilities, already stored
+        params, indices = [], []
+        with th.no_grad():
+            for batch in self.rollout_buffer.get(FULL_PASS_BATCH_SIZE):  # type: ignore[attr-defined]
+                self._evaluate_actions(batch.data)
+                params.append(distribution_params(self.policy.action_dist))
+                indices.append(batch.indices)
+        flat = th.cat(params)
+        snapshot = th.empty_like(flat)
+        snapshot[th.as_tensor(np.concatenate(indices), device=flat.device)] = flat
+        self.rollout_buffer.old_dist_params = snapshot
+
+    def _rollout_kl(self) -> float:
+        """``d``: the mean KL over the whole rollout between the rollout policy and the current policy."""
+        total, count = 0.0, 0
+        with th.no_grad():
+            for batch in self.rollout_buffer.get(FULL_PASS_BATCH_SIZE):  # type: ignore[attr-defined]
+                _, log_prob, _ = self._evaluate_actions(batch.data)
+                kl = self._kl_to_old(batch, log_prob)
+                total += kl.sum().item()
+                count += kl.numel()
+        return total / count
+
+    def train(self) -> None:
+        """
+        Update policy using the currently gathered rollout buffer, then adapt beta.
+        """
+        # The rollout policy is evaluated in the mode it acted in (affects batch norm / dropout)
+        self.policy.set_training_mode(False)
+        self._snapshot_rollout_policy()
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        clip_range = None if self.clip_range is None else self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
+        if self.clip_range_vf is not None:
+            clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
+        kl_coef = self.kl_coef  # beta is constant within an update and adapted after it
+
+        entropy_losses, pg_losses, value_losses, kl_divs, kl_penalties, clip_fractions = [], [], [], [], [], []
+        continue_training = True
+        for epoch in range(self.n_epochs):
+            approx_kl_divs = []
+            for minibatch, batch in enumerate(self.rollout_buffer.get(self.batch_size)):  # type: ignore[attr-defined]
+                rollout_data = batch.data
+                values, log_prob, entropy = self._evaluate_actions(rollout_data)
+                values = values.flatten()
+                advantages = rollout_data.advantages
+                # Normalization does not make sense if mini batchsize == 1
+                if self.normalize_advantage and len(advantages) > 1:
+                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+                # Importance-sampled surrogate, r * A; optionally clipped as in PPO2
+                ratio = th.exp(log_prob - rollout_data.old_log_prob)
+                surrogate = advantages * ratio
+                if clip_range is not None:
+                    surrogate = th.min(surrogate, advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range))
+                    clip_fractions.append(th.mean((th.abs(ratio - 1) > clip_range).float()).item())
+                policy_loss = -surrogate.mean()
+
+                # The KL penalty: beta * KL[pi_old(.|s) || pi_theta(.|s)], averaged over states
+                kl_div = self._kl_to_old(batch, log_prob).mean()
+                kl_penalty = kl_coef * kl_div
+
+                if self.clip_range_vf is None:
+                    values_pred = values
+                else:
+                    # Clip the difference between old and new value (depends on the reward scaling)
+                    values_pred = rollout_data.old_values + th.clamp(values - rollout_data.old_values, -clip_range_vf, clip_range_vf)
+                value_loss = F.mse_loss(rollout_data.returns, values_pred)
+
+                # Entropy loss favours exploration; approximate it when there is no analytical form
+                entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
+
+                loss = policy_loss + kl_penalty + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+
+                pg_losses.append(policy_loss.item())
+                kl_divs.append(kl_div.item())
+                kl_penalties.append(kl_penalty.item())
+                value_losses.append(value_loss.item())
+                entropy_losses.append(entropy_loss.item())
+
+                # SB3's optional early stop on the sampled KL estimate (independent of beta)
+                with th.no_grad():
+                    approx_kl_div = sampled_kl(rollout_data.old_log_prob, log_prob).mean().item()
+                    approx_kl_divs.append(approx_kl_div)
+                if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
+                    continue_training = False
+                    if self.verbose >= 1:
+                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
+                    break
+
+                self.policy.optimizer.zero_grad()
+                loss.backward()
+                grad_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                if not th.isfinite(grad_norm):
+                    self.policy.optimizer.zero_grad(set_to_none=True)
+                    terms = {
+                        "policy loss (ratio * advantage)": policy_loss,
+                        "KL divergence": kl_div,
+                        "value loss": value_loss,
+                        "entropy loss": entropy_loss,
+                    }
+                    bad = [name for name, term in terms.items() if not th.isfinite(term)] or ["gradient norm"]
+                    raise FloatingPointError(
+                        f"{type(self).__name__}: non-finite {', '.join(bad)} in the update after {self.num_timesteps} timesteps "
+                        f"(epoch {epoch + 1}/{self.n_epochs}, minibatch {minibatch + 1}). This step was not applied: the "
+                        "parameters are those of the last finite step and the model can still be saved."
+                    )
+                self.policy.optimizer.step()
+
+            self._n_updates += 1
+            if not continue_training:
+                break
+
+        # Adapt beta to d, the KL between the policy before and after this update, over the whole rollout
+        self.policy.set_training_mode(False)
+        kl_after = self._rollout_kl()
+        if not np.isfinite(kl_after):
+            raise FloatingPointError(
+                f"{type(self).__name__}: the KL between the policies before and after the update after "
+                f"{self.num_timesteps} timesteps is {kl_after}; beta was left at {self.kl_coef}"
+            )
+        self.kl_controller.update(kl_after)
+
+        explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())  # type: ignore[attr-defined]
+
+        # Logs
+        self.logger.record("train/entropy_loss", np.mean(entropy_losses))
+        self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
+        self.logger.record("train/value_loss", np.mean(value_losses))
+        self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
+        self.logger.record("train/loss", loss.item())
+        self.logger.record("train/explained_variance", explained_var)
+        if hasattr(self.policy, "log_std"):
+            self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/kl_coef", self.kl_coef)
+        self.logger.record("train/kl", kl_after)
+        self.logger.record("train/kl_penalty", np.mean(kl_penalties))
+        self.logger.record("train/kl_minibatch", np.mean(kl_divs))
+        if clip_range is not None:
+            self.logger.record("train/clip_fraction", np.mean(clip_fractions))
+            self.logger.record("train/clip_range", clip_range)
+        if self.clip_range_vf is not None:
+            self.logger.record("train/clip_range_vf", clip_range_vf)
+
+    def learn(
+        self: SelfPPOKL,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "PPOKL",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfPPOKL:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
+
+
+def _check_hyperparameters(
+    n_steps: int,
+    batch_size: int,
+    n_epochs: int,
+    normalize_advantage: bool,
+    clip_range: float | Schedule | None,
+    clip_range_vf: float | Schedule | None,
+    target_kl: float | None,
+) -> None:
+    """Raise ValueError, naming the parameter and its valid range, for out-of-range PPO arguments."""
+    if not (isinstance(n_steps, (int, np.integer)) and n_steps >= 1):
+        raise ValueError(f"`n_steps` must be an integer >= 1, got {n_steps!r}")
+    if not (isinstance(n_epochs, (int, np.integer)) and n_epochs >= 1):
+        raise ValueError(f"`n_epochs` must be an integer >= 1, got {n_epochs!r}")
+    min_batch = 2 if normalize_advantage else 1
+    if not (isinstance(batch_size, (int, np.integer)) and batch_size >= min_batch):
+        raise ValueError(
+            f"`batch_size` must be an integer >= {min_batch}"
+            + (" when normalize_advantage=True" if normalize_advantage else "")
+            + f", got {batch_size!r}"
+        )
+    for name, value in (("clip_range", clip_range), ("clip_range_vf", clip_range_vf), ("target_kl", target_kl)):
+        if isinstance(value, (int, float)) and not value > 0:
+            raise ValueError(f"`{name}` must be > 0 (or None to disable it), got {value!r}")
