@@ -7,7 +7,7 @@ clipping; PPOKL uses its defaults (adaptive KL penalty, kl_target=0.01, no clipp
 Each finished run is appended to a CSV; a rerun skips finished runs.
 
     python -m benchmarks.compare_sb3_ppo --workers 2          # run (resumable)
-    python -m benchmarks.compare_sb3_ppo --summary            # print the markdown table
+    python -m benchmarks.compare_sb3_ppo --summary            # print the markdown table, draw the figure
 """
 
 import argparse
@@ -163,6 +163,36 @@ def summary() -> str:
     return "\n".join(lines)
 
 
+def plot(path: Path = RESULTS.with_suffix(".png")) -> None:
+    """Evaluation reward against timesteps: mean and min-max over seeds, one panel per env."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with RESULTS.open() as f:
+        rows = list(csv.DictReader(f))
+    fig, axes = plt.subplots(1, len(SETTINGS), figsize=(5 * len(SETTINGS), 3.6))
+    for ax, env in zip(axes, SETTINGS):
+        for algo, color in zip(ALGOS, ("tab:blue", "tab:red")):
+            curves = [json.loads(r["curve"]) for r in rows if r["env"] == env and r["algo"] == algo]
+            if not curves:
+                continue
+            length = min(len(c) for c in curves)
+            steps = np.array([t for t, _ in curves[0][:length]])
+            rewards = np.array([[r for _, r in c[:length]] for c in curves])
+            label = ("SB3 PPO (clip)" if algo == "ppo" else "PPOKL (defaults)") + f", {len(curves)} seeds"
+            ax.plot(steps, rewards.mean(0), color=color, label=label)
+            ax.fill_between(steps, rewards.min(0), rewards.max(0), color=color, alpha=0.2)
+        ax.axhline(SETTINGS[env][4], color="gray", ls=":", lw=1)
+        ax.set_title(env)
+        ax.set_xlabel("timesteps")
+        ax.set_ylabel("evaluation reward (10 episodes)")
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", nargs="+", default=list(SETTINGS))
@@ -172,5 +202,6 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.summary:
         print(summary())
+        plot()
     else:
         run(args.envs, args.seeds, args.workers)

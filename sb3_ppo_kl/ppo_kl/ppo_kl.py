@@ -319,7 +319,7 @@ class PPOKL(OnPolicyAlgorithm):
 
                 pg_losses.append(policy_loss.item())
                 kl_divs.append(kl_div.item())
-                kl_penalties.append(kl_penalty.item())
+                kl_penalties.append(kl_coef * kl_divs[-1])
                 value_losses.append(value_loss.item())
                 entropy_losses.append(entropy_loss.item())
 
