@@ -4,11 +4,14 @@ evaluate periodically, keep the best model, checkpoint (beta is saved with each 
 and stop once the evaluation reward passes a threshold.
 """
 
+import torch as th
 from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback, EvalCallback, StopTrainingOnRewardThreshold
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_ppo_kl import PPOKL
+
+th.set_num_threads(1)  # small MLPs train fastest on one thread (see README, "Speed")
 
 env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=4, seed=0), gamma=0.9)
 # The evaluation env shares the training statistics (EvalCallback syncs them) but does not update them

@@ -7,10 +7,13 @@ PPOKL on continuous control: Pendulum-v1 with gSDE (RL Zoo's PPO settings), or a
 
 import sys
 
+import torch as th
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from sb3_ppo_kl import PPOKL
+
+th.set_num_threads(1)  # small MLPs train fastest on one thread (see README, "Speed")
 
 env_id = sys.argv[1] if len(sys.argv) > 1 else "Pendulum-v1"
 if env_id == "Pendulum-v1":

@@ -8,6 +8,7 @@ Train PPOKL on a Gymnasium environment, evaluate it, save it and print the mean 
 import argparse
 import ast
 
+import torch as th
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
@@ -32,7 +33,9 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--eval-episodes", type=int, default=20)
     parser.add_argument("--save", default=None, help="where to save the model (default: ppokl_<env>.zip)")
     parser.add_argument("--no-progress-bar", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, fastest for small MLPs)")
     args = parser.parse_args(argv)
+    th.set_num_threads(args.threads)
 
     env = make_vec_env(args.env, n_envs=args.n_envs, seed=args.seed)
     model = PPOKL("MlpPolicy", env, seed=args.seed, verbose=0, **dict(args.param))

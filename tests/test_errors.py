@@ -99,11 +99,11 @@ def test_non_finite_values_stop_training_and_leave_a_saveable_model(tmp_path, wh
 
 
 def test_non_finite_kl_is_named(rollout):
-    """A policy whose std collapsed to ~0 gives a non-finite KL: the step is refused and the KL is named."""
+    """A policy whose std overflowed gives a non-finite KL: the step is refused and the KL is named."""
     model = PPOKL("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=64, n_epochs=1, seed=0)
     rollout(model)
     with th.no_grad():
-        model.policy.log_std.fill_(-100.0)  # std = 4e-44: its square underflows to 0 in float32
+        model.policy.log_std.fill_(100.0)  # std = exp(100) overflows to inf in float32: the KL is inf/inf
     before = [p.clone() for p in model.policy.parameters()]
     with pytest.raises(FloatingPointError, match="non-finite .*KL divergence"):
         model.train()
