@@ -218,3 +218,11 @@ def test_policy_aliases_module():
 
     assert PPOKL.policy_aliases == {"MlpPolicy": MlpPolicy, "CnnPolicy": CnnPolicy, "MultiInputPolicy": MultiInputPolicy}
     assert isinstance(spaces.Box(0, 1), PPOKL.supported_action_spaces)
+
+
+@pytest.mark.parametrize("env_id, module", [("HalfCheetah-v5", "mujoco"), ("LunarLanderContinuous-v3", "Box2D"), ("LunarLander-v3", "Box2D")])
+def test_mujoco_and_box2d_environments(env_id, module):
+    pytest.importorskip(module)
+    model = PPOKL("MlpPolicy", env_id, n_steps=128, batch_size=64, n_epochs=2, policy_kwargs=dict(net_arch=dict(pi=[64, 64], vf=[64, 64])), seed=0)
+    values = _learn_and_check(model, 256)
+    assert values["train/kl"] > 0
