@@ -1,0 +1,109 @@
+"""
+Check the shipped RL Zoo hyperparameters (sb3_ppo_kl/zoo/hyperparams/ppo_kl.yml) by running them.
+
+For each (env, seed): ``python -m sb3_ppo_kl.zoo train`` with the shipped entry and its full
+timestep budget, then ``python -m sb3_ppo_kl.zoo enjoy --deterministic`` for ``--eval-steps``
+steps, as RL Zoo's benchmark does. One CSV row per finished run; a rerun skips finished runs.
+
+    python -m benchmarks.zoo_check --envs CartPole-v1 Pendulum-v1 --seeds 0 1 2
+    python -m benchmarks.zoo_check --summary
+"""
+
+import argparse
+import csv
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from sb3_ppo_kl.zoo import default_config
+
+RESULTS = Path(__file__).parent / "results" / "zoo_check.csv"
+FIELDS = ["algo", "env", "seed", "n_timesteps", "mean_reward", "std_reward", "episodes", "train_seconds"]
+
+# RL Zoo's published PPO scores (benchmark.md of rl-baselines3-zoo; MuJoCo rows are -v3, Box2D -v2)
+ZOO_PPO_SCORE = {
+    "CartPole-v1": 500.0,
+    "Acrobot-v1": -73.506,
+    "MountainCar-v0": -110.423,
+    "MountainCarContinuous-v0": 88.343,
+    "Pendulum-v1": -172.225,
+    "LunarLander-v3": 242.119,
+    "LunarLanderContinuous-v3": 270.863,
+    "BipedalWalker-v3": 213.299,
+    "HalfCheetah-v5": 5819.099,
+    "Hopper-v5": 2410.435,
+    "Walker2d-v5": 3478.798,
+    "Ant-v5": 1327.158,
+    "Swimmer-v5": 281.561,
+}
+
+
+def run_one(algo: str, env: str, seed: int, eval_steps: int) -> dict:
+    with tempfile.TemporaryDirectory() as folder:
+        zoo = [sys.executable, "-m", "sb3_ppo_kl.zoo"]
+        start = time.perf_counter()
+        subprocess.run(
+            [*zoo, "train", "--algo", algo, "--env", env, "-f", folder, "--seed", str(seed), "--num-threads", "1", "--log-interval", "-2"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        train_seconds = time.perf_counter() - start
+        out = subprocess.run(
+            [*zoo, "enjoy", "--algo", algo, "--env", env, "-f", folder, "--no-render", "--deterministic", "-n", str(eval_steps)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    mean, std = map(float, re.search(r"Mean reward: (\S+) \+/- (\S+)", out).groups())
+    episodes = int(re.findall(r"(\d+) Episodes", out)[-1])
+    n_timesteps = int(float(yaml.safe_load(open(default_config(algo)))[env]["n_timesteps"]))
+    return dict(algo=algo, env=env, seed=seed, n_timesteps=n_timesteps, mean_reward=mean, std_reward=std, episodes=episodes,
+                train_seconds=round(train_seconds))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algo", default="ppo_kl")
+    parser.add_argument("--envs", nargs="+", default=[])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--eval-steps", type=int, default=10_000)
+    parser.add_argument("--summary", action="store_true")
+    args = parser.parse_args()
+    rows = list(csv.DictReader(RESULTS.open())) if RESULTS.exists() else []
+    if args.summary:
+        print("| env | budget | PPOKL mean ± std over seeds | seeds | RL Zoo PPO score |")
+        print("|---|---|---|---|---|")
+        for env in yaml.safe_load(open(default_config(args.algo))):
+            sel = [r for r in rows if r["env"] == env and r["algo"] == args.algo]
+            zoo = ZOO_PPO_SCORE.get(env)
+            zoo_text = "n/a" if zoo is None else f"{zoo:g}"
+            if not sel:
+                print(f"| {env} | | not run | | {zoo_text} |")
+                continue
+            scores = np.array([float(r["mean_reward"]) for r in sel])
+            print(f"| {env} | {int(sel[0]['n_timesteps']):,} | {scores.mean():.1f} ± {scores.std():.1f} | {len(sel)} | {zoo_text} |")
+        return
+    done = {(r["algo"], r["env"], int(r["seed"])) for r in rows}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    for env in args.envs:
+        for seed in args.seeds:
+            if (args.algo, env, seed) in done:
+                continue
+            row = run_one(args.algo, env, seed, args.eval_steps)
+            new = not RESULTS.exists()
+            with RESULTS.open("a", newline="") as f:
+                writer = csv.DictWriter(f, FIELDS)
+                if new:
+                    writer.writeheader()
+                writer.writerow(row)
+            print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""
+RL Zoo glue: registers PPOKL (and its variants) in rl_zoo3 and ships their hyperparameters.
+
+rl_zoo3 has no plugin mechanism: algorithms are found in ``rl_zoo3.utils.ALGOS`` and, for
+``-optimize``, in ``rl_zoo3.hyperparams_opt.HYPERPARAMS_SAMPLER`` / ``HYPERPARAMS_CONVERTER``.
+:func:`register` adds our entries to those dictionaries (the same objects rl_zoo3's train and
+enjoy scripts read), as RL Zoo's own guide does for SBX.
+
+    python -m sb3_ppo_kl.zoo train --algo ppo_kl --env CartPole-v1 -f logs/
+    python -m sb3_ppo_kl.zoo enjoy --algo ppo_kl --env CartPole-v1 -f logs/ --no-render
+"""
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+from rl_zoo3 import hyperparams_opt, utils
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+from sb3_ppo_kl.ppo_kl import PPOKL
+
+HYPERPARAMS_DIR = Path(__file__).parent / "hyperparams"
+
+# rl_zoo3 name -> algorithm. Each name has its hyperparameter file HYPERPARAMS_DIR / f"{name}.yml".
+ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo_kl": PPOKL}
+
+
+class _NoneOrClipTrial:
+    """
+    An Optuna trial seen through RL Zoo's PPO sampler, with one change: the ``clip_range``
+    choices gain ``None``, so that pure PPO1 (no clipping) is part of the search space.
+    Everything else is forwarded to the real trial.
+    """
+
+    def __init__(self, trial: optuna.Trial):
+        self._trial = trial
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        if name == "clip_range":
+            choices = [None, *choices]
+        return self._trial.suggest_categorical(name, choices)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._trial, name)
+
+
+def sample_ppo_kl_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
+    """
+    RL Zoo's PPO search space (``rl_zoo3.hyperparams_opt.sample_ppo_params``) with ``clip_range``
+    in {None, 0.1, 0.2, 0.3, 0.4}, plus PPOKL's own parameters:
+
+    - ``kl_target``: log-uniform in [0.001, 0.1]
+    - ``kl_coef`` (initial beta): log-uniform in [0.01, 10]
+    - ``adaptive_kl``: True or False (fixed beta)
+
+    Combinations whose minibatch is larger than the rollout (which PPOKL rejects) are pruned.
+    """
+    hyperparams = hyperparams_opt.sample_ppo_params(_NoneOrClipTrial(trial), n_actions, n_envs, additional_args)  # type: ignore[arg-type]
+    hyperparams["kl_target"] = trial.suggest_float("kl_target", 0.001, 0.1, log=True)
+    hyperparams["kl_coef"] = trial.suggest_float("kl_coef", 0.01, 10.0, log=True)
+    hyperparams["adaptive_kl"] = trial.suggest_categorical("adaptive_kl", [True, False])
+    if hyperparams["batch_size"] > hyperparams["n_steps"] * n_envs:
+        raise optuna.TrialPruned(f"batch_size {hyperparams['batch_size']} > n_steps * n_envs = {hyperparams['n_steps'] * n_envs}")
+    return hyperparams
+
+
+def convert_ppo_kl_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The inverse direction, for ``--trial-id`` / loading a study: Optuna's raw params to PPOKL arguments."""
+    kl_keys = ("kl_target", "kl_coef", "adaptive_kl")
+    hyperparams = hyperparams_opt.convert_onpolicy_params({k: v for k, v in params.items() if k not in kl_keys})
+    hyperparams.update({k: params[k] for k in kl_keys if k in params})
+    return hyperparams
+
+
+def register() -> None:
+    """Make our algorithms known to rl_zoo3 (idempotent)."""
+    for name, algo in ALGOS.items():
+        utils.ALGOS[name] = algo
+        hyperparams_opt.HYPERPARAMS_SAMPLER[name] = sample_ppo_kl_params
+        hyperparams_opt.HYPERPARAMS_CONVERTER[name] = convert_ppo_kl_params
+
+
+def default_config(algo: str) -> str:
+    """Path of our shipped hyperparameter file for ``algo``."""
+    return str(HYPERPARAMS_DIR / f"{algo}.yml")

@@ -1,0 +1,120 @@
+"""RL Zoo integration: train, enjoy, shipped hyperparameters and (distributed) tuning through rl_zoo3 itself."""
+
+import argparse
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("rl_zoo3")
+import optuna  # noqa: E402
+from rl_zoo3.exp_manager import ExperimentManager  # noqa: E402
+
+from sb3_ppo_kl import PPOKL  # noqa: E402
+from sb3_ppo_kl.zoo import default_config, register  # noqa: E402
+
+ZOO = [sys.executable, "-m", "sb3_ppo_kl.zoo"]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def _zoo(*args: str, cwd: Path, timeout: int = 300) -> str:
+    result = subprocess.run([*ZOO, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.parametrize("env_id, steps", [("CartPole-v1", "2000"), ("Pendulum-v1", "4096")])
+def test_train_then_enjoy_round_trip(tmp_path, env_id, steps):
+    out = _zoo("train", "--algo", "ppo_kl", "--env", env_id, "-f", "logs/", "-n", steps, "--num-threads", "1", "--seed", "0", cwd=tmp_path)
+    assert "ppo_kl.yml" in out  # our shipped hyperparameters, not RL Zoo's
+    run = tmp_path / "logs" / "ppo_kl" / f"{env_id}_1"
+    assert (run / f"{env_id}.zip").exists()
+    config = yaml.unsafe_load((run / env_id / "config.yml").read_text())
+    assert dict(config)["kl_target"] == 0.01
+    out = _zoo("enjoy", "--algo", "ppo_kl", "--env", env_id, "-f", "logs/", "--no-render", "-n", "300", cwd=tmp_path)
+    assert "Mean reward" in out or "Atari Episode" in out or "Episode Reward" in out
+
+
+def test_params_reach_the_model_and_console_script(tmp_path):
+    script = Path(sys.executable).parent / "sb3-ppo-kl-zoo"
+    assert script.exists(), "the console script is installed with the package"
+    result = subprocess.run(
+        [str(script), "train", "--algo", "ppo_kl", "--env", "CartPole-v1", "-f", "logs/", "-n", "256", "-params", "kl_target:0.02", "kl_coef:0.5"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = PPOKL.load(tmp_path / "logs" / "ppo_kl" / "CartPole-v1_1" / "CartPole-v1.zip")
+    assert model.kl_controller.kl_target == 0.02
+    assert model.kl_coef in (0.25, 0.5, 1.0)  # started at 0.5, adapted at most once (one update)
+
+
+def test_explicit_conf_file_is_respected(tmp_path):
+    conf = tmp_path / "mine.yml"
+    conf.write_text(yaml.safe_dump({"CartPole-v1": {"policy": "MlpPolicy", "n_timesteps": 1000, "n_steps": 64, "batch_size": 32, "kl_target": 0.05}}))
+    out = _zoo("train", "--algo", "ppo_kl", "--env", "CartPole-v1", "-f", "logs/", "-n", "128", "-conf", str(conf), cwd=tmp_path)
+    assert "mine.yml" in out
+    model = PPOKL.load(tmp_path / "logs" / "ppo_kl" / "CartPole-v1_1" / "CartPole-v1.zip")
+    assert model.kl_controller.kl_target == 0.05 and model.n_steps == 64
+
+
+ENTRIES = list(yaml.safe_load(Path(default_config("ppo_kl")).read_text()))
+
+
+@pytest.mark.parametrize("env_id", ENTRIES)
+def test_every_shipped_entry_constructs_a_model(tmp_path, env_id):
+    register()
+    manager = ExperimentManager(argparse.Namespace(), "ppo_kl", env_id, str(tmp_path), n_timesteps=1, config=default_config("ppo_kl"), verbose=0)
+    model, _ = manager.setup_experiment()
+    assert isinstance(model, PPOKL)
+    assert model.clip_range is None
+    model.env.close()
+
+
+def _optimize_workers(storage: str, study: str, tmp_path: Path, n_workers: int = 2, trials_per_worker: int = 2) -> None:
+    # As in the README's recipe: create the study (and the storage's tables) once, then start the workers;
+    # workers that all create a fresh storage at the same moment race on its schema.
+    optuna.create_study(study_name=study, storage=storage, direction="maximize")
+    args = [
+        "train", "--algo", "ppo_kl", "--env", "CartPole-v1", "-optimize", "--storage", storage, "--study-name", study,
+        "--n-trials", str(trials_per_worker), "-n", "512", "--n-evaluations", "1", "--eval-episodes", "2",
+        "--sampler", "random", "--pruner", "none", "--num-threads", "1", "-params", "n_envs:1", "-f", "logs/",
+    ]  # fmt: skip
+    workers = [
+        subprocess.Popen([*ZOO, *args, "--seed", str(seed)], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for seed in range(n_workers)
+    ]
+    for worker in workers:
+        output, _ = worker.communicate(timeout=600)
+        assert worker.returncode == 0, output[-3000:]
+
+
+def _check_study(storage: str, study_name: str, expected_trials: int) -> None:
+    trials = optuna.load_study(study_name=study_name, storage=storage).trials
+    assert len(trials) == expected_trials
+    for trial in trials:
+        assert trial.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        # PPOKL's own parameters are sampled and recorded with the usual PPO ones
+        assert {"kl_target", "kl_coef", "adaptive_kl", "clip_range", "learning_rate", "n_steps_pow"} <= set(trial.params)
+
+
+def test_distributed_tuning_sqlite(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    _optimize_workers(storage, "ppokl-sqlite", tmp_path)
+    _check_study(storage, "ppokl-sqlite", 4)
+
+
+@pytest.mark.skipif(not os.environ.get("SB3_PPO_KL_POSTGRES_URL"), reason="set SB3_PPO_KL_POSTGRES_URL (.ci/run starts a server)")
+def test_distributed_tuning_postgresql(tmp_path):
+    storage = os.environ["SB3_PPO_KL_POSTGRES_URL"]
+    study = f"ppokl-{uuid.uuid4().hex[:8]}"
+    _optimize_workers(storage, study, tmp_path)
+    _check_study(storage, study, 4)
+    optuna.delete_study(study_name=study, storage=storage)
