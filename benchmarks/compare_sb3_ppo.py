@@ -11,7 +11,6 @@ Each finished run is appended to a CSV; a rerun skips finished runs.
 """
 
 import argparse
-import csv
 import json
 import os
 import time
@@ -19,6 +18,8 @@ from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.common import append_row, read_rows
 
 RESULTS = Path(__file__).parent / "results" / "compare_sb3_ppo.csv"
 FIELDS = [
@@ -121,31 +122,21 @@ def run_one(job: tuple[str, str, int]) -> dict:
 
 
 def _done() -> set[tuple[str, str, int]]:
-    if not RESULTS.exists():
-        return set()
-    with RESULTS.open() as f:
-        return {(row["algo"], row["env"], int(row["seed"])) for row in csv.DictReader(f)}
+    return {(row["algo"], row["env"], int(row["seed"])) for row in read_rows(RESULTS)}
 
 
 def run(envs: list[str], seeds: list[int], workers: int) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     done = _done()
     jobs = [(algo, env, seed) for seed in seeds for env in envs for algo in ALGOS if (algo, env, seed) not in done]
     print(f"{len(jobs)} runs to do ({len(done)} already in {RESULTS})", flush=True)
     with Pool(workers) as pool:
         for row in pool.imap_unordered(run_one, jobs):
-            new = not RESULTS.exists()
-            with RESULTS.open("a", newline="") as f:
-                writer = csv.DictWriter(f, FIELDS)
-                if new:
-                    writer.writeheader()
-                writer.writerow(row)
+            append_row(RESULTS, FIELDS, row)
             print({k: v for k, v in row.items() if k != "curve"}, flush=True)
 
 
 def summary() -> str:
-    with RESULTS.open() as f:
-        rows = list(csv.DictReader(f))
+    rows = read_rows(RESULTS)
     lines = [
         "| env | algorithm | final reward (mean ± std over seeds) | steps to solve, per seed | train seconds (mean) |",
         "|---|---|---|---|---|",
@@ -170,8 +161,7 @@ def plot(path: Path = RESULTS.with_suffix(".png")) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with RESULTS.open() as f:
-        rows = list(csv.DictReader(f))
+    rows = read_rows(RESULTS)
     fig, axes = plt.subplots(1, len(SETTINGS), figsize=(5 * len(SETTINGS), 3.6))
     for ax, env in zip(axes, SETTINGS):
         for algo, color in zip(ALGOS, ("tab:blue", "tab:red")):

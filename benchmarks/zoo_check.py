@@ -10,7 +10,6 @@ steps, as RL Zoo's benchmark does. One CSV row per finished run; a rerun skips f
 """
 
 import argparse
-import csv
 import re
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from benchmarks.common import append_row, read_rows
 from sb3_ppo_kl.zoo import default_config
 
 RESULTS = Path(__file__).parent / "results" / "zoo_check.csv"
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--eval-steps", type=int, default=10_000)
     parser.add_argument("--summary", action="store_true")
     args = parser.parse_args()
-    rows = list(csv.DictReader(RESULTS.open())) if RESULTS.exists() else []
+    rows = read_rows(RESULTS)
     if args.summary:
         print("| env | budget | PPOKL mean ± std over seeds | seeds | RL Zoo PPO score |")
         print("|---|---|---|---|---|")
@@ -90,18 +90,12 @@ def main() -> None:
             print(f"| {env} | {int(sel[0]['n_timesteps']):,} | {scores.mean():.1f} ± {scores.std():.1f} | {len(sel)} | {zoo_text} |")
         return
     done = {(r["algo"], r["env"], int(r["seed"])) for r in rows}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     for env in args.envs:
         for seed in args.seeds:
             if (args.algo, env, seed) in done:
                 continue
             row = run_one(args.algo, env, seed, args.eval_steps)
-            new = not RESULTS.exists()
-            with RESULTS.open("a", newline="") as f:
-                writer = csv.DictWriter(f, FIELDS)
-                if new:
-                    writer.writeheader()
-                writer.writerow(row)
+            append_row(RESULTS, FIELDS, row)
             print(row, flush=True)
 
 
