@@ -6,6 +6,7 @@ timestep budget, then ``python -m sb3_ppo_kl.zoo enjoy --deterministic`` for ``-
 steps, as RL Zoo's benchmark does. One CSV row per finished run; a rerun skips finished runs.
 
     python -m benchmarks.zoo_check --envs CartPole-v1 Pendulum-v1 --seeds 0 1 2
+    python -m benchmarks.zoo_check --algo ppo --envs MountainCarContinuous-v0   # SB3 PPO, RL Zoo's own entry, same seeds
     python -m benchmarks.zoo_check --summary
 """
 
@@ -18,10 +19,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import rl_zoo3
 import yaml
 
 from benchmarks.common import append_row, read_rows
-from sb3_ppo_kl.zoo import default_config
+from sb3_ppo_kl.zoo import ALGOS, default_config
 
 RESULTS = Path(__file__).parent / "results" / "zoo_check.csv"
 FIELDS = ["algo", "env", "seed", "n_timesteps", "mean_reward", "std_reward", "episodes", "train_seconds"]
@@ -62,7 +64,8 @@ def run_one(algo: str, env: str, seed: int, eval_steps: int) -> dict:
         ).stdout
     mean, std = map(float, re.search(r"Mean reward: (\S+) \+/- (\S+)", out).groups())
     episodes = int(re.findall(r"(\d+) Episodes", out)[-1])
-    n_timesteps = int(float(yaml.safe_load(open(default_config(algo)))[env]["n_timesteps"]))
+    config = default_config(algo) if algo in ALGOS else str(Path(rl_zoo3.__file__).parent / "hyperparams" / f"{algo}.yml")
+    n_timesteps = int(float(yaml.safe_load(open(config))[env]["n_timesteps"]))
     return dict(algo=algo, env=env, seed=seed, n_timesteps=n_timesteps, mean_reward=mean, std_reward=std, episodes=episodes,
                 train_seconds=round(train_seconds))
 
@@ -77,17 +80,23 @@ def main() -> None:
     args = parser.parse_args()
     rows = read_rows(RESULTS)
     if args.summary:
-        print("| env | budget | PPOKL mean ± std over seeds | seeds | RL Zoo PPO score |")
-        print("|---|---|---|---|---|")
+        print("| env | budget | PPOKL mean ± std over seeds | seeds | SB3 PPO, RL Zoo's entry, same seeds | RL Zoo PPO score |")
+        print("|---|---|---|---|---|---|")
         for env in yaml.safe_load(open(default_config(args.algo))):
             sel = [r for r in rows if r["env"] == env and r["algo"] == args.algo]
             zoo = ZOO_PPO_SCORE.get(env)
             zoo_text = "n/a" if zoo is None else f"{zoo:g}"
+            ppo = np.array([float(r["mean_reward"]) for r in rows if r["env"] == env and r["algo"] == "ppo"])
+            ppo_text = f"{ppo.mean():.1f} ± {ppo.std():.1f} ({len(ppo)} seeds)" if len(ppo) else "not run"
             if not sel:
-                print(f"| {env} | | not run | | {zoo_text} |")
+                print(f"| {env} | | not run | | {ppo_text} | {zoo_text} |")
                 continue
             scores = np.array([float(r["mean_reward"]) for r in sel])
-            print(f"| {env} | {int(sel[0]['n_timesteps']):,} | {scores.mean():.1f} ± {scores.std():.1f} | {len(sel)} | {zoo_text} |")
+            per_seed = ", ".join(f"{x:.1f}" for x in scores)
+            print(
+                f"| {env} | {int(sel[0]['n_timesteps']):,} | {scores.mean():.1f} ± {scores.std():.1f} ({per_seed}) | {len(sel)} "
+                f"| {ppo_text} | {zoo_text} |"
+            )
         return
     done = {(r["algo"], r["env"], int(r["seed"])) for r in rows}
     for env in args.envs:
