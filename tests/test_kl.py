@@ -280,7 +280,8 @@ def _masked(make_dist, splits, seed):
 def _valid_closed_form(old_logits, new_logits, masks, splits):
     """KL between the distributions renormalised over the valid outcomes, summed over sub-distributions."""
     total = np.zeros(BATCH)
-    for a, b, m in zip(np.split(old_logits, np.cumsum(splits)[:-1], 1), np.split(new_logits, np.cumsum(splits)[:-1], 1), np.split(masks, np.cumsum(splits)[:-1], 1)):
+    cuts = np.cumsum(splits)[:-1]
+    for a, b, m in zip(np.split(old_logits, cuts, 1), np.split(new_logits, cuts, 1), np.split(masks, cuts, 1)):
         for i in range(BATCH):
             p, q = _softmax(a[i][m[i]].astype(np.float64)), _softmax(b[i][m[i]].astype(np.float64))
             total[i] += np.sum(p * np.log(p / q))

@@ -1,5 +1,7 @@
 """MaskablePPOKL: sb3-contrib's MaskablePPO with the KL penalty, on sb3-contrib's invalid-action environments."""
 
+import inspect
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -71,6 +73,19 @@ def test_is_a_drop_in_maskable_ppo():
     assert isinstance(model.rollout_buffer, KLMaskableRolloutBuffer)
     assert model.clip_range is None and model.kl_coef == 1.0
     assert vars(model.kl_controller) == vars(PPOKL("MlpPolicy", "CartPole-v1", n_steps=64).kl_controller)
+
+
+@pytest.mark.parametrize("method", ["learn", "predict", "collect_rollouts"])
+def test_same_signatures_as_maskable_ppo(method):
+    ours, theirs = inspect.signature(getattr(MaskablePPOKL, method)), inspect.signature(getattr(MaskablePPO, method))
+    assert list(ours.parameters) == list(theirs.parameters)
+    for name, parameter in theirs.parameters.items():
+        if name != "tb_log_name":
+            assert ours.parameters[name].default == parameter.default, name
+    # the constructor takes MaskablePPO's arguments and PPOKL's KL arguments
+    init = inspect.signature(MaskablePPOKL.__init__).parameters
+    assert set(inspect.signature(MaskablePPO.__init__).parameters) <= set(init)
+    assert {"kl_target", "kl_coef", "adaptive_kl", "kl_tolerance", "kl_adapt_factor", "kl_coef_bounds"} <= set(init)
 
 
 @pytest.mark.parametrize("space", list(ENVS))
@@ -172,7 +187,8 @@ def test_dict_observations_and_maskable_eval_callback(tmp_path):
     env = ToDictWrapper(ENVS["MultiDiscrete"]())
     model = MaskablePPOKL("MultiInputPolicy", env, n_steps=64, batch_size=32, n_epochs=2, seed=0)
     assert isinstance(model.rollout_buffer, KLMaskableDictRolloutBuffer)
-    eval_callback = MaskableEvalCallback(ToDictWrapper(ENVS["MultiDiscrete"]()), eval_freq=64, n_eval_episodes=2, log_path=str(tmp_path), warn=False)
+    eval_env = ToDictWrapper(ENVS["MultiDiscrete"]())
+    eval_callback = MaskableEvalCallback(eval_env, eval_freq=64, n_eval_episodes=2, log_path=str(tmp_path), warn=False)
     model.learn(128, callback=eval_callback)
     assert eval_callback.n_calls == 128 and (tmp_path / "evaluations.npz").exists()
     assert np.isfinite(model.logger.name_to_value["train/kl"])

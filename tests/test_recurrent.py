@@ -1,5 +1,7 @@
 """RecurrentPPOKL: sb3-contrib's RecurrentPPO with the KL penalty; padded steps are masked out of the KL."""
 
+import inspect
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -58,6 +60,18 @@ def test_is_a_drop_in_recurrent_ppo():
     assert isinstance(model.rollout_buffer, KLRecurrentRolloutBuffer)
     assert model.rollout_buffer.hidden_state_shape == (50, 1, 3, 16)
     assert model.clip_range is None and model.kl_coef == 1.0
+
+
+@pytest.mark.parametrize("method", ["learn", "predict", "collect_rollouts"])
+def test_same_signatures_as_recurrent_ppo(method):
+    ours, theirs = inspect.signature(getattr(RecurrentPPOKL, method)), inspect.signature(getattr(RecurrentPPO, method))
+    assert list(ours.parameters) == list(theirs.parameters)
+    for name, parameter in theirs.parameters.items():
+        if name != "tb_log_name":
+            assert ours.parameters[name].default == parameter.default, name
+    init = inspect.signature(RecurrentPPOKL.__init__).parameters
+    assert set(inspect.signature(RecurrentPPO.__init__).parameters) <= set(init)
+    assert {"kl_target", "kl_coef", "adaptive_kl", "kl_tolerance", "kl_adapt_factor", "kl_coef_bounds"} <= set(init)
 
 
 @pytest.mark.parametrize("env", ["CartPole-v1", "Pendulum-v1"])
@@ -215,9 +229,11 @@ def test_invalid_arguments_raise_value_error_naming_them(kwargs, name):
 def _no_vel_model(cls, seed):
     # RL Zoo's tuned hyperparameters for CartPoleNoVel-v1 (PPO and RecurrentPPO), with the KL defaults and no clipping
     env = make_vec_env("CartPole-v1", n_envs=8, seed=seed, wrapper_class=CartPoleNoVel)
-    params = dict(n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20, learning_rate=LinearSchedule(1e-3, 0.0, 1.0), seed=seed)
+    params = dict(n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20, seed=seed)
+    params["learning_rate"] = LinearSchedule(1e-3, 0.0, 1.0)
     if cls is RecurrentPPOKL:
-        policy_kwargs = dict(ortho_init=False, activation_fn=nn.ReLU, lstm_hidden_size=64, enable_critic_lstm=True, net_arch=dict(pi=[64], vf=[64]))
+        policy_kwargs = dict(ortho_init=False, activation_fn=nn.ReLU, lstm_hidden_size=64, enable_critic_lstm=True)
+        policy_kwargs["net_arch"] = dict(pi=[64], vf=[64])
         return RecurrentPPOKL("MlpLstmPolicy", env, policy_kwargs=policy_kwargs, **params)
     return PPOKL("MlpPolicy", env, **params)
 

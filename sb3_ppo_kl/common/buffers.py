@@ -44,7 +44,9 @@ class KLBufferMixin:
         # *args: the base buffer's own arguments (SB3's `env`; sb3-contrib's recurrent `env_change, env`)
         data = super()._get_samples(batch_inds, *args, **kwargs)  # type: ignore[misc]
         indices = self._row_indices(batch_inds)
-        old = None if self.old_dist_params is None else self.old_dist_params[th.as_tensor(indices, device=self.old_dist_params.device)]
+        old = None
+        if self.old_dist_params is not None:
+            old = self.old_dist_params[th.as_tensor(indices, device=self.old_dist_params.device)]
         return KLRolloutBatch(data, old, indices)
 
     def _row_indices(self, batch_inds: np.ndarray) -> np.ndarray:

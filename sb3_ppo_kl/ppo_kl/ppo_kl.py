@@ -100,7 +100,10 @@ class PPOKL(OnPolicyAlgorithm):
         spaces.MultiBinary,
     )
     # The KL rollout buffers this algorithm uses by default: (flat observations, Dict observations)
-    kl_rollout_buffer_classes: ClassVar[tuple[type[RolloutBuffer], type[RolloutBuffer]]] = (KLRolloutBuffer, KLDictRolloutBuffer)
+    kl_rollout_buffer_classes: ClassVar[tuple[type[RolloutBuffer], type[RolloutBuffer]]] = (
+        KLRolloutBuffer,
+        KLDictRolloutBuffer,
+    )
     rollout_buffer: KLBufferMixin  # type: ignore[assignment]
 
     def __init__(
@@ -284,8 +287,9 @@ class PPOKL(OnPolicyAlgorithm):
         Values, log-probabilities and entropy of the rollout's actions under the current policy.
 
         As a side effect ``self.policy.action_dist`` holds the action distribution of these states:
-        SB3 policies fill that object in place on every forward pass. Variants whose policies take
-        more inputs (action masks, LSTM states) override this method only.
+        SB3 policies fill that object in place on every forward pass (sb3-contrib's too). Variants
+        whose policies take more inputs override this method: MaskablePPOKL passes the stored action
+        masks, RecurrentPPOKL the stored LSTM states and episode starts.
         """
         actions = rollout_data.actions
         if isinstance(self.action_space, spaces.Discrete):
