@@ -244,5 +244,7 @@ def test_invalid_arguments_raise_value_error_naming_them(kwargs, name):
 def test_unsupported_action_space_and_policy():
     with pytest.raises(ValueError, match="action space"):
         MaskablePPOKL("MlpPolicy", IdentityEnvBox())
+    with pytest.raises(ValueError, match="action space"):
+        MaskablePPOKL("MlpPolicy", "Pendulum-v1")
     with pytest.raises(ValueError):  # sb3-contrib's: the policy must be maskable
         MaskablePPOKL(ActorCriticPolicy, ENVS["Discrete"](), n_steps=64)

@@ -5,6 +5,7 @@ import torch as th
 from gymnasium import spaces
 from sb3_contrib import MaskablePPO
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+from stable_baselines3.common.base_class import maybe_make_env
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
@@ -125,6 +126,9 @@ class MaskablePPOKL(PPOKL, MaskablePPO):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
     ):
+        # Make an environment given by name now, so that an unsupported action space is a ValueError
+        # here rather than an assertion in MaskablePPO's __init__
+        env = maybe_make_env(env, verbose)  # type: ignore[assignment]
         self._check_arguments_and_make_kl_controller(
             env,
             kl_coef=kl_coef,
