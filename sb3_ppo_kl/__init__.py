@@ -2,11 +2,15 @@
 
 from sb3_ppo_kl.common.kl import KLCoefController, distribution_params, has_analytic_kl, per_state_kl, sampled_kl
 from sb3_ppo_kl.ppo_kl import PPOKL
+from sb3_ppo_kl.ppo_kl_mask import MaskablePPOKL
+from sb3_ppo_kl.ppo_kl_recurrent import RecurrentPPOKL
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PPOKL",
+    "MaskablePPOKL",
+    "RecurrentPPOKL",
     "KLCoefController",
     "distribution_params",
     "has_analytic_kl",

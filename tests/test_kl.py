@@ -253,3 +253,96 @@ def test_analytic_kl_coverage():
             BernoulliDistribution(2),
         )
     )
+
+
+# ---------------------------------------------------------------- sb3-contrib's masked distributions
+
+
+def _masked(make_dist, splits, seed):
+    """
+    Two distributions (old, new) over the same states, random logits, and random masks that leave at
+    least one valid outcome in every sub-distribution (as an environment's masks do).
+    """
+    n_logits = sum(splits)
+    gen = th.Generator().manual_seed(seed)
+    l0 = th.randn(BATCH, n_logits, generator=gen)
+    l1 = th.randn(BATCH, n_logits, generator=gen, requires_grad=True)
+    masks = th.rand(BATCH, n_logits, generator=gen) > 0.4
+    for segment in th.split(masks, splits, dim=1):  # views: keep one valid outcome per sub-distribution
+        keep = th.randint(segment.shape[1], (BATCH,), generator=gen)
+        segment[th.arange(BATCH), keep] = True
+    old, new = make_dist(), make_dist()
+    old.proba_distribution(l0)
+    new.proba_distribution(l1)
+    return old, new, masks, l1
+
+
+def _valid_closed_form(old_logits, new_logits, masks, splits):
+    """KL between the distributions renormalised over the valid outcomes, summed over sub-distributions."""
+    total = np.zeros(BATCH)
+    cuts = np.cumsum(splits)[:-1]
+    for a, b, m in zip(np.split(old_logits, cuts, 1), np.split(new_logits, cuts, 1), np.split(masks, cuts, 1)):
+        for i in range(BATCH):
+            p, q = _softmax(a[i][m[i]].astype(np.float64)), _softmax(b[i][m[i]].astype(np.float64))
+            total[i] += np.sum(p * np.log(p / q))
+    return total
+
+
+@pytest.mark.parametrize(
+    "kind, splits",
+    [("categorical", [6]), ("multicategorical", [3, 2, 4]), ("bernoulli", [2, 2, 2, 2])],
+)
+def test_masked_kl_is_the_kl_over_valid_actions_and_masked_actions_contribute_zero(kind, splits):
+    from sb3_contrib.common.maskable.distributions import (
+        MaskableBernoulliDistribution,
+        MaskableCategoricalDistribution,
+        MaskableMultiCategoricalDistribution,
+    )
+
+    make = {
+        "categorical": lambda: MaskableCategoricalDistribution(splits[0]),
+        "multicategorical": lambda: MaskableMultiCategoricalDistribution(splits),
+        "bernoulli": lambda: MaskableBernoulliDistribution(len(splits)),
+    }[kind]
+    old, new, masks, new_logits = _masked(make, splits, seed=len(splits))
+    assert has_analytic_kl(old)
+    old.apply_masking(masks)
+    new.apply_masking(masks)
+    old_params = distribution_params(old).detach()
+    assert old_params.shape == (BATCH, sum(splits))
+    # masked outcomes: log p is finite (about -1e8) and p is exactly 0
+    assert th.isfinite(old_params).all()
+    assert (old_params.exp()[~masks] == 0).all()
+    kl = per_state_kl(old_params, new)
+    assert th.isfinite(kl).all() and (kl >= -1e-6).all()
+    # the masked outcomes' terms are exactly 0
+    terms = old_params.exp() * (old_params - distribution_params(new))
+    assert (terms[~masks] == 0).all()
+    expected = _valid_closed_form(old_params.numpy(), new_logits.detach().numpy(), masks.numpy(), splits)
+    np.testing.assert_allclose(kl.detach().numpy(), expected, rtol=1e-4, atol=1e-6)
+    # gradients are finite, and none reaches a masked logit (up to float32 round-off: sb3-contrib
+    # normalises the raw logits once before masking, a shift the second normalisation cancels)
+    kl.sum().backward()
+    assert th.isfinite(new_logits.grad).all()
+    assert th.allclose(new_logits.grad[~masks], th.zeros(()), atol=1e-6)
+    # the same distribution, masked the same way, has KL exactly 0
+    assert (per_state_kl(old_params, old) == 0).all()
+
+
+def test_masked_kl_with_a_fully_masked_sub_action_is_finite_and_zero_there():
+    """Every outcome of a sub-action masked (sb3-contrib then sets all its logits to -1e8): no NaN, no contribution."""
+    from sb3_contrib.common.maskable.distributions import MaskableMultiCategoricalDistribution
+
+    old, new = MaskableMultiCategoricalDistribution([3, 2]), MaskableMultiCategoricalDistribution([3, 2])
+    logits = th.randn(BATCH, 5, requires_grad=True)
+    old.proba_distribution(th.randn(BATCH, 5))
+    new.proba_distribution(logits)
+    masks = th.ones(BATCH, 5, dtype=th.bool)
+    masks[:, :3] = False  # the first sub-action has no valid outcome
+    old.apply_masking(masks)
+    new.apply_masking(masks)
+    kl = per_state_kl(distribution_params(old).detach(), new)
+    p, q = th.softmax(old.distributions[1].logits, -1), th.softmax(new.distributions[1].logits, -1)
+    assert th.allclose(kl, (p * (p.log() - q.log())).sum(-1), atol=1e-6)
+    kl.sum().backward()
+    assert th.isfinite(logits.grad).all() and th.allclose(logits.grad[:, :3], th.zeros(()), atol=1e-6)

@@ -30,6 +30,7 @@ from stable_baselines3.common.distributions import (
     MultiCategoricalDistribution,
     StateDependentNoiseDistribution,
 )
+from sb3_contrib.common.maskable.distributions import MaskableCategoricalDistribution, MaskableMultiCategoricalDistribution
 from torch.nn import functional as F
 
 # Distributions whose per-state parameters are (mean, std) of independent Gaussians.
@@ -37,7 +38,15 @@ from torch.nn import functional as F
 # through the variance), and a tanh squashing leaves the KL unchanged.
 _GAUSSIAN = (DiagGaussianDistribution, StateDependentNoiseDistribution)
 # Distributions whose per-state parameters we store as log-probabilities of every outcome.
-_DISCRETE = (CategoricalDistribution, MultiCategoricalDistribution, BernoulliDistribution)
+# sb3-contrib's maskable distributions are among them (MaskableBernoulliDistribution is a
+# MaskableMultiCategoricalDistribution with two outcomes per dimension).
+_DISCRETE = (
+    CategoricalDistribution,
+    MultiCategoricalDistribution,
+    BernoulliDistribution,
+    MaskableCategoricalDistribution,
+    MaskableMultiCategoricalDistribution,
+)
 
 
 def has_analytic_kl(distribution: Distribution) -> bool:
@@ -53,6 +62,11 @@ def distribution_params(distribution: Distribution) -> th.Tensor:
     - Categorical: log-probabilities of the ``n`` actions.
     - MultiCategorical: log-probabilities of every sub-action, concatenated (``k = sum(nvec)``).
     - Bernoulli: ``[log p, log(1 - p)]`` for every dimension (``k = 2 * n``).
+    - sb3-contrib's maskable Categorical, MultiCategorical and Bernoulli: the log-probabilities of
+      every outcome of every sub-distribution after masking, concatenated (``k = n``, ``sum(nvec)``,
+      ``2 * n``; a maskable Bernoulli dimension is a two-outcome categorical ``[log(1 - p), log p]``).
+      sb3-contrib masks an outcome by setting its logit to ``-1e8``, so a masked outcome has
+      ``log p = -1e8 - logsumexp(...)``: finite, with ``exp(log p) == 0`` exactly in float32 and float64.
 
     The result keeps the autograd graph; take it under ``th.no_grad()`` to snapshot a policy.
     SB3 mutates a policy's distribution object in place on every forward pass, so storing this
@@ -71,6 +85,11 @@ def distribution_params(distribution: Distribution) -> th.Tensor:
     if isinstance(distribution, BernoulliDistribution):
         logits = distribution.distribution.logits
         return th.cat([F.logsigmoid(logits), F.logsigmoid(-logits)], dim=-1)
+    if isinstance(distribution, MaskableCategoricalDistribution):
+        return distribution.distribution.logits
+    if isinstance(distribution, MaskableMultiCategoricalDistribution):
+        # no `.distribution` attribute: one MaskableCategorical per sub-action in `.distributions`
+        return th.cat([categorical.logits for categorical in distribution.distributions], dim=-1)
     raise TypeError(f"No analytic KL for {type(distribution).__name__}; use sampled_kl() instead")
 
 
@@ -88,6 +107,11 @@ def per_state_kl(old: th.Tensor | Distribution, new: Distribution) -> th.Tensor:
         KL = sum_outcomes  p_old * (log p_old - log p_new)
 
     which is the sum of the KLs of the independent sub-distributions.
+
+    Masked distributions (sb3-contrib) must be masked with the same masks for ``old`` and ``new``.
+    A masked outcome then has ``p_old == 0`` exactly and a finite ``log p_old - log p_new``, so it
+    contributes exactly zero (and zero gradient): the KL is the KL between the distributions over
+    the valid actions, never NaN or inf.
 
     :param old: the old policy's distribution, or its :func:`distribution_params` (typically a
         stored, detached snapshot)

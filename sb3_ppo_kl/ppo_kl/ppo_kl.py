@@ -99,6 +99,11 @@ class PPOKL(OnPolicyAlgorithm):
         spaces.MultiDiscrete,
         spaces.MultiBinary,
     )
+    # The KL rollout buffers this algorithm uses by default: (flat observations, Dict observations)
+    kl_rollout_buffer_classes: ClassVar[tuple[type[RolloutBuffer], type[RolloutBuffer]]] = (
+        KLRolloutBuffer,
+        KLDictRolloutBuffer,
+    )
     rollout_buffer: KLBufferMixin  # type: ignore[assignment]
 
     def __init__(
@@ -136,20 +141,23 @@ class PPOKL(OnPolicyAlgorithm):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
     ):
-        # Every check runs before an environment is made or a network built.
-        self.kl_controller = KLCoefController(
+        self._check_arguments_and_make_kl_controller(
+            env,
             kl_coef=kl_coef,
             kl_target=kl_target,
             adaptive_kl=adaptive_kl,
             kl_tolerance=kl_tolerance,
             kl_adapt_factor=kl_adapt_factor,
             kl_coef_bounds=kl_coef_bounds,
+            n_steps=n_steps,
+            batch_size=batch_size,
+            n_epochs=n_epochs,
+            normalize_advantage=normalize_advantage,
+            clip_range=clip_range,
+            clip_range_vf=clip_range_vf,
+            target_kl=target_kl,
+            rollout_buffer_class=rollout_buffer_class,
         )
-        _check_hyperparameters(n_steps, batch_size, n_epochs, normalize_advantage, clip_range, clip_range_vf, target_kl)
-        if rollout_buffer_class is not None and not issubclass(rollout_buffer_class, KLBufferMixin):
-            raise ValueError(
-                f"`rollout_buffer_class` must mix in sb3_ppo_kl.common.buffers.KLBufferMixin, got {rollout_buffer_class.__name__}"
-            )
 
         super().__init__(
             policy,
@@ -173,19 +181,7 @@ class PPOKL(OnPolicyAlgorithm):
             seed=seed,
             _init_setup_model=False,
         )
-
-        if self.env is not None:
-            if not isinstance(self.action_space, self.supported_action_spaces):
-                raise ValueError(
-                    f"{type(self).__name__} does not support the action space {self.action_space}; "
-                    f"supported: {', '.join(space.__name__ for space in self.supported_action_spaces)}"
-                )
-            rollout_size = self.n_steps * self.env.num_envs
-            if batch_size > rollout_size:
-                raise ValueError(
-                    f"`batch_size` must be <= n_steps * n_envs = {self.n_steps} * {self.env.num_envs} = {rollout_size}, "
-                    f"got {batch_size}"
-                )
+        self._check_env(batch_size)
 
         self.batch_size = batch_size
         self.n_epochs = n_epochs
@@ -196,6 +192,68 @@ class PPOKL(OnPolicyAlgorithm):
 
         if _init_setup_model:
             self._setup_model()
+
+    def _check_arguments_and_make_kl_controller(
+        self,
+        env: GymEnv | str | None,
+        *,
+        kl_coef: float,
+        kl_target: float,
+        adaptive_kl: bool,
+        kl_tolerance: float,
+        kl_adapt_factor: float,
+        kl_coef_bounds: Sequence[float],
+        n_steps: int,
+        batch_size: int,
+        n_epochs: int,
+        normalize_advantage: bool,
+        clip_range: float | Schedule | None,
+        clip_range_vf: float | Schedule | None,
+        target_kl: float | None,
+        rollout_buffer_class: type[RolloutBuffer] | None = None,
+    ) -> None:
+        """
+        Validate the arguments (ValueError naming the parameter) and create ``self.kl_controller``.
+
+        Called first in ``__init__`` by PPOKL and its variants: every check runs before an
+        environment is made or a network built.
+        """
+        self.kl_controller = KLCoefController(
+            kl_coef=kl_coef,
+            kl_target=kl_target,
+            adaptive_kl=adaptive_kl,
+            kl_tolerance=kl_tolerance,
+            kl_adapt_factor=kl_adapt_factor,
+            kl_coef_bounds=kl_coef_bounds,
+        )
+        _check_hyperparameters(n_steps, batch_size, n_epochs, normalize_advantage, clip_range, clip_range_vf, target_kl)
+        if rollout_buffer_class is not None and not issubclass(rollout_buffer_class, KLBufferMixin):
+            raise ValueError(
+                f"`rollout_buffer_class` must mix in sb3_ppo_kl.common.buffers.KLBufferMixin, got {rollout_buffer_class.__name__}"
+            )
+        # An environment object can be checked now (a string is checked once it is made, in _check_env)
+        action_space = getattr(env, "action_space", None)
+        if isinstance(action_space, spaces.Space):
+            self._check_action_space(action_space)
+
+    def _check_action_space(self, action_space: spaces.Space) -> None:
+        if not isinstance(action_space, self.supported_action_spaces):
+            raise ValueError(
+                f"{type(self).__name__} does not support the action space {action_space}; "
+                f"supported: {', '.join(space.__name__ for space in self.supported_action_spaces)}"
+            )
+
+    def _check_env(self, batch_size: int) -> None:
+        """Checks that need the environment, once the base class has made it."""
+        if self.env is None:
+            return
+        self._check_action_space(self.action_space)
+        rollout_size = self.n_steps * self.env.num_envs
+        if batch_size > rollout_size:
+            raise ValueError(
+                f"`batch_size` must be <= n_steps * n_envs = {self.n_steps} * {self.env.num_envs} = {rollout_size}, "
+                f"got {batch_size}"
+            )
 
     @property
     def kl_coef(self) -> float:
@@ -212,26 +270,41 @@ class PPOKL(OnPolicyAlgorithm):
         # Rebuilds what load() does not restore. The KL controller (beta) is restored with __dict__
         # and must not be touched here.
         if self.rollout_buffer_class is None:
-            self.rollout_buffer_class = KLDictRolloutBuffer if isinstance(self.observation_space, spaces.Dict) else KLRolloutBuffer
+            flat, dict_ = self.kl_rollout_buffer_classes
+            self.rollout_buffer_class = dict_ if isinstance(self.observation_space, spaces.Dict) else flat
+        clip_range, clip_range_vf = self.clip_range, self.clip_range_vf
+        # The next base builds the policy and the buffer: SB3's OnPolicyAlgorithm, or for the variants
+        # sb3-contrib's MaskablePPO / RecurrentPPO, whose _setup_model wraps clip_range in a schedule
+        # unconditionally. PPOKL's clip_range may be None; give them a placeholder and restore it.
+        self.clip_range = 0.0 if clip_range is None else clip_range
         super()._setup_model()
 
-        if self.clip_range is not None:
-            self.clip_range = FloatSchedule(self.clip_range)
-        if self.clip_range_vf is not None:
-            self.clip_range_vf = FloatSchedule(self.clip_range_vf)
+        self.clip_range = None if clip_range is None else FloatSchedule(clip_range)
+        self.clip_range_vf = None if clip_range_vf is None else FloatSchedule(clip_range_vf)
 
     def _evaluate_actions(self, rollout_data: Any) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
         """
         Values, log-probabilities and entropy of the rollout's actions under the current policy.
 
         As a side effect ``self.policy.action_dist`` holds the action distribution of these states:
-        SB3 policies fill that object in place on every forward pass. Variants whose policies take
-        more inputs (action masks, LSTM states) override this method only.
+        SB3 policies fill that object in place on every forward pass (sb3-contrib's too). Variants
+        whose policies take more inputs override this method: MaskablePPOKL passes the stored action
+        masks, RecurrentPPOKL the stored LSTM states and episode starts.
         """
         actions = rollout_data.actions
         if isinstance(self.action_space, spaces.Discrete):
             actions = actions.long().flatten()
         return self.policy.evaluate_actions(rollout_data.observations, actions)
+
+    def _valid_samples(self, rollout_data: Any) -> th.Tensor | None:
+        """
+        Boolean mask of the minibatch rows that are real samples, or None when all are.
+
+        PPOKL's minibatches have no padding. :class:`~sb3_ppo_kl.RecurrentPPOKL` overrides this
+        with the mask of its padded sequences; every mean of the update (losses, KL, ``d``) is
+        taken over the valid rows only (see :func:`_masked_mean`).
+        """
+        return None
 
     def _kl_to_old(self, batch: KLRolloutBatch, log_prob: th.Tensor) -> th.Tensor:
         """Per-sample ``KL[pi_old || pi_theta]`` for a batch just passed through :meth:`_evaluate_actions`."""
@@ -248,11 +321,16 @@ class PPOKL(OnPolicyAlgorithm):
         with th.no_grad():
             for batch in self.rollout_buffer.get(FULL_PASS_BATCH_SIZE):  # type: ignore[attr-defined]
                 self._evaluate_actions(batch.data)
-                params.append(distribution_params(self.policy.action_dist))
-                indices.append(batch.indices)
+                batch_params = distribution_params(self.policy.action_dist)
+                batch_indices = th.as_tensor(batch.indices, device=batch_params.device)
+                valid = self._valid_samples(batch.data)
+                if valid is not None:  # scatter back only the real samples, not the padding
+                    batch_params, batch_indices = batch_params[valid], batch_indices[valid]
+                params.append(batch_params)
+                indices.append(batch_indices)
         flat = th.cat(params)
         snapshot = th.empty_like(flat)
-        snapshot[th.as_tensor(np.concatenate(indices), device=flat.device)] = flat
+        snapshot[th.cat(indices)] = flat
         self.rollout_buffer.old_dist_params = snapshot
 
     def _rollout_kl(self) -> float:
@@ -262,6 +340,9 @@ class PPOKL(OnPolicyAlgorithm):
             for batch in self.rollout_buffer.get(FULL_PASS_BATCH_SIZE):  # type: ignore[attr-defined]
                 _, log_prob, _ = self._evaluate_actions(batch.data)
                 kl = self._kl_to_old(batch, log_prob)
+                valid = self._valid_samples(batch.data)
+                if valid is not None:
+                    kl = kl[valid]
                 total += kl.sum().item()
                 count += kl.numel()
         return total / count
@@ -288,21 +369,23 @@ class PPOKL(OnPolicyAlgorithm):
                 rollout_data = batch.data
                 values, log_prob, entropy = self._evaluate_actions(rollout_data)
                 values = values.flatten()
+                valid = self._valid_samples(rollout_data)  # None, or the unpadded rows of recurrent minibatches
                 advantages = rollout_data.advantages
                 # Normalization does not make sense if mini batchsize == 1
-                if self.normalize_advantage and len(advantages) > 1:
-                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+                valid_advantages = advantages if valid is None else advantages[valid]
+                if self.normalize_advantage and len(valid_advantages) > 1:
+                    advantages = (advantages - valid_advantages.mean()) / (valid_advantages.std() + 1e-8)
 
                 # Importance-sampled surrogate, r * A; optionally clipped as in PPO2
                 ratio = th.exp(log_prob - rollout_data.old_log_prob)
                 surrogate = advantages * ratio
                 if clip_range is not None:
                     surrogate = th.min(surrogate, advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range))
-                    clip_fractions.append(th.mean((th.abs(ratio - 1) > clip_range).float()).item())
-                policy_loss = -surrogate.mean()
+                    clip_fractions.append(_masked_mean((th.abs(ratio - 1) > clip_range).float(), valid).item())
+                policy_loss = -_masked_mean(surrogate, valid)
 
                 # The KL penalty: beta * KL[pi_old(.|s) || pi_theta(.|s)], averaged over states
-                kl_div = self._kl_to_old(batch, log_prob).mean()
+                kl_div = _masked_mean(self._kl_to_old(batch, log_prob), valid)
                 kl_penalty = kl_coef * kl_div
 
                 if self.clip_range_vf is None:
@@ -310,10 +393,13 @@ class PPOKL(OnPolicyAlgorithm):
                 else:
                     # Clip the difference between old and new value (depends on the reward scaling)
                     values_pred = rollout_data.old_values + th.clamp(values - rollout_data.old_values, -clip_range_vf, clip_range_vf)
-                value_loss = F.mse_loss(rollout_data.returns, values_pred)
+                if valid is None:
+                    value_loss = F.mse_loss(rollout_data.returns, values_pred)
+                else:
+                    value_loss = _masked_mean((rollout_data.returns - values_pred) ** 2, valid)
 
                 # Entropy loss favours exploration; approximate it when there is no analytical form
-                entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
+                entropy_loss = -_masked_mean(-log_prob if entropy is None else entropy, valid)
 
                 loss = policy_loss + kl_penalty + self.ent_coef * entropy_loss + self.vf_coef * value_loss
 
@@ -325,7 +411,7 @@ class PPOKL(OnPolicyAlgorithm):
 
                 # SB3's optional early stop on the sampled KL estimate (independent of beta)
                 with th.no_grad():
-                    approx_kl_div = sampled_kl(rollout_data.old_log_prob, log_prob).mean().item()
+                    approx_kl_div = _masked_mean(sampled_kl(rollout_data.old_log_prob, log_prob), valid).item()
                     approx_kl_divs.append(approx_kl_div)
                 if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
                     continue_training = False
@@ -405,6 +491,11 @@ class PPOKL(OnPolicyAlgorithm):
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
         )
+
+
+def _masked_mean(x: th.Tensor, valid: th.Tensor | None) -> th.Tensor:
+    """Mean of ``x`` over the valid rows (``x[valid].mean()``, as RecurrentPPO masks its losses), or over all when None."""
+    return x.mean() if valid is None else x[valid].mean()
 
 
 def _check_hyperparameters(

@@ -1,0 +1,221 @@
+from collections.abc import Sequence
+from typing import Any, ClassVar, TypeVar
+
+import torch as th
+from gymnasium import spaces
+from sb3_contrib import RecurrentPPO
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+
+from sb3_ppo_kl.common.buffers import KLRecurrentDictRolloutBuffer, KLRecurrentRolloutBuffer
+from sb3_ppo_kl.ppo_kl.ppo_kl import PPOKL
+
+SelfRecurrentPPOKL = TypeVar("SelfRecurrentPPOKL", bound="RecurrentPPOKL")
+
+
+class RecurrentPPOKL(PPOKL, RecurrentPPO):
+    """
+    PPO with an adaptive KL penalty ("PPO1") and LSTM policies: sb3-contrib's ``RecurrentPPO`` with
+    :class:`~sb3_ppo_kl.PPOKL`'s loss and beta rule.
+
+    Paper: Schulman et al. (2017), "Proximal Policy Optimization Algorithms", section 4,
+    https://arxiv.org/abs/1707.06347
+
+    A drop-in for ``RecurrentPPO``: the same policies (``MlpLstmPolicy``, ``CnnLstmPolicy``,
+    ``MultiInputLstmPolicy``), rollout collection, ``predict(obs, state=..., episode_start=...)``,
+    callbacks and save/load; ``isinstance(model, RecurrentPPO)`` holds. The update is PPOKL's (see
+    its docstring), with ``clip_range=None`` by default.
+
+    The KL between the rollout policy and the current policy is computed, like RecurrentPPO's losses,
+    on the sequences of the rollout starting from the LSTM states stored during collection. Padded
+    steps of the minibatches are masked out of every loss term, the KL penalty and beta's ``d``
+    (``x[mask].mean()``, as RecurrentPPO does).
+
+    :param policy: The policy model to use (MlpLstmPolicy, CnnLstmPolicy, MultiInputLstmPolicy); must
+        subclass ``RecurrentActorCriticPolicy``
+    :param env: The environment to learn from (if registered in Gym, can be str)
+    :param learning_rate: Adam step size, a float or a schedule of the progress remaining (1 to 0).
+        Default 3e-4.
+    :param n_steps: Steps per environment per update; the rollout has ``n_steps * n_envs`` samples.
+        Default 128 (RecurrentPPO's).
+    :param batch_size: Minibatch size in samples before padding, ``2 <= batch_size <= n_steps * n_envs``.
+        Default 128 (RecurrentPPO's).
+    :param n_epochs: Passes over the rollout per update. Default 10.
+    :param gamma: Discount factor. Default 0.99.
+    :param gae_lambda: GAE lambda. Default 0.95.
+    :param kl_target: Target KL ``d_targ`` between consecutive policies, nats per state, ``> 0``.
+        Default 0.01.
+    :param kl_coef: Initial KL coefficient beta, ``>= 0``. Default 1.0.
+    :param adaptive_kl: Adapt beta toward ``kl_target`` after every update (True, default), or keep
+        ``kl_coef`` fixed (False).
+    :param kl_tolerance: Beta is left alone while ``kl_target / kl_tolerance <= d <= kl_target * kl_tolerance``,
+        ``> 1``. Default 1.5.
+    :param kl_adapt_factor: Factor by which beta is multiplied or divided, ``> 1``. Default 2.0.
+    :param kl_coef_bounds: ``(low, high)``, ``0 <= low <= high``: adapted beta is clamped to this range.
+        Default ``(1e-4, 1e4)``.
+    :param clip_range: None (default) for pure PPO1. A float or schedule adds PPO2's ratio clipping on
+        top of the penalty.
+    :param clip_range_vf: Clipping of the value function update. None (default): no clipping.
+        IMPORTANT: this clipping depends on the reward scaling.
+    :param normalize_advantage: Normalise advantages per minibatch (over its unpadded steps). Default True.
+    :param ent_coef: Entropy coefficient. Default 0.0.
+    :param vf_coef: Value function coefficient. Default 0.5.
+    :param max_grad_norm: Maximum gradient norm. Default 0.5.
+    :param use_sde: Use generalized State Dependent Exploration (gSDE). Default False.
+    :param sde_sample_freq: Sample a new gSDE noise matrix every n steps; -1 (default): once per rollout.
+    :param target_kl: SB3's optional early stop on the sampled KL estimate, ``1.5 * target_kl``.
+        Default None (never). Independent of ``kl_target``.
+    :param stats_window_size: Episodes averaged for the rollout logs. Default 100.
+    :param tensorboard_log: TensorBoard log directory (None: no TensorBoard).
+    :param policy_kwargs: Additional arguments for the policy.
+    :param verbose: 0 silent, 1 info, 2 debug.
+    :param seed: Seed for the pseudo random generators.
+    :param device: Device (cpu, cuda, auto).
+    :param _init_setup_model: Whether to build the network at the creation of the instance.
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = RecurrentPPO.policy_aliases
+    supported_action_spaces: ClassVar[tuple[type[spaces.Space], ...]] = (
+        spaces.Box,
+        spaces.Discrete,
+        spaces.MultiDiscrete,
+        spaces.MultiBinary,
+    )
+    kl_rollout_buffer_classes: ClassVar[tuple[type[RolloutBuffer], type[RolloutBuffer]]] = (
+        KLRecurrentRolloutBuffer,
+        KLRecurrentDictRolloutBuffer,
+    )
+    policy: RecurrentActorCriticPolicy  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        policy: str | type[RecurrentActorCriticPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 3e-4,
+        n_steps: int = 128,
+        batch_size: int = 128,
+        n_epochs: int = 10,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        kl_target: float = 0.01,
+        kl_coef: float = 1.0,
+        adaptive_kl: bool = True,
+        kl_tolerance: float = 1.5,
+        kl_adapt_factor: float = 2.0,
+        kl_coef_bounds: Sequence[float] = (1e-4, 1e4),
+        clip_range: float | Schedule | None = None,
+        clip_range_vf: float | Schedule | None = None,
+        normalize_advantage: bool = True,
+        ent_coef: float = 0.0,
+        vf_coef: float = 0.5,
+        max_grad_norm: float = 0.5,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        target_kl: float | None = None,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+    ):
+        self._check_arguments_and_make_kl_controller(
+            env,
+            kl_coef=kl_coef,
+            kl_target=kl_target,
+            adaptive_kl=adaptive_kl,
+            kl_tolerance=kl_tolerance,
+            kl_adapt_factor=kl_adapt_factor,
+            kl_coef_bounds=kl_coef_bounds,
+            n_steps=n_steps,
+            batch_size=batch_size,
+            n_epochs=n_epochs,
+            normalize_advantage=normalize_advantage,
+            clip_range=clip_range,
+            clip_range_vf=clip_range_vf,
+            target_kl=target_kl,
+        )
+        # RecurrentPPO's __init__ (not PPOKL's, which passes buffer arguments RecurrentPPO does not take);
+        # PPOKL's _setup_model, train() and kl_coef come first in the MRO, RecurrentPPO's
+        # collect_rollouts() and _excluded_save_params() next.
+        RecurrentPPO.__init__(
+            self,
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            batch_size=batch_size,
+            n_epochs=n_epochs,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            clip_range=clip_range,  # type: ignore[arg-type]
+            clip_range_vf=clip_range_vf,
+            normalize_advantage=normalize_advantage,
+            ent_coef=ent_coef,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            target_kl=target_kl,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=False,
+        )
+        self._check_env(batch_size)
+
+        if _init_setup_model:
+            self._setup_model()
+
+    def _setup_model(self) -> None:
+        super()._setup_model()  # PPOKL's, then RecurrentPPO's
+        # RecurrentPPO always builds sb3-contrib's own recurrent buffer: replace it by the KL buffer of
+        # the same shape (self.rollout_buffer_class, picked by PPOKL's _setup_model)
+        self.rollout_buffer = self.rollout_buffer_class(  # type: ignore[call-arg, assignment]
+            self.n_steps,
+            self.observation_space,
+            self.action_space,
+            self.rollout_buffer.hidden_state_shape,  # type: ignore[attr-defined]
+            self.device,
+            gamma=self.gamma,
+            gae_lambda=self.gae_lambda,
+            n_envs=self.n_envs,
+        )
+
+    def _evaluate_actions(self, rollout_data: Any) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
+        """PPOKL's hook, evaluating the padded sequences from the LSTM states stored in the rollout."""
+        actions = rollout_data.actions
+        if isinstance(self.action_space, spaces.Discrete):
+            actions = actions.long().flatten()
+        return self.policy.evaluate_actions(
+            rollout_data.observations, actions, rollout_data.lstm_states, rollout_data.episode_starts
+        )
+
+    def _valid_samples(self, rollout_data: Any) -> th.Tensor:
+        """The unpadded steps of the minibatch, as RecurrentPPO masks its losses."""
+        return rollout_data.mask > 1e-8
+
+    def learn(
+        self: SelfRecurrentPPOKL,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "RecurrentPPOKL",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfRecurrentPPOKL:
+        return RecurrentPPO.learn(  # type: ignore[return-value]
+            self,
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
