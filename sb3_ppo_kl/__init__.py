@@ -2,6 +2,7 @@
 
 from sb3_ppo_kl.common.kl import KLCoefController, distribution_params, has_analytic_kl, per_state_kl, sampled_kl
 from sb3_ppo_kl.ppo_kl import PPOKL
+from sb3_ppo_kl.ppo_kl.ppo_kl import NonFiniteError
 from sb3_ppo_kl.ppo_kl_mask import MaskablePPOKL
 from sb3_ppo_kl.ppo_kl_recurrent import RecurrentPPOKL
 
@@ -11,6 +12,7 @@ __all__ = [
     "PPOKL",
     "MaskablePPOKL",
     "RecurrentPPOKL",
+    "NonFiniteError",
     "KLCoefController",
     "distribution_params",
     "has_analytic_kl",

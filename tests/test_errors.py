@@ -6,7 +6,7 @@ import pytest
 import torch as th
 from gymnasium import spaces
 
-from sb3_ppo_kl import PPOKL
+from sb3_ppo_kl import PPOKL, NonFiniteError
 
 
 class TupleActionEnv(gym.Env):
@@ -79,7 +79,8 @@ class NaNAfter(gym.Wrapper):
     "what, error, message",
     [
         # Our guard: the NaN reaches the advantages, the loss is non-finite, the step is refused.
-        ("reward", FloatingPointError, "non-finite policy loss .*value loss.* after 256 timesteps .*epoch 1/2, minibatch 1"),
+        # NonFiniteError is a FloatingPointError and a ValueError (RL Zoo's tuner prunes on ValueError).
+        ("reward", NonFiniteError, "non-finite policy loss .*value loss.* after 256 timesteps .*epoch 1/2, minibatch 1"),
         # A NaN observation is already refused by torch while the rollout is collected, before any update.
         ("observation", ValueError, "invalid values"),
     ],
@@ -105,7 +106,11 @@ def test_non_finite_kl_is_named(rollout):
     with th.no_grad():
         model.policy.log_std.fill_(100.0)  # std = exp(100) overflows to inf in float32: the KL is inf/inf
     before = [p.clone() for p in model.policy.parameters()]
-    with pytest.raises(FloatingPointError, match="non-finite .*KL divergence"):
+    with pytest.raises(NonFiniteError, match="non-finite .*KL divergence"):
         model.train()
     for a, b in zip(before, model.policy.parameters()):
         assert th.equal(a, b)
+
+
+def test_non_finite_error_is_both_floating_point_and_value_error():
+    assert issubclass(NonFiniteError, FloatingPointError) and issubclass(NonFiniteError, ValueError)

@@ -14,11 +14,12 @@ pytest.importorskip("rl_zoo3")
 import optuna  # noqa: E402
 from rl_zoo3.exp_manager import ExperimentManager  # noqa: E402
 
-from sb3_ppo_kl import PPOKL  # noqa: E402
-from sb3_ppo_kl.zoo import default_config, register  # noqa: E402
+from sb3_ppo_kl import PPOKL, MaskablePPOKL, RecurrentPPOKL  # noqa: E402
+from sb3_ppo_kl.zoo import ALGOS, default_config, register  # noqa: E402
 
 ZOO = [sys.executable, "-m", "sb3_ppo_kl.zoo"]
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+# subprocesses find tests/zoo_envs (the maskable env package) on their path
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
 
 
 def _zoo(*args: str, cwd: Path, timeout: int = 300) -> str:
@@ -65,17 +66,38 @@ def test_explicit_conf_file_is_respected(tmp_path):
     assert model.kl_controller.kl_target == 0.05 and model.n_steps == 64
 
 
-ENTRIES = list(yaml.safe_load(Path(default_config("ppo_kl")).read_text()))
+# (algo, env) for every entry of every shipped file; the maskable file's `default` entry is tried on a maskable env
+ENTRIES = [
+    (algo, "InvalidActionEnvDiscrete-v0" if env == "default" else env)
+    for algo in ALGOS
+    for env in yaml.safe_load(Path(default_config(algo)).read_text())
+]
 
 
-@pytest.mark.parametrize("env_id", ENTRIES)
-def test_every_shipped_entry_constructs_a_model(tmp_path, env_id):
+@pytest.mark.parametrize("algo, env_id", ENTRIES)
+def test_every_shipped_entry_constructs_a_model(tmp_path, algo, env_id):
+    import zoo_envs  # noqa: F401  (registers InvalidActionEnvDiscrete-v0)
+
     register()
-    manager = ExperimentManager(argparse.Namespace(), "ppo_kl", env_id, str(tmp_path), n_timesteps=1, config=default_config("ppo_kl"), verbose=0)
+    manager = ExperimentManager(argparse.Namespace(), algo, env_id, str(tmp_path), n_timesteps=1, config=default_config(algo), verbose=0)
     model, _ = manager.setup_experiment()
-    assert isinstance(model, PPOKL)
+    assert isinstance(model, ALGOS[algo])
     assert model.clip_range is None
     model.env.close()
+
+
+def test_recurrent_and_maskable_variants_in_the_zoo(tmp_path):
+    _zoo("train", "--algo", "ppo_kl_lstm", "--env", "CartPoleNoVel-v1", "-f", "logs/", "-n", "512", "--num-threads", "1", cwd=tmp_path)
+    assert isinstance(RecurrentPPOKL.load(tmp_path / "logs" / "ppo_kl_lstm" / "CartPoleNoVel-v1_1" / "CartPoleNoVel-v1.zip"), RecurrentPPOKL)
+    out = _zoo("enjoy", "--algo", "ppo_kl_lstm", "--env", "CartPoleNoVel-v1", "-f", "logs/", "--no-render", "-n", "200", cwd=tmp_path)
+    assert "Episode" in out
+    # a maskable environment comes from the user's package, as RL Zoo's --gym-packages allows
+    _zoo(
+        "train", "--algo", "ppo_kl_mask", "--env", "InvalidActionEnvDiscrete-v0", "--gym-packages", "zoo_envs",
+        "-f", "logs/", "-n", "256", "-params", "n_steps:128", "--num-threads", "1", cwd=tmp_path,
+    )  # fmt: skip
+    model = MaskablePPOKL.load(tmp_path / "logs" / "ppo_kl_mask" / "InvalidActionEnvDiscrete-v0_1" / "InvalidActionEnvDiscrete-v0.zip")
+    assert model.num_timesteps == 256
 
 
 def _optimize_workers(storage: str, study: str, tmp_path: Path, n_workers: int = 2, trials_per_worker: int = 2) -> None:

@@ -431,7 +431,7 @@ class PPOKL(OnPolicyAlgorithm):
                         "entropy loss": entropy_loss,
                     }
                     bad = [name for name, term in terms.items() if not th.isfinite(term)] or ["gradient norm"]
-                    raise FloatingPointError(
+                    raise NonFiniteError(
                         f"{type(self).__name__}: non-finite {', '.join(bad)} in the update after {self.num_timesteps} timesteps "
                         f"(epoch {epoch + 1}/{self.n_epochs}, minibatch {minibatch + 1}). This step was not applied: the "
                         "parameters are those of the last finite step and the model can still be saved."
@@ -446,7 +446,7 @@ class PPOKL(OnPolicyAlgorithm):
         self.policy.set_training_mode(False)
         kl_after = self._rollout_kl()
         if not np.isfinite(kl_after):
-            raise FloatingPointError(
+            raise NonFiniteError(
                 f"{type(self).__name__}: the KL between the policies before and after the update after "
                 f"{self.num_timesteps} timesteps is {kl_after}; beta was left at {self.kl_coef}"
             )
@@ -491,6 +491,15 @@ class PPOKL(OnPolicyAlgorithm):
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
         )
+
+
+class NonFiniteError(FloatingPointError, ValueError):
+    """
+    A non-finite loss term, KL or gradient in a policy update; the step was not applied.
+
+    Also a ValueError, so that RL Zoo's tuner prunes such a trial (as it does for the ValueError
+    torch raises when SB3 PPO's distribution turns NaN) instead of stopping the study.
+    """
 
 
 def _masked_mean(x: th.Tensor, valid: th.Tensor | None) -> th.Tensor:

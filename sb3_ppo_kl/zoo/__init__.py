@@ -8,6 +8,9 @@ enjoy scripts read), as RL Zoo's own guide does for SBX.
 
     python -m sb3_ppo_kl.zoo train --algo ppo_kl --env CartPole-v1 -f logs/
     python -m sb3_ppo_kl.zoo enjoy --algo ppo_kl --env CartPole-v1 -f logs/ --no-render
+
+Names: ``ppo_kl`` (PPOKL), ``ppo_kl_lstm`` (RecurrentPPOKL, as RL Zoo's ``ppo_lstm``) and
+``ppo_kl_mask`` (MaskablePPOKL; its environments must provide ``action_masks()``).
 """
 
 from pathlib import Path
@@ -18,11 +21,13 @@ from rl_zoo3 import hyperparams_opt, utils
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from sb3_ppo_kl.ppo_kl import PPOKL
+from sb3_ppo_kl.ppo_kl_mask import MaskablePPOKL
+from sb3_ppo_kl.ppo_kl_recurrent import RecurrentPPOKL
 
 HYPERPARAMS_DIR = Path(__file__).parent / "hyperparams"
 
 # rl_zoo3 name -> algorithm. Each name has its hyperparameter file HYPERPARAMS_DIR / f"{name}.yml".
-ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo_kl": PPOKL}
+ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo_kl": PPOKL, "ppo_kl_mask": MaskablePPOKL, "ppo_kl_lstm": RecurrentPPOKL}
 
 
 class _NoneOrClipTrial:
