@@ -14,6 +14,7 @@ case "${1:-}" in
     BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
     RUN=()
     if [ "$(id -u)" = 0 ]; then RUN=(runuser -u postgres --); fi  # the server refuses to run as root
+    if [ -d "$DATA/db" ]; then "$0" stop; fi  # a server left by an earlier run
     rm -rf "$DATA" && mkdir -p "$DATA" && { [ "$(id -u)" != 0 ] || chown postgres "$DATA"; }
     "${RUN[@]}" "$BIN/initdb" -D "$DATA/db" -U postgres -A trust >&2
     "${RUN[@]}" "$BIN/pg_ctl" -D "$DATA/db" -l "$DATA/log" -w \

@@ -1,0 +1,118 @@
+"""
+MaskablePPOKL against sb3-contrib's MaskablePPO, and RecurrentPPOKL against RecurrentPPO: same
+settings, same seeds, one grid. The counterparts keep their clipping; our variants use PPOKL's
+defaults (adaptive KL penalty, kl_target=0.01, no clipping).
+
+- mask: sb3-contrib's identity test (InvalidActionEnvDiscrete, 70 actions of which 55 are masked,
+  gamma=0.4, seed 32 as in its test, plus seeds 0 and 1), 5000 steps, 20 evaluation episodes with masks.
+- lstm: CartPole with the velocities hidden (as RL Zoo's CartPoleNoVel-v1), RL Zoo's ppo_lstm
+  settings, 100k steps, 20 deterministic evaluation episodes. A plain MLP PPOKL is the no-memory baseline.
+
+    python -m benchmarks.compare_variants --workers 2      # resumable
+    python -m benchmarks.compare_variants --summary
+"""
+
+import argparse
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import append_row, read_rows
+
+RESULTS = Path(__file__).parent / "results" / "compare_variants.csv"
+FIELDS = ["task", "algo", "seed", "timesteps", "mean_reward", "std_reward", "train_seconds", "final_kl_coef"]
+JOBS = {
+    "mask": (("MaskablePPO", "MaskablePPOKL"), (32, 0, 1), 5_000),
+    "lstm": (("RecurrentPPO", "RecurrentPPOKL", "PPOKL-mlp"), (0, 1, 2), 100_000),
+}
+
+
+def run_one(job: tuple[str, str, int]) -> dict:
+    task, algo, seed = job
+    import gymnasium as gym
+    import torch as th
+    from gymnasium import spaces
+    from sb3_contrib import MaskablePPO, RecurrentPPO
+    from sb3_contrib.common.envs import InvalidActionEnvDiscrete
+    from sb3_contrib.common.maskable.evaluation import evaluate_policy as maskable_evaluate
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.utils import LinearSchedule
+    from torch import nn
+
+    from sb3_ppo_kl import PPOKL, MaskablePPOKL, RecurrentPPOKL
+
+    th.set_num_threads(1)
+    timesteps = JOBS[task][2]
+    if task == "mask":
+        env = InvalidActionEnvDiscrete(dim=70, n_invalid_actions=55)
+        cls = MaskablePPO if algo == "MaskablePPO" else MaskablePPOKL
+        model = cls("MlpPolicy", env, gamma=0.4, seed=seed)
+        start = time.perf_counter()
+        model.learn(timesteps)
+        seconds = time.perf_counter() - start
+        mean, std = maskable_evaluate(model, env, n_eval_episodes=20, warn=False)
+    else:
+
+        class CartPoleNoVel(gym.ObservationWrapper):
+            """CartPole observing only cart position and pole angle."""
+
+            def __init__(self, env):
+                super().__init__(env)
+                low, high = env.observation_space.low[[0, 2]], env.observation_space.high[[0, 2]]
+                self.observation_space = spaces.Box(low, high, dtype=np.float32)
+
+            def observation(self, obs):
+                return obs[[0, 2]]
+
+        env = make_vec_env("CartPole-v1", n_envs=8, seed=seed, wrapper_class=CartPoleNoVel)
+        common = dict(n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20,
+                      learning_rate=LinearSchedule(1e-3, 0.0, 1.0), seed=seed)  # fmt: skip
+        lstm = dict(ortho_init=False, activation_fn=nn.ReLU, lstm_hidden_size=64, enable_critic_lstm=True,
+                    net_arch=dict(pi=[64], vf=[64]))  # fmt: skip
+        if algo == "RecurrentPPO":
+            model = RecurrentPPO("MlpLstmPolicy", env, clip_range=LinearSchedule(0.2, 0.0, 1.0), policy_kwargs=lstm, **common)
+        elif algo == "RecurrentPPOKL":
+            model = RecurrentPPOKL("MlpLstmPolicy", env, policy_kwargs=lstm, **common)
+        else:
+            model = PPOKL("MlpPolicy", env, **common)
+        start = time.perf_counter()
+        model.learn(timesteps)
+        seconds = time.perf_counter() - start
+        eval_env = make_vec_env("CartPole-v1", n_envs=1, seed=10_000 + seed, wrapper_class=CartPoleNoVel)
+        mean, std = evaluate_policy(model, eval_env, n_eval_episodes=20)
+    return dict(task=task, algo=algo, seed=seed, timesteps=timesteps, mean_reward=round(float(mean), 2),
+                std_reward=round(float(std), 2), train_seconds=round(seconds, 1),
+                final_kl_coef=getattr(model, "kl_coef", ""))  # fmt: skip
+
+
+def summary() -> str:
+    rows = read_rows(RESULTS)
+    lines = ["| task | algorithm | steps | mean reward per seed | mean ± std |", "|---|---|---|---|---|"]
+    for task, (algos, _, timesteps) in JOBS.items():
+        for algo in algos:
+            sel = sorted((r for r in rows if r["task"] == task and r["algo"] == algo), key=lambda r: r["seed"])
+            if sel:
+                scores = np.array([float(r["mean_reward"]) for r in sel])
+                per_seed = ", ".join(f"{r['seed']}: {float(r['mean_reward']):.1f}" for r in sel)
+                lines.append(f"| {task} | {algo} | {timesteps:,} | {per_seed} | {scores.mean():.1f} ± {scores.std():.1f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=list(JOBS))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--summary", action="store_true")
+    args = parser.parse_args()
+    if args.summary:
+        print(summary())
+    else:
+        done = {(r["task"], r["algo"], int(r["seed"])) for r in read_rows(RESULTS)}
+        jobs = [(t, a, s) for t in args.tasks for s in JOBS[t][1] for a in JOBS[t][0] if (t, a, s) not in done]
+        with Pool(args.workers) as pool:
+            for row in pool.imap_unordered(run_one, jobs):
+                append_row(RESULTS, FIELDS, row)
+                print(row, flush=True)
