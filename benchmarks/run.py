@@ -1,0 +1,283 @@
+"""
+The paper's Table 1 grid (Schulman et al. 2017, https://arxiv.org/abs/1707.06347): runs (setting x env x seed).
+
+Settings are named after the rows of Table 1, plus two beyond the paper:
+
+- ``no-clip-no-penalty``: the plain importance-sampled surrogate (PPOKL with beta 0, fixed, no clipping);
+- ``clip-0.1``, ``clip-0.2``, ``clip-0.3``: SB3 PPO with that clip range;
+- ``kl-adaptive-0.003``, ``kl-adaptive-0.01``, ``kl-adaptive-0.03``: PPOKL, adaptive beta with that d_targ
+  (``kl-adaptive-0.01`` is PPOKL's defaults);
+- ``kl-fixed-0.3``, ``kl-fixed-1``, ``kl-fixed-3``, ``kl-fixed-10``: PPOKL, beta fixed at that value;
+- ``kl-adaptive-0.01+clip-0.2``: PPOKL's adaptive penalty with clipping 0.2 on top;
+- ``trpo``: sb3-contrib TRPO (its defaults: target KL 0.01, line search), on the same network and rollout.
+
+The protocol is the paper's (section 6.1 and table 3): 2x64 tanh MLP for the policy and for the value
+function (no shared layers), state-independent log-std, no entropy bonus, T=2048 steps per update, Adam
+3e-4, 10 epochs, minibatch 64, gamma 0.99, lambda 0.95, 1M steps, 3 seeds, one environment, raw
+observations and rewards. These are SB3 PPO's defaults, so every setting differs from SB3 PPO only in the
+arguments listed above. Gradient norm clipping (SB3's max_grad_norm 0.5) and advantage normalisation are
+SB3's defaults and are kept for every setting.
+
+Score of a run: the mean total reward of its last 100 training episodes (SB3's Monitor), as in the paper.
+
+Each finished run appends one row to ``results/table1.csv`` and writes its learning curve (one row per
+update: timesteps, mean reward of the last 100 episodes, and for PPOKL the measured KL d and beta) to
+``results/table1_curves/``. A rerun skips the finished (setting, env, seed, timesteps) rows.
+
+    python -m benchmarks.run --workers 2                                          # the full grid: 11+2 settings x 7 envs x 3 seeds x 1M
+    python -m benchmarks.run --grid paper-lite --workers 2                        # 3 settings x 7 envs x 3 seeds x 300k
+    python -m benchmarks.run --settings clip-0.2 kl-fixed-1 --envs Hopper-v5 --seeds 0 --timesteps 100000
+    python -m benchmarks.run --random                                             # measure the random policy's score
+    python -m benchmarks.report                                                   # RESULTS.md and the figures
+"""
+
+import argparse
+import csv
+import multiprocessing as mp
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import append_row, read_rows
+
+RESULTS_DIR = Path(__file__).parent / "results"
+RESULTS = RESULTS_DIR / "table1.csv"
+CURVES = RESULTS_DIR / "table1_curves"
+RANDOM = RESULTS_DIR / "table1_random.csv"
+FIELDS = ["setting", "env", "seed", "timesteps", "score", "episodes", "wall_seconds", "fps", "final_kl_coef", "machine"]
+
+ENVS = [
+    "HalfCheetah-v5",
+    "Hopper-v5",
+    "InvertedDoublePendulum-v5",
+    "InvertedPendulum-v5",
+    "Reacher-v5",
+    "Swimmer-v5",
+    "Walker2d-v5",
+]
+
+# The paper's protocol (table 3). Network: SB3's MlpPolicy default for on-policy algorithms is already
+# separate 2x64 tanh networks for pi and vf with a state-independent log-std.
+PROTOCOL: dict[str, Any] = dict(
+    n_steps=2048, batch_size=64, n_epochs=10, learning_rate=3e-4, gamma=0.99, gae_lambda=0.95, ent_coef=0.0
+)
+
+# setting name -> (algorithm, arguments on top of the protocol)
+SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "no-clip-no-penalty": ("ppo_kl", dict(kl_coef=0.0, adaptive_kl=False)),
+    "clip-0.1": ("ppo", dict(clip_range=0.1)),
+    "clip-0.2": ("ppo", dict(clip_range=0.2)),
+    "clip-0.3": ("ppo", dict(clip_range=0.3)),
+    "kl-adaptive-0.003": ("ppo_kl", dict(kl_target=0.003)),
+    "kl-adaptive-0.01": ("ppo_kl", dict(kl_target=0.01)),
+    "kl-adaptive-0.03": ("ppo_kl", dict(kl_target=0.03)),
+    "kl-fixed-0.3": ("ppo_kl", dict(kl_coef=0.3, adaptive_kl=False)),
+    "kl-fixed-1": ("ppo_kl", dict(kl_coef=1.0, adaptive_kl=False)),
+    "kl-fixed-3": ("ppo_kl", dict(kl_coef=3.0, adaptive_kl=False)),
+    "kl-fixed-10": ("ppo_kl", dict(kl_coef=10.0, adaptive_kl=False)),
+    "kl-adaptive-0.01+clip-0.2": ("ppo_kl", dict(kl_target=0.01, clip_range=0.2)),
+    "trpo": ("trpo", {}),
+}
+PAPER_SETTINGS = list(SETTINGS)[:11]
+
+GRIDS: dict[str, dict[str, Any]] = {
+    "full": dict(settings=list(SETTINGS), envs=ENVS, seeds=[0, 1, 2], timesteps=1_000_000),
+    "paper": dict(settings=PAPER_SETTINGS, envs=ENVS, seeds=[0, 1, 2], timesteps=1_000_000),
+    "paper-lite": dict(settings=["clip-0.2", "kl-adaptive-0.01", "kl-fixed-1"], envs=ENVS, seeds=[0, 1, 2], timesteps=300_000),
+}
+
+
+def machine() -> str:
+    return f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def make_model(setting: str, env_id: str, seed: int):
+    """The model of one run: the paper's protocol plus the setting's own arguments."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from sb3_ppo_kl import PPOKL
+
+    algo, kwargs = SETTINGS[setting]
+    env = make_vec_env(env_id, n_envs=1, seed=seed)
+    if algo == "ppo":
+        return PPO("MlpPolicy", env, seed=seed, **PROTOCOL, **kwargs)
+    if algo == "ppo_kl":
+        return PPOKL("MlpPolicy", env, seed=seed, **PROTOCOL, **kwargs)
+    from sb3_contrib import TRPO
+
+    # TRPO has no epochs or clipping; its critic takes 10 minibatch steps of 128 per update (sb3-contrib's defaults).
+    return TRPO("MlpPolicy", env, seed=seed, n_steps=PROTOCOL["n_steps"], gamma=0.99, gae_lambda=0.95)
+
+
+def run_one(job: tuple[str, str, int, int], progress=None) -> dict[str, Any]:
+    """Train one (setting, env, seed) for ``timesteps``; write its curve; return its CSV row."""
+    setting, env_id, seed, timesteps = job
+    import torch as th
+
+    th.set_num_threads(1)
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    model = make_model(setting, env_id, seed)
+
+    class Curve(BaseCallback):
+        """Per rollout: timesteps so far, mean of the last 100 episode rewards, and d and beta of the update on it."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.rows: list[dict[str, Any]] = []
+            self.last_steps = 0
+
+        def _on_step(self) -> bool:
+            return True
+
+        def record_update(self) -> None:
+            """Attach the last update's d and beta (after adaptation) to the rollout it trained on."""
+            logged = self.logger.name_to_value
+            if self.rows and "train/kl" in logged:
+                self.rows[-1].update(kl=logged["train/kl"], kl_coef=logged["train/kl_coef"])
+
+        def _on_rollout_end(self) -> None:
+            # train() on the previous rollout has recorded its values; dump_logs has not cleared them yet
+            self.record_update()
+            episodes = [info["r"] for info in self.model.ep_info_buffer]
+            reward = round(float(np.mean(episodes)), 2) if episodes else ""
+            self.rows.append(dict(timesteps=self.num_timesteps, reward=reward, kl="", kl_coef=""))
+            if progress is not None:
+                with progress.get_lock():
+                    progress.value += self.num_timesteps - self.last_steps
+            self.last_steps = self.num_timesteps
+
+    curve = Curve()
+    start = time.perf_counter()
+    model.learn(timesteps, callback=curve)
+    wall = time.perf_counter() - start
+    curve.record_update()  # the last update's values are still in the logger
+    if progress is not None:
+        with progress.get_lock():
+            progress.value += model.num_timesteps - curve.last_steps
+    episodes = [info["r"] for info in model.ep_info_buffer]  # SB3 keeps the last 100 episodes
+    CURVES.mkdir(parents=True, exist_ok=True)
+    with (CURVES / f"{setting}__{env_id}__{seed}__{timesteps}.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, ["timesteps", "reward", "kl", "kl_coef"])
+        writer.writeheader()
+        writer.writerows(curve.rows)
+    return dict(
+        setting=setting,
+        env=env_id,
+        seed=seed,
+        timesteps=timesteps,
+        score=round(float(np.mean(episodes)), 2),
+        episodes=len(episodes),
+        wall_seconds=round(wall, 1),
+        fps=round(model.num_timesteps / wall, 1),
+        final_kl_coef=getattr(model, "kl_coef", ""),
+        machine=machine(),
+    )
+
+
+_progress = None
+
+
+def _init_worker(progress) -> None:
+    global _progress
+    _progress = progress
+
+
+def _run_in_worker(job: tuple[str, str, int, int]) -> dict[str, Any]:
+    return run_one(job, _progress)
+
+
+def done_runs(path: Path = RESULTS) -> set[tuple[str, str, int, int]]:
+    return {(r["setting"], r["env"], int(r["seed"]), int(r["timesteps"])) for r in read_rows(path)}
+
+
+def run_grid(settings: list[str], envs: list[str], seeds: list[int], timesteps: int, workers: int) -> None:
+    from tqdm import tqdm
+
+    done = done_runs()
+    jobs = [
+        (setting, env, seed, timesteps)
+        for seed in seeds
+        for env in envs
+        for setting in settings
+        if (setting, env, seed, timesteps) not in done
+    ]
+    print(f"{len(jobs)} runs to do, {len(done)} rows already in {RESULTS}; {workers} workers", flush=True)
+    if not jobs:
+        return
+    progress = mp.Value("q", 0)
+    start = time.perf_counter()
+    with mp.Pool(workers, initializer=_init_worker, initargs=(progress,)) as pool:
+        pending = [pool.apply_async(_run_in_worker, (job,)) for job in jobs]
+        runs_bar = tqdm(total=len(jobs), desc="runs", position=0)
+        steps_bar = tqdm(total=len(jobs) * timesteps, desc="steps", unit="step", unit_scale=True, position=1)
+        while pending:
+            time.sleep(2.0)
+            for result in [p for p in pending if p.ready()]:
+                pending.remove(result)
+                row = result.get()  # re-raises a worker's error
+                append_row(RESULTS, FIELDS, row)
+                runs_bar.update(1)
+                tqdm.write(f"{row['setting']} {row['env']} seed {row['seed']}: {row['score']} ({row['fps']} fps)")
+            steps_bar.update(progress.value - steps_bar.n)
+        runs_bar.close()
+        steps_bar.close()
+    print(f"grid finished in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def measure_random(envs: list[str], episodes: int = 100, seed: int = 0) -> None:
+    """The random policy's score per env: mean total reward of ``episodes`` episodes of uniform random actions."""
+    import gymnasium as gym
+
+    done = {r["env"] for r in read_rows(RANDOM)}
+    for env_id in envs:
+        if env_id in done:
+            continue
+        env = gym.make(env_id)
+        env.action_space.seed(seed)
+        totals = []
+        for episode in range(episodes):
+            env.reset(seed=seed + episode)
+            total, finished = 0.0, False
+            while not finished:
+                _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+                total += float(reward)
+                finished = terminated or truncated
+            totals.append(total)
+        append_row(
+            RANDOM,
+            ["env", "episodes", "mean", "std"],
+            dict(env=env_id, episodes=episodes, mean=round(float(np.mean(totals)), 2), std=round(float(np.std(totals)), 2)),
+        )
+        print(env_id, round(float(np.mean(totals)), 2), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", choices=list(GRIDS), default="full", help="preset; the options below override it")
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS))
+    parser.add_argument("--envs", nargs="+")
+    parser.add_argument("--seeds", nargs="+", type=int)
+    parser.add_argument("--timesteps", type=int)
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="parallel processes")
+    parser.add_argument("--random", action="store_true", help="measure the random policy's score on the envs and exit")
+    args = parser.parse_args()
+    grid = dict(GRIDS[args.grid])
+    for key in ("settings", "envs", "seeds", "timesteps"):
+        if getattr(args, key) is not None:
+            grid[key] = getattr(args, key)
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
+    if args.random:
+        measure_random(grid["envs"])
+        return
+    run_grid(grid["settings"], grid["envs"], grid["seeds"], grid["timesteps"], args.workers)
+
+
+if __name__ == "__main__":
+    main()
