@@ -192,8 +192,8 @@ def _run_in_worker(job: tuple[str, str, int, int]) -> dict[str, Any]:
     return run_one(job, _progress)
 
 
-def done_runs(path: Path = RESULTS) -> set[tuple[str, str, int, int]]:
-    return {(r["setting"], r["env"], int(r["seed"]), int(r["timesteps"])) for r in read_rows(path)}
+def done_runs() -> set[tuple[str, str, int, int]]:
+    return {(r["setting"], r["env"], int(r["seed"]), int(r["timesteps"])) for r in read_rows(RESULTS)}
 
 
 def run_grid(settings: list[str], envs: list[str], seeds: list[int], timesteps: int, workers: int) -> None:

@@ -1,0 +1,267 @@
+"""
+Turn the Table 1 grid's results (``python -m benchmarks.run``) into ``benchmarks/RESULTS.md`` and figures.
+
+For each budget (timesteps per run) found in ``results/table1.csv``:
+
+- the normalised Table 1: per env, the random policy scores 0 (``results/table1_random.csv``, measured with
+  ``python -m benchmarks.run --random``) and the setting with the best mean score on that env scores 1; a
+  setting's value is the mean over all its runs, beside the paper's number;
+- raw scores per env (mean ± std over seeds);
+- each setting's fps relative to SB3 PPO clip 0.2 in the same grid;
+- ``results/table1_<budget>_curves.png``: reward (mean of the last 100 episodes) against timesteps, per env;
+- ``results/table1_<budget>_kl.png``: d (the KL of each update) and beta over training, for the PPOKL settings.
+
+    python -m benchmarks.report
+"""
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import read_rows
+from benchmarks.run import CURVES, ENVS, GRIDS, PAPER_SETTINGS, RANDOM, RESULTS, SETTINGS, machine
+
+REPORT = Path(__file__).parent / "RESULTS.md"
+
+# Table 1 of Schulman et al. (2017): average normalised score over 7 MuJoCo tasks x 3 seeds, 1M steps
+PAPER_TABLE1 = {
+    "no-clip-no-penalty": -0.39,
+    "clip-0.1": 0.76,
+    "clip-0.2": 0.82,
+    "clip-0.3": 0.70,
+    "kl-adaptive-0.003": 0.68,
+    "kl-adaptive-0.01": 0.74,
+    "kl-adaptive-0.03": 0.71,
+    "kl-fixed-0.3": 0.62,
+    "kl-fixed-1": 0.71,
+    "kl-fixed-3": 0.72,
+    "kl-fixed-10": 0.69,
+}
+BASELINE = "clip-0.2"
+COLORS = {
+    "clip-0.2": "tab:blue",
+    "kl-adaptive-0.01": "tab:red",
+    "kl-fixed-1": "tab:green",
+    "clip-0.1": "tab:cyan",
+    "clip-0.3": "navy",
+    "kl-adaptive-0.003": "salmon",
+    "kl-adaptive-0.03": "darkred",
+    "kl-fixed-0.3": "lime",
+    "kl-fixed-3": "olive",
+    "kl-fixed-10": "darkgreen",
+    "no-clip-no-penalty": "gray",
+    "kl-adaptive-0.01+clip-0.2": "tab:purple",
+    "trpo": "tab:orange",
+}
+
+
+def _fmt(values: list[float]) -> str:
+    return f"{np.mean(values):.1f} ± {np.std(values):.1f}"
+
+
+def normalised(rows: list[dict[str, str]], random: dict[str, float]) -> dict[str, list[float]]:
+    """Per setting, the normalised score of each of its runs: random policy 0, best setting (by mean) 1, per env."""
+    by_env: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        by_env[r["env"]][r["setting"]].append(float(r["score"]))
+    result: dict[str, list[float]] = defaultdict(list)
+    for env, settings in by_env.items():
+        best = max(np.mean(scores) for scores in settings.values())
+        for setting, scores in settings.items():
+            result[setting] += [(s - random[env]) / (best - random[env]) for s in scores]
+    return result
+
+
+def read_curve(setting: str, env: str, seed: int, timesteps: int) -> dict[str, np.ndarray] | None:
+    path = CURVES / f"{setting}__{env}__{seed}__{timesteps}.csv"
+    if not path.exists():
+        return None
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+
+    def column(name: str) -> np.ndarray:
+        return np.array([float(r[name]) if r[name] != "" else np.nan for r in rows])
+
+    return {name: column(name) for name in ("timesteps", "reward", "kl", "kl_coef")}
+
+
+def plot_curves(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    envs = [env for env in ENVS if any(r["env"] == env for r in rows)]
+    settings = [s for s in SETTINGS if any(r["setting"] == s for r in rows)]
+    cols = 4
+    nrows = (len(envs) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
+    for ax, env in zip(axes.flat, envs):
+        for setting in settings:
+            seeds = sorted(int(r["seed"]) for r in rows if r["env"] == env and r["setting"] == setting)
+            curves = [c for c in (read_curve(setting, env, seed, timesteps) for seed in seeds) if c is not None]
+            if not curves:
+                continue
+            length = min(len(c["timesteps"]) for c in curves)
+            steps = curves[0]["timesteps"][:length]
+            reward = np.array([c["reward"][:length] for c in curves])
+            color = COLORS.get(setting)
+            ax.plot(steps, np.nanmean(reward, 0), color=color, lw=1.3, label=f"{setting} ({len(curves)})")
+            ax.fill_between(steps, np.nanmin(reward, 0), np.nanmax(reward, 0), color=color, alpha=0.15)
+        ax.set_title(env, fontsize=10)
+        ax.set_xlabel("timesteps", fontsize=8)
+        ax.set_ylabel("mean reward, last 100 episodes", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(envs) :]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower right", fontsize=8, title="setting (seeds); line: mean, band: min-max")
+    fig.suptitle(f"Table 1 protocol, {timesteps:,} steps per run", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_kl(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    envs = [env for env in ENVS if any(r["env"] == env for r in rows)]
+    settings = [s for s in SETTINGS if SETTINGS[s][0] == "ppo_kl" and s != "no-clip-no-penalty" and any(r["setting"] == s for r in rows)]
+    fig, axes = plt.subplots(2, len(envs), figsize=(3.3 * len(envs), 5.6), squeeze=False)
+    for col, env in enumerate(envs):
+        for setting in settings:
+            color = COLORS.get(setting)
+            for i, seed in enumerate(sorted(int(r["seed"]) for r in rows if r["env"] == env and r["setting"] == setting)):
+                curve = read_curve(setting, env, seed, timesteps)
+                if curve is None:
+                    continue
+                label = setting if i == 0 else None
+                axes[0, col].plot(curve["timesteps"], curve["kl"], color=color, lw=0.6, alpha=0.7, label=label)
+                axes[1, col].plot(curve["timesteps"], curve["kl_coef"], color=color, lw=0.8, alpha=0.7, label=label)
+        axes[0, col].set_title(env, fontsize=9)
+        for row in range(2):
+            axes[row, col].set_yscale("log")
+            axes[row, col].tick_params(labelsize=7)
+        axes[1, col].set_xlabel("timesteps", fontsize=8)
+    axes[0, 0].set_ylabel("d: KL(old || new) per update", fontsize=8)
+    axes[1, 0].set_ylabel("beta after the update", fontsize=8)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(f"PPOKL settings: measured KL and beta, every seed, {timesteps:,} steps per run", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def budget_section(rows: list[dict[str, str]], timesteps: int, random: dict[str, float]) -> list[str]:
+    settings = [s for s in SETTINGS if any(r["setting"] == s for r in rows)]
+    envs = [env for env in ENVS if any(r["env"] == env for r in rows)]
+    norm = normalised(rows, random)
+    out = [f"## {timesteps:,} steps per run", ""]
+    out += [
+        "### Normalised score (Table 1)",
+        "",
+        f"Per env, the random policy is 0 and the best of the settings below (by mean over seeds) is 1; a setting's "
+        f"value is the mean over its runs. Only the settings in this table compete for the 1, so the values compare "
+        f"settings within this table; the paper's column normalises against its 11 settings at 1M steps.",
+        "",
+        "| setting | normalised score (mean over runs) | runs | paper (1M, -v1) |",
+        "|---|---|---|---|",
+    ]
+    for s in sorted(settings, key=lambda s: -np.mean(norm[s])):
+        paper = PAPER_TABLE1.get(s)
+        out.append(f"| {s} | {np.mean(norm[s]):.2f} | {len(norm[s])} | {'' if paper is None else f'{paper:.2f}'} |")
+    out += ["", "### Raw scores: mean reward of the last 100 training episodes, mean ± std over seeds", ""]
+    out += ["| setting | " + " | ".join(envs) + " |", "|---|" + "---|" * len(envs)]
+    for s in settings:
+        cells = []
+        for env in envs:
+            scores = [float(r["score"]) for r in rows if r["setting"] == s and r["env"] == env]
+            cells.append(f"{_fmt(scores)} ({len(scores)})" if scores else "not run")
+        out.append(f"| {s} | " + " | ".join(cells) + " |")
+    out.append("| random policy | " + " | ".join(f"{random[env]:.1f}" for env in envs) + " |")
+    out += [
+        "",
+        f"### Speed relative to SB3 PPO {BASELINE}",
+        "",
+        "Per env, the setting's mean fps divided by clip-0.2's in the same grid; the geometric mean over envs. The "
+        "runs shared the machine with another worker, so single ratios are noisy by several percent.",
+        "",
+        "| setting | fps ratio (geo. mean over envs) | mean fps |",
+        "|---|---|---|",
+    ]
+    base = {env: np.mean([float(r["fps"]) for r in rows if r["setting"] == BASELINE and r["env"] == env] or [np.nan]) for env in envs}
+    for s in settings:
+        ratios, fps = [], []
+        for env in envs:
+            values = [float(r["fps"]) for r in rows if r["setting"] == s and r["env"] == env]
+            if values and np.isfinite(base[env]):
+                ratios.append(np.mean(values) / base[env])
+            fps += values
+        ratio = f"{np.exp(np.mean(np.log(ratios))):.2f}" if ratios else "n/a"
+        out.append(f"| {s} | {ratio} | {np.mean(fps):.0f} |")
+    curves = f"results/table1_{timesteps}_curves.png"
+    kl = f"results/table1_{timesteps}_kl.png"
+    out += ["", f"![learning curves]({curves})", "", f"![KL and beta]({kl})", ""]
+    (REPORT.parent / "results").mkdir(parents=True, exist_ok=True)
+    plot_curves(rows, timesteps, REPORT.parent / curves)
+    plot_kl(rows, timesteps, REPORT.parent / kl)
+    return out
+
+
+def missing(rows: list[dict[str, str]]) -> list[str]:
+    """Rows of the full 1M protocol (every setting, 7 envs, seeds 0-2) that are not in the CSV yet."""
+    have = {(r["setting"], r["env"], int(r["seed"])) for r in rows if int(r["timesteps"]) == 1_000_000}
+    grid = GRIDS["full"]
+    lines = []
+    for setting in grid["settings"]:
+        gaps = {env: [seed for seed in grid["seeds"] if (setting, env, seed) not in have] for env in grid["envs"]}
+        gaps = {env: seeds for env, seeds in gaps.items() if seeds}
+        if len(gaps) == len(grid["envs"]) and all(len(seeds) == len(grid["seeds"]) for seeds in gaps.values()):
+            lines.append(f"- {setting}: not run")
+        elif gaps:
+            lines.append(f"- {setting}: " + "; ".join(f"{env} seeds {seeds}" for env, seeds in gaps.items()))
+    return lines
+
+
+def main() -> None:
+    rows = read_rows(RESULTS)
+    random = {r["env"]: float(r["mean"]) for r in read_rows(RANDOM)}
+    out = [
+        "# Benchmarks: PPOKL against SB3 PPO, TRPO and Table 1 of the paper",
+        "",
+        "Generated by `python -m benchmarks.report` from `results/table1.csv`; do not edit by hand.",
+        "",
+        "Protocol (Schulman et al. 2017, section 6.1 and table 3, https://arxiv.org/abs/1707.06347): MuJoCo -v5 "
+        "tasks, one env, 2x64 tanh MLPs for policy and value (no shared layers), state-independent log-std, no "
+        "entropy bonus, T=2048, Adam 3e-4, 10 epochs, minibatch 64, gamma 0.99, lambda 0.95; raw observations and "
+        "rewards; SB3's advantage normalisation and gradient-norm clipping 0.5 in every setting. Score of a run: "
+        "the mean total reward of its last 100 training episodes. Settings: see `benchmarks/run.py`.",
+        "",
+        "Commands (from the repository root, after the README's install command):",
+        "",
+        "```",
+        "python -m benchmarks.run --random                      # random-policy scores, results/table1_random.csv",
+        "python -m benchmarks.run --grid paper-lite --workers 2 # 3 settings x 7 envs x 3 seeds x 300k",
+        "python -m benchmarks.run --grid full --workers 2       # 13 settings x 7 envs x 3 seeds x 1M (resumable)",
+        "python -m benchmarks.report                            # this file and the figures",
+        "```",
+        "",
+        f"Machine: {sorted({r['machine'] for r in rows}) or [machine()]}; one torch thread per run; runs in parallel "
+        "as given by `--workers`.",
+        "",
+    ]
+    for timesteps in sorted({int(r["timesteps"]) for r in rows}):
+        out += budget_section([r for r in rows if int(r["timesteps"]) == timesteps], timesteps, random)
+    gaps = missing(rows)
+    out += ["## Not run yet: rows of the full 1M protocol", ""] + (gaps or ["None: the full grid is complete."]) + [""]
+    REPORT.write_text("\n".join(out))
+    print(f"wrote {REPORT}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""The Table 1 benchmark runner and report: settings map to the right models, runs resume, the report renders."""
+
+import pytest
+from sb3_contrib import TRPO
+from stable_baselines3 import PPO
+
+from benchmarks import report, run
+from benchmarks.common import read_rows
+from sb3_ppo_kl import PPOKL
+
+ENV = "InvertedPendulum-v5"
+
+
+@pytest.mark.parametrize("setting", list(run.SETTINGS))
+def test_setting_builds_the_paper_protocol(setting):
+    model = run.make_model(setting, ENV, seed=0)
+    algo, kwargs = run.SETTINGS[setting]
+    assert type(model) is {"ppo": PPO, "ppo_kl": PPOKL, "trpo": TRPO}[algo]
+    assert model.n_steps == 2048 and model.gamma == 0.99 and model.gae_lambda == 0.95
+    assert model.policy.net_arch == dict(pi=[64, 64], vf=[64, 64])
+    # no shared layers: the shared features extractor is a parameter-free Flatten
+    assert not list(model.policy.features_extractor.parameters())
+    if algo == "trpo":
+        return
+    assert (model.batch_size, model.n_epochs, model.learning_rate, model.ent_coef) == (64, 10, 3e-4, 0.0)
+    if algo == "ppo":
+        assert model.clip_range(1.0) == kwargs["clip_range"]
+    else:
+        assert model.kl_coef == kwargs.get("kl_coef", 1.0)
+        assert model.kl_controller.adaptive_kl == kwargs.get("adaptive_kl", True)
+        assert model.kl_controller.kl_target == kwargs.get("kl_target", 0.01)
+        assert (model.clip_range is None) == ("clip_range" not in kwargs)
+
+
+def test_grid_resumes_and_report_renders(tmp_path, monkeypatch):
+    for module in (run, report):
+        monkeypatch.setattr(module, "RESULTS", tmp_path / "table1.csv")
+        monkeypatch.setattr(module, "CURVES", tmp_path / "curves")
+        monkeypatch.setattr(module, "RANDOM", tmp_path / "random.csv")
+    monkeypatch.setattr(report, "REPORT", tmp_path / "RESULTS.md")
+    settings = ["clip-0.2", "kl-adaptive-0.01"]
+    run.run_grid(settings, [ENV], seeds=[0], timesteps=4096, workers=2)
+    rows = read_rows(tmp_path / "table1.csv")
+    assert sorted(r["setting"] for r in rows) == settings
+    for row in rows:
+        assert int(row["episodes"]) > 0 and float(row["fps"]) > 0
+    curve = report.read_curve("kl-adaptive-0.01", ENV, 0, 4096)
+    assert list(curve["timesteps"]) == [2048, 4096]
+    assert (curve["kl"] > 0).all() and (curve["kl_coef"] > 0).all()  # d and beta of both updates
+
+    run.run_grid(settings, [ENV], seeds=[0], timesteps=4096, workers=2)  # finished rows are skipped
+    assert len(read_rows(tmp_path / "table1.csv")) == 2
+
+    run.measure_random([ENV], episodes=3)
+    report.main()
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "| clip-0.2 |" in text and "| kl-adaptive-0.01 |" in text and "0.82" in text  # ours beside the paper's
+    assert (tmp_path / "results" / "table1_4096_curves.png").stat().st_size > 0
+    assert (tmp_path / "results" / "table1_4096_kl.png").stat().st_size > 0
