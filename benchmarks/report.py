@@ -87,6 +87,12 @@ def read_curve(setting: str, env: str, seed: int, timesteps: int) -> dict[str, n
     return {name: column(name) for name in ("timesteps", "reward", "kl", "kl_coef")}
 
 
+def _thousands(ax) -> None:
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1e3:.0f}k"))
+
+
 def plot_curves(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
     import matplotlib
 
@@ -111,13 +117,16 @@ def plot_curves(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
             ax.plot(steps, np.nanmean(reward, 0), color=color, lw=1.3, label=f"{setting} ({len(curves)})")
             ax.fill_between(steps, np.nanmin(reward, 0), np.nanmax(reward, 0), color=color, alpha=0.15)
         ax.set_title(env, fontsize=10)
+        _thousands(ax)
         ax.set_xlabel("timesteps", fontsize=8)
         ax.set_ylabel("mean reward, last 100 episodes", fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in axes.flat[len(envs) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower right", fontsize=8, title="setting (seeds); line: mean, band: min-max")
+    spare = axes.flat[len(envs)] if len(envs) < axes.size else None
+    legend = dict(fontsize=8, title="setting (seeds)\nline: mean, band: min-max", title_fontsize=8)
+    (spare or fig).legend(handles, labels, loc="center" if spare else "lower right", **legend)
     fig.suptitle(f"Table 1 protocol, {timesteps:,} steps per run", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -132,7 +141,7 @@ def plot_kl(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
 
     envs = [env for env in ENVS if any(r["env"] == env for r in rows)]
     settings = [s for s in SETTINGS if SETTINGS[s][0] == "ppo_kl" and s != "no-clip-no-penalty" and any(r["setting"] == s for r in rows)]
-    fig, axes = plt.subplots(2, len(envs), figsize=(3.3 * len(envs), 5.6), squeeze=False)
+    fig, axes = plt.subplots(2, len(envs), figsize=(max(3.3 * len(envs), 8), 5.6), squeeze=False)
     for col, env in enumerate(envs):
         for setting in settings:
             color = COLORS.get(setting)
@@ -143,15 +152,18 @@ def plot_kl(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
                 label = setting if i == 0 else None
                 axes[0, col].plot(curve["timesteps"], curve["kl"], color=color, lw=0.6, alpha=0.7, label=label)
                 axes[1, col].plot(curve["timesteps"], curve["kl_coef"], color=color, lw=0.8, alpha=0.7, label=label)
+            if SETTINGS[setting][1].get("adaptive_kl", True):
+                axes[0, col].axhline(SETTINGS[setting][1]["kl_target"], color=color, ls="--", lw=1)
         axes[0, col].set_title(env, fontsize=9)
         for row in range(2):
+            _thousands(axes[row, col])
             axes[row, col].set_yscale("log")
             axes[row, col].tick_params(labelsize=7)
         axes[1, col].set_xlabel("timesteps", fontsize=8)
     axes[0, 0].set_ylabel("d: KL(old || new) per update", fontsize=8)
     axes[1, 0].set_ylabel("beta after the update", fontsize=8)
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle(f"PPOKL settings: measured KL and beta, every seed, {timesteps:,} steps per run", fontsize=10)
+    fig.suptitle(f"PPOKL settings, every seed, {timesteps:,} steps per run (dashed: kl_target)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -251,7 +263,7 @@ def main() -> None:
         "python -m benchmarks.report                            # this file and the figures",
         "```",
         "",
-        f"Machine: {sorted({r['machine'] for r in rows}) or [machine()]}; one torch thread per run; runs in parallel "
+        f"Machine: {'; '.join(sorted({r['machine'] for r in rows})) or machine()}; one torch thread per run; runs in parallel "
         "as given by `--workers`.",
         "",
     ]
