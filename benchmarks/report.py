@@ -138,6 +138,7 @@ def plot_kl(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     envs = [env for env in ENVS if any(r["env"] == env for r in rows)]
     settings = [s for s in SETTINGS if SETTINGS[s][0] == "ppo_kl" and s != "no-clip-no-penalty" and any(r["setting"] == s for r in rows)]
@@ -158,6 +159,7 @@ def plot_kl(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
         for row in range(2):
             _thousands(axes[row, col])
             axes[row, col].set_yscale("log")
+            axes[row, col].yaxis.set_minor_formatter(NullFormatter())
             axes[row, col].tick_params(labelsize=7)
         axes[1, col].set_xlabel("timesteps", fontsize=8)
     axes[0, 0].set_ylabel("d: KL(old || new) per update", fontsize=8)
@@ -181,12 +183,14 @@ def budget_section(rows: list[dict[str, str]], timesteps: int, random: dict[str,
         f"value is the mean over its runs. Only the settings in this table compete for the 1, so the values compare "
         f"settings within this table; the paper's column normalises against its 11 settings at 1M steps.",
         "",
-        "| setting | normalised score (mean over runs) | runs | paper (1M, -v1) |",
+        "| setting | normalised score (mean over runs ± standard error) | runs | paper (1M, -v1) |",
         "|---|---|---|---|",
     ]
     for s in sorted(settings, key=lambda s: -np.mean(norm[s])):
         paper = PAPER_TABLE1.get(s)
-        out.append(f"| {s} | {np.mean(norm[s]):.2f} | {len(norm[s])} | {'' if paper is None else f'{paper:.2f}'} |")
+        sem = np.std(norm[s], ddof=1) / np.sqrt(len(norm[s])) if len(norm[s]) > 1 else np.nan
+        paper_cell = "" if paper is None else f"{paper:.2f}"
+        out.append(f"| {s} | {np.mean(norm[s]):.2f} ± {sem:.2f} | {len(norm[s])} | {paper_cell} |")
     out += ["", "### Raw scores: mean reward of the last 100 training episodes, mean ± std over seeds", ""]
     out += ["| setting | " + " | ".join(envs) + " |", "|---|" + "---|" * len(envs)]
     for s in settings:
