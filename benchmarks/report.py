@@ -230,9 +230,9 @@ def budget_section(rows: list[dict[str, str]], timesteps: int, random: dict[str,
 
 
 def missing(rows: list[dict[str, str]]) -> list[str]:
-    """Rows of the full 1M protocol (every setting, 7 envs, seeds 0-2) that are not in the CSV yet."""
-    have = {(r["setting"], r["env"], int(r["seed"])) for r in rows if int(r["timesteps"]) == 1_000_000}
+    """Rows of the full grid (every setting, 7 envs, seeds 0-2, 1M steps) that are not in the CSV yet."""
     grid = GRIDS["full"]
+    have = {(r["setting"], r["env"], int(r["seed"])) for r in rows if int(r["timesteps"]) == grid["timesteps"]}
     lines = []
     for setting in grid["settings"]:
         gaps = {env: [seed for seed in grid["seeds"] if (setting, env, seed) not in have] for env in grid["envs"]}

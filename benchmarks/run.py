@@ -157,9 +157,6 @@ def run_one(job: tuple[str, str, int, int], progress=None) -> dict[str, Any]:
     model.learn(timesteps, callback=curve)
     wall = time.perf_counter() - start
     curve.record_update()  # the last update's values are still in the logger
-    if progress is not None:
-        with progress.get_lock():
-            progress.value += model.num_timesteps - curve.last_steps
     episodes = [info["r"] for info in model.ep_info_buffer]  # SB3 keeps the last 100 episodes
     CURVES.mkdir(parents=True, exist_ok=True)
     with (CURVES / f"{setting}__{env_id}__{seed}__{timesteps}.csv").open("w", newline="") as f:
