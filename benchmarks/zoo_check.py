@@ -7,6 +7,7 @@ steps, as RL Zoo's benchmark does. One CSV row per finished run; a rerun skips f
 
     python -m benchmarks.zoo_check --envs CartPole-v1 Pendulum-v1 --seeds 0 1 2
     python -m benchmarks.zoo_check --algo ppo --envs MountainCarContinuous-v0   # SB3 PPO, RL Zoo's own entry, same seeds
+    python -m benchmarks.zoo_check --envs Ant-v5 --seeds 0 --params kl_target:0.03   # a variant of the shipped entry
     python -m benchmarks.zoo_check --summary
 """
 
@@ -26,7 +27,9 @@ from benchmarks.common import append_row, read_rows
 from sb3_ppo_kl.zoo import ALGOS, default_config
 
 RESULTS = Path(__file__).parent / "results" / "zoo_check.csv"
-FIELDS = ["algo", "env", "seed", "n_timesteps", "mean_reward", "std_reward", "episodes", "train_seconds"]
+# the RL Zoo algorithm each of ours is compared with, on the same seeds
+SB3_COUNTERPART = {"ppo_kl": "ppo", "ppo_kl_lstm": "ppo_lstm", "ppo_kl_mask": "ppo_mask"}
+FIELDS = ["algo", "env", "seed", "n_timesteps", "mean_reward", "std_reward", "episodes", "train_seconds", "params"]
 
 # RL Zoo's published PPO scores (benchmark.md of rl-baselines3-zoo; MuJoCo rows are -v3, Box2D -v2)
 ZOO_PPO_SCORE = {
@@ -46,12 +49,29 @@ ZOO_PPO_SCORE = {
 }
 
 
-def run_one(algo: str, env: str, seed: int, eval_steps: int) -> dict:
+def zoo_entry(algo: str, env: str) -> tuple[str, dict]:
+    """
+    The hyperparameter file and entry that ``train --algo algo --env env`` uses: ours for our
+    algorithms, RL Zoo's for its own. RL Zoo 2.9 tunes MuJoCo at -v4; for a -v5 env without an
+    entry of its own, its -v4 entry is used (written to a temporary file passed as ``-conf``).
+    """
+    config = default_config(algo) if algo in ALGOS else str(Path(rl_zoo3.__file__).parent / "hyperparams" / f"{algo}.yml")
+    entries = yaml.load(open(config), Loader=yaml.UnsafeLoader)  # RL Zoo's files use !!float tags
+    if env not in entries and env.endswith("-v5") and env[:-1] + "4" in entries:
+        return config, entries[env[:-1] + "4"]
+    return config, entries[env]
+
+
+def run_one(algo: str, env: str, seed: int, eval_steps: int, params: list[str]) -> dict:
+    config, entry = zoo_entry(algo, env)
     with tempfile.TemporaryDirectory() as folder:
+        conf = Path(folder) / "conf.yml"
+        conf.write_text(yaml.dump({env: entry}))
         zoo = [sys.executable, "-m", "sb3_ppo_kl.zoo"]
         start = time.perf_counter()
         subprocess.run(
-            [*zoo, "train", "--algo", algo, "--env", env, "-f", folder, "--seed", str(seed), "--num-threads", "1", "--log-interval", "-2"],
+            [*zoo, "train", "--algo", algo, "--env", env, "-f", folder, "--seed", str(seed), "--num-threads", "1", "--log-interval", "-2",
+             "-conf", str(conf), *(["-params", *params] if params else [])],
             check=True,
             stdout=subprocess.DEVNULL,
         )
@@ -64,10 +84,8 @@ def run_one(algo: str, env: str, seed: int, eval_steps: int) -> dict:
         ).stdout
     mean, std = map(float, re.search(r"Mean reward: (\S+) \+/- (\S+)", out).groups())
     episodes = int(re.findall(r"(\d+) Episodes", out)[-1])
-    config = default_config(algo) if algo in ALGOS else str(Path(rl_zoo3.__file__).parent / "hyperparams" / f"{algo}.yml")
-    n_timesteps = int(float(yaml.safe_load(open(config))[env]["n_timesteps"]))
-    return dict(algo=algo, env=env, seed=seed, n_timesteps=n_timesteps, mean_reward=mean, std_reward=std, episodes=episodes,
-                train_seconds=round(train_seconds))
+    return dict(algo=algo, env=env, seed=seed, n_timesteps=int(float(entry["n_timesteps"])), mean_reward=mean, std_reward=std,
+                episodes=episodes, train_seconds=round(train_seconds), params=" ".join(params))
 
 
 def main() -> None:
@@ -76,17 +94,21 @@ def main() -> None:
     parser.add_argument("--envs", nargs="+", default=[])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--eval-steps", type=int, default=10_000)
+    parser.add_argument("--params", nargs="+", default=[], help="RL Zoo -params on top of the entry (recorded per row)")
     parser.add_argument("--summary", action="store_true")
     args = parser.parse_args()
     rows = read_rows(RESULTS)
+    for row in rows:
+        row["params"] = row.get("params") or ""
     if args.summary:
-        print("| env | budget | PPOKL mean ± std over seeds | seeds | SB3 PPO, RL Zoo's entry, same seeds | RL Zoo PPO score |")
+        counterpart = SB3_COUNTERPART[args.algo]
+        print(f"| env | budget | {args.algo} mean ± std over seeds | seeds | {counterpart}, RL Zoo's entry, same seeds | RL Zoo PPO score |")
         print("|---|---|---|---|---|---|")
         for env in yaml.safe_load(open(default_config(args.algo))):
-            sel = [r for r in rows if r["env"] == env and r["algo"] == args.algo]
+            sel = [r for r in rows if r["env"] == env and r["algo"] == args.algo and not r["params"]]
             zoo = ZOO_PPO_SCORE.get(env)
             zoo_text = "n/a" if zoo is None else f"{zoo:g}"
-            ppo = np.array([float(r["mean_reward"]) for r in rows if r["env"] == env and r["algo"] == "ppo"])
+            ppo = np.array([float(r["mean_reward"]) for r in rows if r["env"] == env and r["algo"] == counterpart and not r["params"]])
             ppo_text = f"{ppo.mean():.1f} ± {ppo.std():.1f} ({len(ppo)} seeds)" if len(ppo) else "not run"
             if not sel:
                 print(f"| {env} | | not run | | {ppo_text} | {zoo_text} |")
@@ -97,13 +119,20 @@ def main() -> None:
                 f"| {env} | {int(sel[0]['n_timesteps']):,} | {scores.mean():.1f} ± {scores.std():.1f} ({per_seed}) | {len(sel)} "
                 f"| {ppo_text} | {zoo_text} |"
             )
+        variants = [r for r in rows if r["algo"] == args.algo and r["params"]]
+        if variants:
+            print(f"\nVariants of shipped entries (`--params`), not part of the table above:\n")
+            print("| env | -params | seed | budget | mean reward |")
+            print("|---|---|---|---|---|")
+            for r in variants:
+                print(f"| {r['env']} | `{r['params']}` | {r['seed']} | {int(r['n_timesteps']):,} | {float(r['mean_reward']):.1f} |")
         return
-    done = {(r["algo"], r["env"], int(r["seed"])) for r in rows}
+    done = {(r["algo"], r["env"], int(r["seed"]), r["params"]) for r in rows}
     for env in args.envs:
         for seed in args.seeds:
-            if (args.algo, env, seed) in done:
+            if (args.algo, env, seed, " ".join(args.params)) in done:
                 continue
-            row = run_one(args.algo, env, seed, args.eval_steps)
+            row = run_one(args.algo, env, seed, args.eval_steps, args.params)
             append_row(RESULTS, FIELDS, row)
             print(row, flush=True)
 

@@ -57,3 +57,25 @@ def test_grid_resumes_and_report_renders(tmp_path, monkeypatch):
     assert "| clip-0.2 |" in text and "| kl-adaptive-0.01 |" in text and "0.82" in text  # ours beside the paper's
     assert (tmp_path / "results" / "table1_4096_curves.png").stat().st_size > 0
     assert (tmp_path / "results" / "table1_4096_kl.png").stat().st_size > 0
+
+
+def test_zoo_check_entries_and_summary(tmp_path, monkeypatch, capsys):
+    from benchmarks import zoo_check
+    from benchmarks.common import append_row
+
+    config, entry = zoo_check.zoo_entry("ppo", "Ant-v5")  # RL Zoo 2.9 has no Ant-v5 entry: its Ant-v4 one is used
+    assert config.endswith("rl_zoo3/hyperparams/ppo.yml") and entry["n_timesteps"] == 1e6 and "kl_target" not in entry
+    config, entry = zoo_check.zoo_entry("ppo_kl", "Ant-v5")
+    assert config.endswith("sb3_ppo_kl/zoo/hyperparams/ppo_kl.yml") and entry["kl_target"] == 0.01
+
+    monkeypatch.setattr(zoo_check, "RESULTS", tmp_path / "zoo_check.csv")
+    row = dict(algo="ppo_kl", env="Pendulum-v1", seed=0, n_timesteps=100_000, mean_reward=-170.0, std_reward=1.0, episodes=50,
+               train_seconds=1, params="")
+    append_row(zoo_check.RESULTS, zoo_check.FIELDS, row)
+    append_row(zoo_check.RESULTS, zoo_check.FIELDS, {**row, "mean_reward": -900.0, "params": "kl_target:0.03"})  # a variant
+    append_row(zoo_check.RESULTS, zoo_check.FIELDS, {**row, "algo": "ppo", "mean_reward": -180.0})
+    monkeypatch.setattr("sys.argv", ["zoo_check", "--summary"])
+    zoo_check.main()
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| Pendulum-v1 |"))
+    # the variant is not part of the shipped entry's score; SB3 PPO on the same seeds sits beside it
+    assert line == "| Pendulum-v1 | 100,000 | -170.0 ± 0.0 (-170.0) | 1 | -180.0 ± 0.0 (1 seeds) | -172.225 |"
