@@ -109,7 +109,7 @@ def main() -> None:
             zoo = ZOO_PPO_SCORE.get(env)
             zoo_text = "n/a" if zoo is None else f"{zoo:g}"
             ppo = np.array([float(r["mean_reward"]) for r in rows if r["env"] == env and r["algo"] == counterpart and not r["params"]])
-            ppo_text = f"{ppo.mean():.1f} ± {ppo.std():.1f} ({len(ppo)} seeds)" if len(ppo) else "not run"
+            ppo_text = f"{ppo.mean():.1f} ± {ppo.std():.1f} ({len(ppo)} seed{'s' * (len(ppo) > 1)})" if len(ppo) else "not run"
             if not sel:
                 print(f"| {env} | | not run | | {ppo_text} | {zoo_text} |")
                 continue

@@ -78,4 +78,4 @@ def test_zoo_check_entries_and_summary(tmp_path, monkeypatch, capsys):
     zoo_check.main()
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| Pendulum-v1 |"))
     # the variant is not part of the shipped entry's score; SB3 PPO on the same seeds sits beside it
-    assert line == "| Pendulum-v1 | 100,000 | -170.0 ± 0.0 (-170.0) | 1 | -180.0 ± 0.0 (1 seeds) | -172.225 |"
+    assert line == "| Pendulum-v1 | 100,000 | -170.0 ± 0.0 (-170.0) | 1 | -180.0 ± 0.0 (1 seed) | -172.225 |"
