@@ -63,7 +63,7 @@ def zoo_entry(algo: str, env: str) -> tuple[str, dict]:
 
 
 def run_one(algo: str, env: str, seed: int, eval_steps: int, params: list[str]) -> dict:
-    config, entry = zoo_entry(algo, env)
+    _, entry = zoo_entry(algo, env)
     with tempfile.TemporaryDirectory() as folder:
         conf = Path(folder) / "conf.yml"
         conf.write_text(yaml.dump({env: entry}))
@@ -98,8 +98,6 @@ def main() -> None:
     parser.add_argument("--summary", action="store_true")
     args = parser.parse_args()
     rows = read_rows(RESULTS)
-    for row in rows:
-        row["params"] = row.get("params") or ""
     if args.summary:
         counterpart = SB3_COUNTERPART[args.algo]
         print(f"| env | budget | {args.algo} mean ± std over seeds | seeds | {counterpart}, RL Zoo's entry, same seeds | RL Zoo PPO score |")
