@@ -47,7 +47,16 @@ SETTINGS = {
     ),
     "Pendulum-v1": (
         4,
-        dict(n_steps=1024, gae_lambda=0.95, gamma=0.9, n_epochs=10, ent_coef=0.0, learning_rate=1e-3, use_sde=True, sde_sample_freq=4),
+        dict(
+            n_steps=1024,
+            gae_lambda=0.95,
+            gamma=0.9,
+            n_epochs=10,
+            ent_coef=0.0,
+            learning_rate=1e-3,
+            use_sde=True,
+            sde_sample_freq=4,
+        ),
         0.2,
         100_000,
         -200.0,
@@ -80,15 +89,19 @@ def run_one(job: tuple[str, str, int]) -> dict:
     n_envs, shared, ppo_clip, timesteps, threshold, eval_every = SETTINGS[env_id]
     kwargs = {key: _schedule(value) for key, value in shared.items()}
     if algo == "ppo":
-        model = PPO("MlpPolicy", make_vec_env(env_id, n_envs=n_envs, seed=seed), clip_range=_schedule(ppo_clip), seed=seed, **kwargs)
+        model = PPO(
+            "MlpPolicy", make_vec_env(env_id, n_envs=n_envs, seed=seed), clip_range=_schedule(ppo_clip), seed=seed, **kwargs
+        )
     else:
         model = PPOKL("MlpPolicy", make_vec_env(env_id, n_envs=n_envs, seed=seed), seed=seed, **kwargs)
 
     class TimedEval(EvalCallback):
         """EvalCallback that keeps its learning curve and the time it spent (excluded from training time)."""
 
-        eval_seconds = 0.0
-        curve: list[tuple[int, float]] = []
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.eval_seconds = 0.0
+            self.curve: list[tuple[int, float]] = []
 
         def _on_step(self) -> bool:
             start = time.perf_counter()
@@ -150,12 +163,15 @@ def summary() -> str:
             solve = ", ".join(r["steps_to_solve"] or "not solved" for r in sel)
             secs = np.mean([float(r["train_seconds"]) for r in sel])
             name = "SB3 PPO (clip)" if algo == "ppo" else "PPOKL (defaults)"
-            lines.append(f"| {env} | {name} | {finals.mean():.1f} ± {finals.std():.1f} (n={len(sel)}) | {solve} | {secs:.0f} |")
+            lines.append(
+                f"| {env} | {name} | {finals.mean():.1f} ± {finals.std():.1f} (n={len(sel)}) | {solve} | {secs:.0f} |"
+            )
     return "\n".join(lines)
 
 
-def plot(path: Path = RESULTS.with_suffix(".png")) -> None:
-    """Evaluation reward against timesteps: mean and min-max over seeds, one panel per env."""
+def plot(path: Path | None = None) -> None:
+    """Evaluation reward against timesteps: mean and min-max over seeds, one panel per env (default: next to the CSV)."""
+    path = RESULTS.with_suffix(".png") if path is None else path
     import matplotlib
 
     matplotlib.use("Agg")

@@ -56,7 +56,8 @@ def zoo_entry(algo: str, env: str) -> tuple[str, dict]:
     entry of its own, its -v4 entry is used (written to a temporary file passed as ``-conf``).
     """
     config = default_config(algo) if algo in ALGOS else str(Path(rl_zoo3.__file__).parent / "hyperparams" / f"{algo}.yml")
-    entries = yaml.load(open(config), Loader=yaml.UnsafeLoader)  # RL Zoo's files use !!float tags
+    with open(config) as file:
+        entries = yaml.load(file, Loader=yaml.UnsafeLoader)  # RL Zoo's files use !!float tags
     if env not in entries and env.endswith("-v5") and env[:-1] + "4" in entries:
         return config, entries[env[:-1] + "4"]
     return config, entries[env]
@@ -70,22 +71,61 @@ def run_one(algo: str, env: str, seed: int, eval_steps: int, params: list[str]) 
         zoo = [sys.executable, "-m", "sb3_ppo_kl.zoo"]
         start = time.perf_counter()
         subprocess.run(
-            [*zoo, "train", "--algo", algo, "--env", env, "-f", folder, "--seed", str(seed), "--num-threads", "1", "--log-interval", "-2",
-             "-conf", str(conf), *(["-params", *params] if params else [])],
+            [
+                *zoo,
+                "train",
+                "--algo",
+                algo,
+                "--env",
+                env,
+                "-f",
+                folder,
+                "--seed",
+                str(seed),
+                "--num-threads",
+                "1",
+                "--log-interval",
+                "-2",
+                "-conf",
+                str(conf),
+                *(["-params", *params] if params else []),
+            ],
             check=True,
             stdout=subprocess.DEVNULL,
         )
         train_seconds = time.perf_counter() - start
         out = subprocess.run(
-            [*zoo, "enjoy", "--algo", algo, "--env", env, "-f", folder, "--no-render", "--deterministic", "-n", str(eval_steps)],
+            [
+                *zoo,
+                "enjoy",
+                "--algo",
+                algo,
+                "--env",
+                env,
+                "-f",
+                folder,
+                "--no-render",
+                "--deterministic",
+                "-n",
+                str(eval_steps),
+            ],
             check=True,
             capture_output=True,
             text=True,
         ).stdout
     mean, std = map(float, re.search(r"Mean reward: (\S+) \+/- (\S+)", out).groups())
     episodes = int(re.findall(r"(\d+) Episodes", out)[-1])
-    return dict(algo=algo, env=env, seed=seed, n_timesteps=int(float(entry["n_timesteps"])), mean_reward=mean, std_reward=std,
-                episodes=episodes, train_seconds=round(train_seconds), params=" ".join(params))
+    return dict(
+        algo=algo,
+        env=env,
+        seed=seed,
+        n_timesteps=int(float(entry["n_timesteps"])),
+        mean_reward=mean,
+        std_reward=std,
+        episodes=episodes,
+        train_seconds=round(train_seconds),
+        params=" ".join(params),
+    )
 
 
 def main() -> None:
@@ -100,13 +140,19 @@ def main() -> None:
     rows = read_rows(RESULTS)
     if args.summary:
         counterpart = SB3_COUNTERPART[args.algo]
-        print(f"| env | budget | {args.algo} mean ± std over seeds | seeds | {counterpart}, RL Zoo's entry, same seeds | RL Zoo PPO score |")
+        print(
+            f"| env | budget | {args.algo} mean ± std over seeds | seeds | {counterpart}, RL Zoo's entry, same seeds | RL Zoo PPO score |"
+        )
         print("|---|---|---|---|---|---|")
-        for env in yaml.safe_load(open(default_config(args.algo))):
+        with open(default_config(args.algo)) as file:
+            shipped = yaml.safe_load(file)
+        for env in shipped:
             sel = [r for r in rows if r["env"] == env and r["algo"] == args.algo and not r["params"]]
             zoo = ZOO_PPO_SCORE.get(env)
             zoo_text = "n/a" if zoo is None else f"{zoo:g}"
-            ppo = np.array([float(r["mean_reward"]) for r in rows if r["env"] == env and r["algo"] == counterpart and not r["params"]])
+            ppo = np.array(
+                [float(r["mean_reward"]) for r in rows if r["env"] == env and r["algo"] == counterpart and not r["params"]]
+            )
             ppo_text = f"{ppo.mean():.1f} ± {ppo.std():.1f} ({len(ppo)} seed{'s' * (len(ppo) > 1)})" if len(ppo) else "not run"
             if not sel:
                 print(f"| {env} | | not run | | {ppo_text} | {zoo_text} |")
@@ -119,11 +165,13 @@ def main() -> None:
             )
         variants = [r for r in rows if r["algo"] == args.algo and r["params"]]
         if variants:
-            print(f"\nVariants of shipped entries (`--params`), not part of the table above:\n")
+            print("\nVariants of shipped entries (`--params`), not part of the table above:\n")
             print("| env | -params | seed | budget | mean reward |")
             print("|---|---|---|---|---|")
             for r in variants:
-                print(f"| {r['env']} | `{r['params']}` | {r['seed']} | {int(r['n_timesteps']):,} | {float(r['mean_reward']):.1f} |")
+                print(
+                    f"| {r['env']} | `{r['params']}` | {r['seed']} | {int(r['n_timesteps']):,} | {float(r['mean_reward']):.1f} |"
+                )
         return
     done = {(r["algo"], r["env"], int(r["seed"]), r["params"]) for r in rows}
     for env in args.envs:

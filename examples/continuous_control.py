@@ -26,9 +26,7 @@ else:
     # The paper's MuJoCo protocol (Schulman et al. 2017, table 3): these are PPOKL's defaults,
     # with a 2x64 tanh MLP and separate policy and value networks.
     env = make_vec_env(env_id, n_envs=1, seed=0)
-    model = PPOKL(
-        "MlpPolicy", env, policy_kwargs=dict(net_arch=dict(pi=[64, 64], vf=[64, 64])), verbose=1, seed=0
-    )
+    model = PPOKL("MlpPolicy", env, policy_kwargs=dict(net_arch=dict(pi=[64, 64], vf=[64, 64])), verbose=1, seed=0)
     timesteps = 1_000_000
 
 model.learn(timesteps, progress_bar=True)

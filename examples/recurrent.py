@@ -54,5 +54,7 @@ model.save("recurrent_ppokl_cartpole_novel")
 model = RecurrentPPOKL.load("recurrent_ppokl_cartpole_novel", env=env)  # beta comes back too
 print("beta after training:", model.kl_coef)
 # evaluate_policy carries the LSTM state through each episode
-mean_reward, std_reward = evaluate_policy(model, make_vec_env("CartPole-v1", n_envs=1, seed=123, wrapper_class=CartPoleNoVel), 20)
+mean_reward, std_reward = evaluate_policy(
+    model, make_vec_env("CartPole-v1", n_envs=1, seed=123, wrapper_class=CartPoleNoVel), 20
+)
 print(f"mean reward {mean_reward:.1f} +/- {std_reward:.1f}")

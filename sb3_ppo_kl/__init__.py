@@ -6,17 +6,17 @@ from sb3_ppo_kl.ppo_kl.ppo_kl import NonFiniteError
 from sb3_ppo_kl.ppo_kl_mask import MaskablePPOKL
 from sb3_ppo_kl.ppo_kl_recurrent import RecurrentPPOKL
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "PPOKL",
-    "MaskablePPOKL",
-    "RecurrentPPOKL",
-    "NonFiniteError",
     "KLCoefController",
+    "MaskablePPOKL",
+    "NonFiniteError",
+    "RecurrentPPOKL",
+    "__version__",
     "distribution_params",
     "has_analytic_kl",
     "per_state_kl",
     "sampled_kl",
-    "__version__",
 ]

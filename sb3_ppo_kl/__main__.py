@@ -24,12 +24,16 @@ def _key_value(text: str) -> tuple[str, object]:
 
 
 def main(argv: list[str] | None = None) -> float:
-    parser = argparse.ArgumentParser(prog="python -m sb3_ppo_kl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m sb3_ppo_kl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--env", default="CartPole-v1", help="Gymnasium environment id (default: CartPole-v1)")
     parser.add_argument("--timesteps", type=int, default=100_000, help="training timesteps (default: 100000)")
     parser.add_argument("--n-envs", type=int, default=1, help="parallel environments (default: 1)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--param", type=_key_value, action="append", default=[], metavar="KEY=VALUE", help="any PPOKL argument")
+    parser.add_argument(
+        "--param", type=_key_value, action="append", default=[], metavar="KEY=VALUE", help="any PPOKL argument"
+    )
     parser.add_argument("--eval-episodes", type=int, default=20)
     parser.add_argument("--save", default=None, help="where to save the model (default: ppokl_<env>.zip)")
     parser.add_argument("--no-progress-bar", action="store_true")
@@ -44,8 +48,11 @@ def main(argv: list[str] | None = None) -> float:
     model.save(path)
     eval_env = make_vec_env(args.env, n_envs=1, seed=args.seed + 10_000)
     mean_reward, std_reward = evaluate_policy(PPOKL.load(path), eval_env, n_eval_episodes=args.eval_episodes)
-    print(f"{args.env}: mean reward {mean_reward:.1f} +/- {std_reward:.1f} over {args.eval_episodes} episodes "
-          f"(final beta {model.kl_coef:.4g}); saved to {path}.zip")
+    assert isinstance(mean_reward, float)  # a float, not a list, without return_episode_rewards
+    print(
+        f"{args.env}: mean reward {mean_reward:.1f} +/- {std_reward:.1f} over {args.eval_episodes} episodes "
+        f"(final beta {model.kl_coef:.4g}); saved to {path}.zip"
+    )
     return mean_reward
 
 

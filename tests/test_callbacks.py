@@ -29,7 +29,11 @@ class RolloutEnds(BaseCallback):
 def test_eval_checkpoint_and_custom_callbacks(tmp_path):
     env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
     eval_callback = EvalCallback(
-        make_vec_env("CartPole-v1", n_envs=1, seed=1), eval_freq=64, n_eval_episodes=2, log_path=str(tmp_path), best_model_save_path=str(tmp_path)
+        make_vec_env("CartPole-v1", n_envs=1, seed=1),
+        eval_freq=64,
+        n_eval_episodes=2,
+        log_path=str(tmp_path),
+        best_model_save_path=str(tmp_path),
     )
     checkpoint = CheckpointCallback(save_freq=64, save_path=str(tmp_path / "ckpt"), name_prefix="ppokl")
     custom = RolloutEnds()
@@ -45,7 +49,9 @@ def test_eval_checkpoint_and_custom_callbacks(tmp_path):
 
 def test_stop_training_on_reward_threshold():
     stop = StopTrainingOnRewardThreshold(reward_threshold=15, verbose=0)
-    eval_callback = EvalCallback(make_vec_env("CartPole-v1", n_envs=1, seed=1), eval_freq=128, n_eval_episodes=3, callback_on_new_best=stop)
+    eval_callback = EvalCallback(
+        make_vec_env("CartPole-v1", n_envs=1, seed=1), eval_freq=128, n_eval_episodes=3, callback_on_new_best=stop
+    )
     model = PPOKL("MlpPolicy", "CartPole-v1", n_steps=128, batch_size=64, n_epochs=2, seed=0)
     model.learn(100_000, callback=eval_callback)
     assert model.num_timesteps < 100_000  # an untrained CartPole policy already scores above 15

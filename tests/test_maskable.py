@@ -17,7 +17,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import IdentityEnv, IdentityEnvBox
 from stable_baselines3.common.policies import ActorCriticPolicy
 
-from sb3_ppo_kl import MaskablePPOKL, PPOKL
+from sb3_ppo_kl import PPOKL, MaskablePPOKL
 from sb3_ppo_kl.common.buffers import KLMaskableDictRolloutBuffer, KLMaskableRolloutBuffer
 
 ENVS = {
@@ -210,7 +210,8 @@ def test_save_load_keeps_beta(tmp_path):
     obs, _ = env.reset(seed=3)
     masks = env.action_masks()
     assert np.array_equal(
-        model.predict(obs, action_masks=masks, deterministic=True)[0], loaded.predict(obs, action_masks=masks, deterministic=True)[0]
+        model.predict(obs, action_masks=masks, deterministic=True)[0],
+        loaded.predict(obs, action_masks=masks, deterministic=True)[0],
     )
     saved_beta = loaded.kl_coef
     loaded.learn(64, reset_num_timesteps=False)  # one more update, with the saved beta

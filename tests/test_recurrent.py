@@ -173,7 +173,9 @@ def test_box_actions_and_gsde(use_sde):
 
 def test_dict_observations():
     env = make_vec_env("CartPole-v1", n_envs=2, seed=0, wrapper_class=ToDictWrapper)
-    model = RecurrentPPOKL("MultiInputLstmPolicy", env, n_steps=32, batch_size=16, n_epochs=2, seed=0, policy_kwargs=SMALL_LSTM)
+    model = RecurrentPPOKL(
+        "MultiInputLstmPolicy", env, n_steps=32, batch_size=16, n_epochs=2, seed=0, policy_kwargs=SMALL_LSTM
+    )
     assert isinstance(model.rollout_buffer, KLRecurrentDictRolloutBuffer)
     model.learn(128)
     assert np.isfinite(model.logger.name_to_value["train/kl"])

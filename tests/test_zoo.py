@@ -11,26 +11,45 @@ import pytest
 import yaml
 
 pytest.importorskip("rl_zoo3")
-import optuna  # noqa: E402
-from rl_zoo3.exp_manager import ExperimentManager  # noqa: E402
+import optuna
+from rl_zoo3.exp_manager import ExperimentManager
 
-from sb3_ppo_kl import PPOKL, MaskablePPOKL, RecurrentPPOKL  # noqa: E402
-from sb3_ppo_kl.zoo import ALGOS, default_config, register  # noqa: E402
+from sb3_ppo_kl import PPOKL, MaskablePPOKL, RecurrentPPOKL
+from sb3_ppo_kl.zoo import ALGOS, default_config, register
 
 ZOO = [sys.executable, "-m", "sb3_ppo_kl.zoo"]
 # subprocesses find tests/zoo_envs (the maskable env package) on their path
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+ENV = {
+    **os.environ,
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+}
 
 
 def _zoo(*args: str, cwd: Path, timeout: int = 300) -> str:
-    result = subprocess.run([*ZOO, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run([*ZOO, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
 
 @pytest.mark.parametrize("env_id, steps", [("CartPole-v1", "2000"), ("Pendulum-v1", "4096")])
 def test_train_then_enjoy_round_trip(tmp_path, env_id, steps):
-    out = _zoo("train", "--algo", "ppo_kl", "--env", env_id, "-f", "logs/", "-n", steps, "--num-threads", "1", "--seed", "0", cwd=tmp_path)
+    out = _zoo(
+        "train",
+        "--algo",
+        "ppo_kl",
+        "--env",
+        env_id,
+        "-f",
+        "logs/",
+        "-n",
+        steps,
+        "--num-threads",
+        "1",
+        "--seed",
+        "0",
+        cwd=tmp_path,
+    )
     assert "ppo_kl.yml" in out  # our shipped hyperparameters, not RL Zoo's
     run = tmp_path / "logs" / "ppo_kl" / f"{env_id}_1"
     assert (run / f"{env_id}.zip").exists()
@@ -44,12 +63,27 @@ def test_params_reach_the_model_and_console_script(tmp_path):
     script = Path(sys.executable).parent / "sb3-ppo-kl-zoo"
     assert script.exists(), "the console script is installed with the package"
     result = subprocess.run(
-        [str(script), "train", "--algo", "ppo_kl", "--env", "CartPole-v1", "-f", "logs/", "-n", "256", "-params", "kl_target:0.02", "kl_coef:0.5"],
+        [
+            str(script),
+            "train",
+            "--algo",
+            "ppo_kl",
+            "--env",
+            "CartPole-v1",
+            "-f",
+            "logs/",
+            "-n",
+            "256",
+            "-params",
+            "kl_target:0.02",
+            "kl_coef:0.5",
+        ],
         cwd=tmp_path,
         env=ENV,
         capture_output=True,
         text=True,
         timeout=300,
+        check=False,  # checked below, with the output in the message
     )
     assert result.returncode == 0, result.stderr[-3000:]
     model = PPOKL.load(tmp_path / "logs" / "ppo_kl" / "CartPole-v1_1" / "CartPole-v1.zip")
@@ -59,8 +93,14 @@ def test_params_reach_the_model_and_console_script(tmp_path):
 
 def test_explicit_conf_file_is_respected(tmp_path):
     conf = tmp_path / "mine.yml"
-    conf.write_text(yaml.safe_dump({"CartPole-v1": {"policy": "MlpPolicy", "n_timesteps": 1000, "n_steps": 64, "batch_size": 32, "kl_target": 0.05}}))
-    out = _zoo("train", "--algo", "ppo_kl", "--env", "CartPole-v1", "-f", "logs/", "-n", "128", "-conf", str(conf), cwd=tmp_path)
+    conf.write_text(
+        yaml.safe_dump(
+            {"CartPole-v1": {"policy": "MlpPolicy", "n_timesteps": 1000, "n_steps": 64, "batch_size": 32, "kl_target": 0.05}}
+        )
+    )
+    out = _zoo(
+        "train", "--algo", "ppo_kl", "--env", "CartPole-v1", "-f", "logs/", "-n", "128", "-conf", str(conf), cwd=tmp_path
+    )
     assert "mine.yml" in out
     model = PPOKL.load(tmp_path / "logs" / "ppo_kl" / "CartPole-v1_1" / "CartPole-v1.zip")
     assert model.kl_controller.kl_target == 0.05 and model.n_steps == 64
@@ -79,7 +119,9 @@ def test_every_shipped_entry_constructs_a_model(tmp_path, algo, env_id):
     import zoo_envs  # noqa: F401  (registers InvalidActionEnvDiscrete-v0)
 
     register()
-    manager = ExperimentManager(argparse.Namespace(), algo, env_id, str(tmp_path), n_timesteps=1, config=default_config(algo), verbose=0)
+    manager = ExperimentManager(
+        argparse.Namespace(), algo, env_id, str(tmp_path), n_timesteps=1, config=default_config(algo), verbose=0
+    )
     model, saved = manager.setup_experiment()
     assert isinstance(model, ALGOS[algo])
     # pure PPO1 unless the entry asks for clipping on top of the penalty
@@ -88,16 +130,35 @@ def test_every_shipped_entry_constructs_a_model(tmp_path, algo, env_id):
 
 
 def test_recurrent_and_maskable_variants_in_the_zoo(tmp_path):
-    _zoo("train", "--algo", "ppo_kl_lstm", "--env", "CartPoleNoVel-v1", "-f", "logs/", "-n", "512", "--num-threads", "1", cwd=tmp_path)
-    assert isinstance(RecurrentPPOKL.load(tmp_path / "logs" / "ppo_kl_lstm" / "CartPoleNoVel-v1_1" / "CartPoleNoVel-v1.zip"), RecurrentPPOKL)
-    out = _zoo("enjoy", "--algo", "ppo_kl_lstm", "--env", "CartPoleNoVel-v1", "-f", "logs/", "--no-render", "-n", "200", cwd=tmp_path)
+    _zoo(
+        "train",
+        "--algo",
+        "ppo_kl_lstm",
+        "--env",
+        "CartPoleNoVel-v1",
+        "-f",
+        "logs/",
+        "-n",
+        "512",
+        "--num-threads",
+        "1",
+        cwd=tmp_path,
+    )
+    assert isinstance(
+        RecurrentPPOKL.load(tmp_path / "logs" / "ppo_kl_lstm" / "CartPoleNoVel-v1_1" / "CartPoleNoVel-v1.zip"), RecurrentPPOKL
+    )
+    out = _zoo(
+        "enjoy", "--algo", "ppo_kl_lstm", "--env", "CartPoleNoVel-v1", "-f", "logs/", "--no-render", "-n", "200", cwd=tmp_path
+    )
     assert "Episode" in out
     # a maskable environment comes from the user's package, as RL Zoo's --gym-packages allows
     _zoo(
         "train", "--algo", "ppo_kl_mask", "--env", "InvalidActionEnvDiscrete-v0", "--gym-packages", "zoo_envs",
         "-f", "logs/", "-n", "256", "-params", "n_steps:128", "--num-threads", "1", cwd=tmp_path,
     )  # fmt: skip
-    model = MaskablePPOKL.load(tmp_path / "logs" / "ppo_kl_mask" / "InvalidActionEnvDiscrete-v0_1" / "InvalidActionEnvDiscrete-v0.zip")
+    model = MaskablePPOKL.load(
+        tmp_path / "logs" / "ppo_kl_mask" / "InvalidActionEnvDiscrete-v0_1" / "InvalidActionEnvDiscrete-v0.zip"
+    )
     assert model.num_timesteps == 256
 
 
@@ -111,7 +172,14 @@ def _optimize_workers(storage: str, study: str, tmp_path: Path, n_workers: int =
         "--sampler", "random", "--pruner", "none", "--num-threads", "1", "-params", "n_envs:1", "-f", "logs/",
     ]  # fmt: skip
     workers = [
-        subprocess.Popen([*ZOO, *args, "--seed", str(seed)], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            [*ZOO, *args, "--seed", str(seed)],
+            cwd=tmp_path,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for seed in range(n_workers)
     ]
     for worker in workers:
@@ -134,7 +202,9 @@ def test_distributed_tuning_sqlite(tmp_path):
     _check_study(storage, "ppokl-sqlite", 4)
 
 
-@pytest.mark.skipif(not os.environ.get("SB3_PPO_KL_POSTGRES_URL"), reason="set SB3_PPO_KL_POSTGRES_URL (.ci/run starts a server)")
+@pytest.mark.skipif(
+    not os.environ.get("SB3_PPO_KL_POSTGRES_URL"), reason="set SB3_PPO_KL_POSTGRES_URL (.ci/run starts a server)"
+)
 def test_distributed_tuning_postgresql(tmp_path):
     storage = os.environ["SB3_PPO_KL_POSTGRES_URL"]
     study = f"ppokl-{uuid.uuid4().hex[:8]}"

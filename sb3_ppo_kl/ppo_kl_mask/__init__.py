@@ -1,4 +1,4 @@
 from sb3_ppo_kl.ppo_kl_mask.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_ppo_kl.ppo_kl_mask.ppo_kl_mask import MaskablePPOKL
 
-__all__ = ["MaskablePPOKL", "CnnPolicy", "MlpPolicy", "MultiInputPolicy"]
+__all__ = ["CnnPolicy", "MaskablePPOKL", "MlpPolicy", "MultiInputPolicy"]
