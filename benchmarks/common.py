@@ -13,9 +13,25 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def append_row(path: Path, fields: list[str], row: dict) -> None:
-    """Append one finished run, writing the header first if the file is new."""
+    """
+    Append one finished run, writing the header first if the file is new.
+
+    A file written before ``fields`` gained columns is rewritten once with the new header, its old rows
+    left blank in the new columns.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists()
+    if not new:
+        with path.open() as f:
+            header = next(csv.reader(f), [])
+        if header != fields:
+            if not set(header) <= set(fields):
+                raise ValueError(f"{path} has columns {sorted(set(header) - set(fields))} that {fields} lacks")
+            rows = read_rows(path)
+            with path.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fields)
+                writer.writeheader()
+                writer.writerows(rows)
     with path.open("a", newline="") as f:
         writer = csv.DictWriter(f, fields)
         if new:

@@ -11,6 +11,16 @@ Settings are named after the rows of Table 1, plus two beyond the paper:
 - ``kl-adaptive-0.01+clip-0.2``: PPOKL's adaptive penalty with clipping 0.2 on top;
 - ``trpo``: sb3-contrib TRPO (its defaults: target KL 0.01, line search), on the same network and rollout.
 
+Candidates for a PPOKL setting that learns at least as well as clipping (issue 11), each PPOKL with the
+package's own opt-in arguments (``kl_target`` schedules, ``kl_penalty_kwargs``):
+
+- ``kl-0.02+cutoff``: target 0.02 with modular_rl's cutoff ``1000 * max(0, KL - 2 * target)^2``;
+- ``kl-sched-0.01-0.03+cutoff``: the target rises linearly from 0.01 to 0.03 over training, with the cutoff;
+- ``kl-meanonly-0.01``, ``kl-meanonly-0.02``: the Gaussian KL without its variance term (the std moves freely);
+- ``kl-perstate-meanonly-0.02``: mean-only KL, penalised per state only above the target;
+- ``kl-proportional-0.02``: target 0.02 with Ziegler et al.'s proportional beta controller;
+- ``kl-meanonly-sched-0.01-0.03``: mean-only KL with the rising target.
+
 The protocol is the paper's (section 6.1 and table 3): 2x64 tanh MLP for the policy and for the value
 function (no shared layers), state-independent log-std, no entropy bonus, T=2048 steps per update, Adam
 3e-4, 10 epochs, minibatch 64, gamma 0.99, lambda 0.95, 1M steps, 3 seeds, one environment, raw
@@ -19,13 +29,22 @@ arguments listed above. Gradient norm clipping (SB3's max_grad_norm 0.5) and adv
 SB3's defaults and are kept for every setting.
 
 Score of a run: the mean total reward of its last 100 training episodes (SB3's Monitor), as in the paper.
+Every run is also scored by a deterministic evaluation at its end (``eval_score``: the mean return of
+10 episodes of the mean action on a separately seeded env), since a narrow action std alone raises the
+training score.
+
+Every run is measured the same way, whatever its algorithm (:class:`UpdateMeasures`): after each update,
+``d`` = the mean analytic KL between the policy before and after it over that update's rollout (the
+package's own :func:`~sb3_ppo_kl.common.kl.per_state_kl`; for PPOKL it equals ``train/kl``) and the
+mean action std.
 
 Each finished run appends one row to ``results/table1.csv`` and writes its learning curve (one row per
-update: timesteps, mean reward of the last 100 episodes, and for PPOKL the measured KL d and beta) to
+update: timesteps, mean reward of the last 100 episodes, d, the std, and for PPOKL beta) to
 ``results/table1_curves/``. A rerun skips the finished (setting, env, seed, timesteps) rows.
 
     python -m benchmarks.run --workers 2                                          # the full grid: 11+2 settings x 7 envs x 3 seeds x 1M
     python -m benchmarks.run --grid paper-lite --workers 2                        # 3 settings x 7 envs x 3 seeds x 300k
+    python -m benchmarks.run --grid stage1 --workers 2                            # issue 11's candidates on HalfCheetah
     python -m benchmarks.run --settings clip-0.2 kl-fixed-1 --envs Hopper-v5 --seeds 0 --timesteps 100000
     python -m benchmarks.run --random                                             # measure the random policy's score
     python -m benchmarks.report                                                   # RESULTS.md and the figures
@@ -41,14 +60,39 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch as th
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.utils import LinearSchedule, obs_as_tensor
 
 from benchmarks.common import append_row, read_rows
+from sb3_ppo_kl.common.kl import distribution_params, per_state_kl
 
 RESULTS_DIR = Path(__file__).parent / "results"
 RESULTS = RESULTS_DIR / "table1.csv"
 CURVES = RESULTS_DIR / "table1_curves"
 RANDOM = RESULTS_DIR / "table1_random.csv"
-FIELDS = ["setting", "env", "seed", "timesteps", "score", "episodes", "wall_seconds", "fps", "final_kl_coef", "machine"]
+FIELDS = [
+    "setting",
+    "env",
+    "seed",
+    "timesteps",
+    "score",
+    "episodes",
+    "wall_seconds",
+    "fps",
+    "final_kl_coef",
+    "machine",
+    "eval_score",
+    "eval_episodes",
+    "final_kl",
+    "final_std",
+]
+CURVE_FIELDS = ["timesteps", "reward", "kl", "kl_coef", "std"]
+EVAL_EPISODES = 10
+# final_kl: the mean d of the last FINAL_UPDATES updates
+FINAL_UPDATES = 10
 
 ENVS = [
     "HalfCheetah-v5",
@@ -66,6 +110,9 @@ PROTOCOL: dict[str, Any] = dict(
     n_steps=2048, batch_size=64, n_epochs=10, learning_rate=3e-4, gamma=0.99, gae_lambda=0.95, ent_coef=0.0
 )
 
+# kl_target rising linearly from 0.01 at the start to 0.03 at the end (progress_remaining goes from 1 to 0)
+RISING_TARGET = LinearSchedule(0.01, 0.03, 1.0)
+
 # setting name -> (algorithm, arguments on top of the protocol)
 SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "no-clip-no-penalty": ("ppo_kl", dict(kl_coef=0.0, adaptive_kl=False)),
@@ -81,13 +128,26 @@ SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "kl-fixed-10": ("ppo_kl", dict(kl_coef=10.0, adaptive_kl=False)),
     "kl-adaptive-0.01+clip-0.2": ("ppo_kl", dict(kl_target=0.01, clip_range=0.2)),
     "trpo": ("trpo", {}),
+    # issue 11's candidates
+    "kl-0.02+cutoff": ("ppo_kl", dict(kl_target=0.02, kl_penalty_kwargs=dict(cutoff_coef=1000.0))),
+    "kl-sched-0.01-0.03+cutoff": ("ppo_kl", dict(kl_target=RISING_TARGET, kl_penalty_kwargs=dict(cutoff_coef=1000.0))),
+    "kl-meanonly-0.01": ("ppo_kl", dict(kl_target=0.01, kl_penalty_kwargs=dict(variance_weight=0.0))),
+    "kl-meanonly-0.02": ("ppo_kl", dict(kl_target=0.02, kl_penalty_kwargs=dict(variance_weight=0.0))),
+    "kl-perstate-meanonly-0.02": ("ppo_kl", dict(kl_target=0.02, kl_penalty_kwargs=dict(variance_weight=0.0, per_state=True))),
+    "kl-proportional-0.02": ("ppo_kl", dict(kl_target=0.02, kl_penalty_kwargs=dict(rule="proportional"))),
+    "kl-meanonly-sched-0.01-0.03": ("ppo_kl", dict(kl_target=RISING_TARGET, kl_penalty_kwargs=dict(variance_weight=0.0))),
 }
 PAPER_SETTINGS = list(SETTINGS)[:11]
+CANDIDATES = [s for s in SETTINGS if s.startswith("kl-") and s not in PAPER_SETTINGS and "clip" not in s]
 
 GRIDS: dict[str, dict[str, Any]] = {
     "full": dict(settings=list(SETTINGS), envs=ENVS, seeds=[0, 1, 2], timesteps=1_000_000),
     "paper": dict(settings=PAPER_SETTINGS, envs=ENVS, seeds=[0, 1, 2], timesteps=1_000_000),
     "paper-lite": dict(settings=["clip-0.2", "kl-adaptive-0.01", "kl-fixed-1"], envs=ENVS, seeds=[0, 1, 2], timesteps=300_000),
+    # issue 11, stage 1: the candidates beside clipping and PPO1's defaults on HalfCheetah
+    "stage1": dict(
+        settings=["clip-0.2", "kl-adaptive-0.01", *CANDIDATES], envs=["HalfCheetah-v5"], seeds=[0, 1, 2, 3, 4], timesteps=300_000
+    ),
 }
 
 
@@ -98,7 +158,6 @@ def machine() -> str:
 def make_model(setting: str, env_id: str, seed: int):
     """The model of one run: the paper's protocol plus the setting's own arguments."""
     from stable_baselines3 import PPO
-    from stable_baselines3.common.env_util import make_vec_env
 
     from sb3_ppo_kl import PPOKL
 
@@ -114,55 +173,86 @@ def make_model(setting: str, env_id: str, seed: int):
     return TRPO("MlpPolicy", env, seed=seed, n_steps=PROTOCOL["n_steps"], gamma=0.99, gae_lambda=0.95)
 
 
-def run_one(job: tuple[str, str, int, int], progress=None) -> dict[str, Any]:
-    """Train one (setting, env, seed) for ``timesteps``; write its curve; return its CSV row."""
-    setting, env_id, seed, timesteps = job
-    import torch as th
+class UpdateMeasures(BaseCallback):
+    """
+    The same measurements for every on-policy algorithm (SB3 PPO, TRPO, PPOKL), one row per update.
 
+    At the end of each rollout it stores the rollout's observations and the rollout policy's distribution
+    parameters on them; after the update on that rollout (at the next rollout's start, or :meth:`finish`
+    after ``learn``) it takes ``d``, the mean per-state KL[before || after] over those observations, with
+    the package's :func:`~sb3_ppo_kl.common.kl.per_state_kl`, and the mean action std. Each row also holds
+    the mean return of the last 100 training episodes when the rollout ended and, for PPOKL, beta after
+    the update.
+    """
+
+    def __init__(self, progress=None) -> None:
+        super().__init__()
+        self.rows: list[dict[str, Any]] = []
+        self.progress = progress
+        self.last_steps = 0
+        self._obs = None
+        self._old_params = None
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _record_update(self) -> None:
+        """d, std and beta of the update that trained on the last stored rollout."""
+        if self._obs is None:
+            return
+        policy = self.model.policy
+        policy.set_training_mode(False)
+        with th.no_grad():
+            kl = per_state_kl(self._old_params, policy.get_distribution(self._obs)).mean().item()
+        std = th.exp(policy.log_std).mean().item() if hasattr(policy, "log_std") else ""
+        self.rows[-1].update(kl=kl, std=std, kl_coef=getattr(self.model, "kl_coef", ""))
+        self._obs = self._old_params = None
+
+    def _on_rollout_start(self) -> None:
+        self._record_update()
+
+    def _on_rollout_end(self) -> None:
+        buffer = self.model.rollout_buffer
+        flat = buffer.observations.reshape(-1, *buffer.obs_shape)  # (n_steps * n_envs, *obs_shape); Box observations
+        self._obs = obs_as_tensor(flat, self.model.device)
+        self.model.policy.set_training_mode(False)
+        with th.no_grad():
+            self._old_params = distribution_params(self.model.policy.get_distribution(self._obs))
+        episodes = [info["r"] for info in self.model.ep_info_buffer]
+        reward = round(float(np.mean(episodes)), 2) if episodes else ""
+        self.rows.append(dict(timesteps=self.num_timesteps, reward=reward, kl="", kl_coef="", std=""))
+        if self.progress is not None:
+            with self.progress.get_lock():
+                self.progress.value += self.num_timesteps - self.last_steps
+        self.last_steps = self.num_timesteps
+
+    def finish(self) -> None:
+        """Record the last update (``learn`` returns right after it)."""
+        self._record_update()
+
+
+def run_one(job: tuple[str, str, int, int], progress=None) -> dict[str, Any]:
+    """Train one (setting, env, seed) for ``timesteps``; evaluate it; write its curve; return its CSV row."""
+    setting, env_id, seed, timesteps = job
     th.set_num_threads(1)
-    from stable_baselines3.common.callbacks import BaseCallback
 
     model = make_model(setting, env_id, seed)
-
-    class Curve(BaseCallback):
-        """Per rollout: timesteps so far, mean of the last 100 episode rewards, and d and beta of the update on it."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.rows: list[dict[str, Any]] = []
-            self.last_steps = 0
-
-        def _on_step(self) -> bool:
-            return True
-
-        def record_update(self) -> None:
-            """Attach the last update's d and beta (after adaptation) to the rollout it trained on."""
-            logged = self.logger.name_to_value
-            if self.rows and "train/kl" in logged:
-                self.rows[-1].update(kl=logged["train/kl"], kl_coef=logged["train/kl_coef"])
-
-        def _on_rollout_end(self) -> None:
-            # train() on the previous rollout has recorded its values; dump_logs has not cleared them yet
-            self.record_update()
-            episodes = [info["r"] for info in self.model.ep_info_buffer]
-            reward = round(float(np.mean(episodes)), 2) if episodes else ""
-            self.rows.append(dict(timesteps=self.num_timesteps, reward=reward, kl="", kl_coef=""))
-            if progress is not None:
-                with progress.get_lock():
-                    progress.value += self.num_timesteps - self.last_steps
-            self.last_steps = self.num_timesteps
-
-    curve = Curve()
+    measures = UpdateMeasures(progress)
     start = time.perf_counter()
-    model.learn(timesteps, callback=curve)
+    model.learn(timesteps, callback=measures)
     wall = time.perf_counter() - start
-    curve.record_update()  # the last update's values are still in the logger
+    measures.finish()
     episodes = [info["r"] for info in model.ep_info_buffer]  # SB3 keeps the last 100 episodes
+    # A deterministic evaluation on an env seeded apart from the training env's
+    eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 10_000)
+    eval_returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=EVAL_EPISODES, deterministic=True, return_episode_rewards=True)
+    eval_env.close()
     CURVES.mkdir(parents=True, exist_ok=True)
     with (CURVES / f"{setting}__{env_id}__{seed}__{timesteps}.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, ["timesteps", "reward", "kl", "kl_coef"])
+        writer = csv.DictWriter(f, CURVE_FIELDS)
         writer.writeheader()
-        writer.writerows(curve.rows)
+        writer.writerows(measures.rows)
+    final_kls = [row["kl"] for row in measures.rows[-FINAL_UPDATES:] if row["kl"] != ""]
     return dict(
         setting=setting,
         env=env_id,
@@ -174,6 +264,10 @@ def run_one(job: tuple[str, str, int, int], progress=None) -> dict[str, Any]:
         fps=round(model.num_timesteps / wall, 1),
         final_kl_coef=getattr(model, "kl_coef", ""),
         machine=machine(),
+        eval_score=round(float(np.mean(eval_returns)), 2),
+        eval_episodes=len(eval_returns),
+        final_kl=round(float(np.mean(final_kls)), 5) if final_kls else "",
+        final_std=round(measures.rows[-1]["std"], 4) if measures.rows and measures.rows[-1]["std"] != "" else "",
     )
 
 

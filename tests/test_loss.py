@@ -101,7 +101,7 @@ def test_kl_is_zero_before_the_first_step(env_id, rollout):
     model = PPOKL("MlpPolicy", env_id, n_steps=64, batch_size=16, seed=1)
     rollout(model)
     model._snapshot_rollout_policy()
-    assert model._rollout_kl() == pytest.approx(0.0, abs=1e-10)
+    assert model._rollout_kl() == pytest.approx((0.0, 0.0), abs=1e-10)
     # ... and so is every minibatch's KL against the snapshot
     for batch in model.rollout_buffer.get(16):
         _, log_prob, _ = model._evaluate_actions(batch.data)

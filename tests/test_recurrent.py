@@ -83,7 +83,7 @@ def test_snapshot_is_the_rollout_policy_with_its_stored_lstm_states(env, rollout
     model._snapshot_rollout_policy()
     buffer = model.rollout_buffer
     assert buffer.old_dist_params.shape[0] == 150 and th.isfinite(buffer.old_dist_params).all()
-    assert model._rollout_kl() == pytest.approx(0.0, abs=1e-10)  # KL is 0 before the first step
+    assert model._rollout_kl() == pytest.approx((0.0, 0.0), abs=1e-10)  # KL is 0 before the first step
     padded = 0
     for batch in buffer.get(40):
         valid = batch.data.mask > 1e-8
@@ -128,7 +128,7 @@ def test_d_is_the_mean_kl_over_the_unpadded_steps(rollout, monkeypatch):
     model.policy.set_training_mode(False)
     monkeypatch.setattr(ppo_kl_module, "FULL_PASS_BATCH_SIZE", 50)
     np.random.seed(0)  # the recurrent buffer cuts the rollout at a random point: cut it the same way twice
-    d = model._rollout_kl()
+    d, _ = model._rollout_kl()
     np.random.seed(0)
     valid_kls, all_kls = [], []
     for batch in model.rollout_buffer.get(50):

@@ -12,7 +12,15 @@ from stable_baselines3.common.utils import FloatSchedule, explained_variance
 from torch.nn import functional as F
 
 from sb3_ppo_kl.common.buffers import KLBufferMixin, KLDictRolloutBuffer, KLRolloutBatch, KLRolloutBuffer
-from sb3_ppo_kl.common.kl import KLCoefController, distribution_params, has_analytic_kl, per_state_kl, sampled_kl
+from sb3_ppo_kl.common.kl import (
+    KLCoefController,
+    KLPenalty,
+    distribution_params,
+    has_analytic_kl,
+    per_state_kl,
+    sampled_kl,
+    split_kl_penalty_kwargs,
+)
 
 SelfPPOKL = TypeVar("SelfPPOKL", bound="PPOKL")
 
@@ -52,8 +60,8 @@ class PPOKL(OnPolicyAlgorithm):
     :param n_epochs: Passes over the rollout per update. Default 10.
     :param gamma: Discount factor. Default 0.99.
     :param gae_lambda: GAE lambda. Default 0.95.
-    :param kl_target: Target KL ``d_targ`` between consecutive policies, nats per state, ``> 0``.
-        Default 0.01.
+    :param kl_target: Target KL ``d_targ`` between consecutive policies, nats per state, ``> 0``, or a
+        schedule of the progress remaining (1 to 0), as ``clip_range``. Default 0.01.
     :param kl_coef: Initial KL coefficient beta, ``>= 0``. Default 1.0.
     :param adaptive_kl: Adapt beta toward ``kl_target`` after every update (True, default), or keep
         ``kl_coef`` fixed (False, the paper's "fixed KL").
@@ -62,6 +70,12 @@ class PPOKL(OnPolicyAlgorithm):
     :param kl_adapt_factor: Factor by which beta is multiplied or divided, ``> 1``. Default 2.0.
     :param kl_coef_bounds: ``(low, high)``, ``0 <= low <= high``: adapted beta is clamped to this range.
         Default ``(1e-4, 1e4)``.
+    :param kl_penalty_kwargs: Opt-in shapes of the penalty and rules for beta, beyond the paper; None
+        (default) is the paper's PPO1. Keys: ``variance_weight`` (Gaussian KL's variance term weight in
+        [0, 1]), ``per_state`` (penalise only states whose KL exceeds the target), ``cutoff_coef`` and
+        ``cutoff_factor`` (a squared penalty past ``cutoff_factor * kl_target``), see
+        :class:`~sb3_ppo_kl.common.kl.KLPenalty`; ``rule`` (``"step"`` or ``"proportional"``) and
+        ``horizon``, see :class:`~sb3_ppo_kl.KLCoefController`.
     :param clip_range: None (default) for pure PPO1. A float or schedule adds PPO2's ratio clipping on
         top of the penalty (as RLlib does).
     :param clip_range_vf: Clipping of the value function update, as in SB3 PPO. None (default): no clipping.
@@ -116,12 +130,13 @@ class PPOKL(OnPolicyAlgorithm):
         n_epochs: int = 10,
         gamma: float = 0.99,
         gae_lambda: float = 0.95,
-        kl_target: float = 0.01,
+        kl_target: float | Schedule = 0.01,
         kl_coef: float = 1.0,
         adaptive_kl: bool = True,
         kl_tolerance: float = 1.5,
         kl_adapt_factor: float = 2.0,
         kl_coef_bounds: Sequence[float] = (1e-4, 1e4),
+        kl_penalty_kwargs: dict[str, Any] | None = None,
         clip_range: float | Schedule | None = None,
         clip_range_vf: float | Schedule | None = None,
         normalize_advantage: bool = True,
@@ -149,6 +164,7 @@ class PPOKL(OnPolicyAlgorithm):
             kl_tolerance=kl_tolerance,
             kl_adapt_factor=kl_adapt_factor,
             kl_coef_bounds=kl_coef_bounds,
+            kl_penalty_kwargs=kl_penalty_kwargs,
             n_steps=n_steps,
             batch_size=batch_size,
             n_epochs=n_epochs,
@@ -198,11 +214,12 @@ class PPOKL(OnPolicyAlgorithm):
         env: GymEnv | str | None,
         *,
         kl_coef: float,
-        kl_target: float,
+        kl_target: float | Schedule,
         adaptive_kl: bool,
         kl_tolerance: float,
         kl_adapt_factor: float,
         kl_coef_bounds: Sequence[float],
+        kl_penalty_kwargs: dict[str, Any] | None,
         n_steps: int,
         batch_size: int,
         n_epochs: int,
@@ -213,11 +230,13 @@ class PPOKL(OnPolicyAlgorithm):
         rollout_buffer_class: type[RolloutBuffer] | None = None,
     ) -> None:
         """
-        Validate the arguments (ValueError naming the parameter) and create ``self.kl_controller``.
+        Validate the arguments (ValueError naming the parameter) and create ``self.kl_controller`` and
+        ``self.kl_penalty``.
 
         Called first in ``__init__`` by PPOKL and its variants: every check runs before an
         environment is made or a network built.
         """
+        penalty_kwargs, controller_kwargs = split_kl_penalty_kwargs(kl_penalty_kwargs)
         self.kl_controller = KLCoefController(
             kl_coef=kl_coef,
             kl_target=kl_target,
@@ -225,7 +244,9 @@ class PPOKL(OnPolicyAlgorithm):
             kl_tolerance=kl_tolerance,
             kl_adapt_factor=kl_adapt_factor,
             kl_coef_bounds=kl_coef_bounds,
+            **controller_kwargs,
         )
+        self.kl_penalty = KLPenalty(**penalty_kwargs)
         _check_hyperparameters(n_steps, batch_size, n_epochs, normalize_advantage, clip_range, clip_range_vf, target_kl)
         if rollout_buffer_class is not None and not issubclass(rollout_buffer_class, KLBufferMixin):
             raise ValueError(
@@ -241,6 +262,11 @@ class PPOKL(OnPolicyAlgorithm):
             raise ValueError(
                 f"{type(self).__name__} does not support the action space {action_space}; "
                 f"supported: {', '.join(space.__name__ for space in self.supported_action_spaces)}"
+            )
+        if self.kl_penalty.variance_weight != 1.0 and not isinstance(action_space, spaces.Box):
+            raise ValueError(
+                "`kl_penalty_kwargs['variance_weight']` applies to Gaussian policies (Box action spaces) only, "
+                f"got the action space {action_space}"
             )
 
     def _check_env(self, batch_size: int) -> None:
@@ -306,10 +332,10 @@ class PPOKL(OnPolicyAlgorithm):
         """
         return None
 
-    def _kl_to_old(self, batch: KLRolloutBatch, log_prob: th.Tensor) -> th.Tensor:
+    def _kl_to_old(self, batch: KLRolloutBatch, log_prob: th.Tensor, variance_weight: float = 1.0) -> th.Tensor:
         """Per-sample ``KL[pi_old || pi_theta]`` for a batch just passed through :meth:`_evaluate_actions`."""
         if batch.old_dist_params is not None:
-            return per_state_kl(batch.old_dist_params, self.policy.action_dist)
+            return per_state_kl(batch.old_dist_params, self.policy.action_dist, variance_weight)
         return sampled_kl(batch.data.old_log_prob, log_prob)
 
     def _snapshot_rollout_policy(self) -> None:
@@ -333,19 +359,25 @@ class PPOKL(OnPolicyAlgorithm):
         snapshot[th.cat(indices)] = flat
         self.rollout_buffer.old_dist_params = snapshot
 
-    def _rollout_kl(self) -> float:
-        """``d``: the mean KL over the whole rollout between the rollout policy and the current policy."""
-        total, count = 0.0, 0
+    def _rollout_kl(self) -> tuple[float, float]:
+        """
+        ``d``: the mean KL over the whole rollout between the rollout policy and the current policy;
+        returned as (the true KL, the KL with the penalty's ``variance_weight``, which beta adapts to).
+        """
+        weight = self.kl_penalty.variance_weight
+        totals, count = th.zeros(2), 0
         with th.no_grad():
             for batch in self.rollout_buffer.get(FULL_PASS_BATCH_SIZE):  # type: ignore[attr-defined]
                 _, log_prob, _ = self._evaluate_actions(batch.data)
                 kl = self._kl_to_old(batch, log_prob)
+                weighted = kl if weight == 1.0 else self._kl_to_old(batch, log_prob, weight)
                 valid = self._valid_samples(batch.data)
                 if valid is not None:
-                    kl = kl[valid]
-                total += kl.sum().item()
+                    kl, weighted = kl[valid], weighted[valid]
+                totals += th.stack([kl.sum(), weighted.sum()]).cpu()
                 count += kl.numel()
-        return total / count
+        kl_true, kl_weighted = (totals / count).tolist()
+        return kl_true, kl_weighted
 
     def train(self) -> None:
         """
@@ -359,7 +391,10 @@ class PPOKL(OnPolicyAlgorithm):
         clip_range = None if self.clip_range is None else self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
         if self.clip_range_vf is not None:
             clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
-        kl_coef = self.kl_coef  # beta is constant within an update and adapted after it
+        kl_coef = self.kl_coef  # beta and d_targ are constant within an update; beta is adapted after it
+        progress = self._current_progress_remaining
+        kl_target = self.kl_controller.target(progress)
+        variance_weight = self.kl_penalty.variance_weight
 
         entropy_losses, pg_losses, value_losses, kl_divs, kl_penalties, clip_fractions = [], [], [], [], [], []
         continue_training = True
@@ -385,8 +420,12 @@ class PPOKL(OnPolicyAlgorithm):
                 policy_loss = -_masked_mean(surrogate, valid)
 
                 # The KL penalty: beta * KL[pi_old(.|s) || pi_theta(.|s)], averaged over states
-                kl_div = _masked_mean(self._kl_to_old(batch, log_prob), valid)
-                kl_penalty = kl_coef * kl_div
+                # (with kl_penalty_kwargs, the KL's variance term weighted and the penalty reshaped)
+                kl_per_state = self._kl_to_old(batch, log_prob, variance_weight)
+                if valid is not None:
+                    kl_per_state = kl_per_state[valid]
+                kl_div = kl_per_state.mean()
+                kl_penalty = kl_coef * kl_div if self.kl_penalty.is_paper else self.kl_penalty.loss(kl_per_state, kl_coef, kl_target)
 
                 if self.clip_range_vf is None:
                     values_pred = values
@@ -405,7 +444,7 @@ class PPOKL(OnPolicyAlgorithm):
 
                 pg_losses.append(policy_loss.item())
                 kl_divs.append(kl_div.item())
-                kl_penalties.append(kl_coef * kl_divs[-1])
+                kl_penalties.append(kl_penalty.item())
                 value_losses.append(value_loss.item())
                 entropy_losses.append(entropy_loss.item())
 
@@ -444,13 +483,13 @@ class PPOKL(OnPolicyAlgorithm):
 
         # Adapt beta to d, the KL between the policy before and after this update, over the whole rollout
         self.policy.set_training_mode(False)
-        kl_after = self._rollout_kl()
-        if not np.isfinite(kl_after):
+        kl_after, kl_after_weighted = self._rollout_kl()
+        if not np.isfinite(kl_after_weighted):
             raise NonFiniteError(
                 f"{type(self).__name__}: the KL between the policies before and after the update after "
-                f"{self.num_timesteps} timesteps is {kl_after}; beta was left at {self.kl_coef}"
+                f"{self.num_timesteps} timesteps is {kl_after_weighted}; beta was left at {self.kl_coef}"
             )
-        self.kl_controller.update(kl_after)
+        self.kl_controller.update(kl_after_weighted, progress, n_samples=self.n_steps * self.n_envs)
 
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())  # type: ignore[attr-defined]
 
@@ -466,6 +505,9 @@ class PPOKL(OnPolicyAlgorithm):
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/kl_coef", self.kl_coef)
         self.logger.record("train/kl", kl_after)
+        self.logger.record("train/kl_target", kl_target)
+        if variance_weight != 1.0:
+            self.logger.record("train/kl_weighted", kl_after_weighted)
         self.logger.record("train/kl_penalty", np.mean(kl_penalties))
         self.logger.record("train/kl_minibatch", np.mean(kl_divs))
         if clip_range is not None:

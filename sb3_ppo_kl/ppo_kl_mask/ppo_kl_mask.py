@@ -48,8 +48,8 @@ class MaskablePPOKL(PPOKL, MaskablePPO):
     :param n_epochs: Passes over the rollout per update. Default 10.
     :param gamma: Discount factor. Default 0.99.
     :param gae_lambda: GAE lambda. Default 0.95.
-    :param kl_target: Target KL ``d_targ`` between consecutive policies, nats per state, ``> 0``.
-        Default 0.01.
+    :param kl_target: Target KL ``d_targ`` between consecutive policies, nats per state, ``> 0``, or a
+        schedule of the progress remaining (1 to 0), as ``clip_range``. Default 0.01.
     :param kl_coef: Initial KL coefficient beta, ``>= 0``. Default 1.0.
     :param adaptive_kl: Adapt beta toward ``kl_target`` after every update (True, default), or keep
         ``kl_coef`` fixed (False).
@@ -58,6 +58,8 @@ class MaskablePPOKL(PPOKL, MaskablePPO):
     :param kl_adapt_factor: Factor by which beta is multiplied or divided, ``> 1``. Default 2.0.
     :param kl_coef_bounds: ``(low, high)``, ``0 <= low <= high``: adapted beta is clamped to this range.
         Default ``(1e-4, 1e4)``.
+    :param kl_penalty_kwargs: Opt-in shapes of the penalty and rules for beta beyond the paper, as PPOKL's;
+        None (default) is the paper's PPO1.
     :param clip_range: None (default) for pure PPO1. A float or schedule adds PPO2's ratio clipping on
         top of the penalty.
     :param clip_range_vf: Clipping of the value function update. None (default): no clipping.
@@ -103,12 +105,13 @@ class MaskablePPOKL(PPOKL, MaskablePPO):
         n_epochs: int = 10,
         gamma: float = 0.99,
         gae_lambda: float = 0.95,
-        kl_target: float = 0.01,
+        kl_target: float | Schedule = 0.01,
         kl_coef: float = 1.0,
         adaptive_kl: bool = True,
         kl_tolerance: float = 1.5,
         kl_adapt_factor: float = 2.0,
         kl_coef_bounds: Sequence[float] = (1e-4, 1e4),
+        kl_penalty_kwargs: dict[str, Any] | None = None,
         clip_range: float | Schedule | None = None,
         clip_range_vf: float | Schedule | None = None,
         normalize_advantage: bool = True,
@@ -137,6 +140,7 @@ class MaskablePPOKL(PPOKL, MaskablePPO):
             kl_tolerance=kl_tolerance,
             kl_adapt_factor=kl_adapt_factor,
             kl_coef_bounds=kl_coef_bounds,
+            kl_penalty_kwargs=kl_penalty_kwargs,
             n_steps=n_steps,
             batch_size=batch_size,
             n_epochs=n_epochs,

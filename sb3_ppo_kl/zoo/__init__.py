@@ -18,6 +18,8 @@ from typing import Any
 
 import optuna
 from rl_zoo3 import hyperparams_opt, utils
+from rl_zoo3.exp_manager import ExperimentManager
+from rl_zoo3.utils import SimpleLinearSchedule
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from sb3_ppo_kl.ppo_kl import PPOKL
@@ -77,12 +79,31 @@ def convert_ppo_kl_params(params: dict[str, Any]) -> dict[str, Any]:
     return hyperparams
 
 
+def _preprocess_schedules(hyperparams: dict[str, Any]) -> dict[str, Any]:
+    """
+    rl_zoo3's schedule preprocessing, extended to ``kl_target``: ``"lin_0.02"`` in a yml file becomes a
+    target that falls linearly from 0.02 to 0 over training, as it does for ``clip_range``.
+    """
+    hyperparams = _RL_ZOO_PREPROCESS_SCHEDULES(hyperparams)
+    kl_target = hyperparams.get("kl_target")
+    if isinstance(kl_target, str):
+        kind, _, value = kl_target.partition("_")
+        if kind != "lin":
+            raise ValueError(f"`kl_target` in a hyperparameter file must be a number or 'lin_<start>', got {kl_target!r}")
+        hyperparams["kl_target"] = SimpleLinearSchedule(float(value))
+    return hyperparams
+
+
+_RL_ZOO_PREPROCESS_SCHEDULES = ExperimentManager._preprocess_schedules
+
+
 def register() -> None:
     """Make our algorithms known to rl_zoo3 (idempotent)."""
     for name, algo in ALGOS.items():
         utils.ALGOS[name] = algo
         hyperparams_opt.HYPERPARAMS_SAMPLER[name] = sample_ppo_kl_params
         hyperparams_opt.HYPERPARAMS_CONVERTER[name] = convert_ppo_kl_params
+    ExperimentManager._preprocess_schedules = staticmethod(_preprocess_schedules)  # type: ignore[method-assign]
 
 
 def default_config(algo: str) -> str:
