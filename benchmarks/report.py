@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import read_rows
-from benchmarks.run import CURVES, ENVS, GRIDS, PAPER_SETTINGS, RANDOM, RESULTS, SETTINGS, machine
+from benchmarks.run import CURVE_FIELDS, CURVES, ENVS, FINAL_UPDATES, GRIDS, RANDOM, RESULTS, SETTINGS, machine
 
 REPORT = Path(__file__).parent / "RESULTS.md"
 
@@ -54,6 +54,13 @@ COLORS = {
     "no-clip-no-penalty": "gray",
     "kl-adaptive-0.01+clip-0.2": "tab:purple",
     "trpo": "tab:orange",
+    "kl-0.02+cutoff": "tab:brown",
+    "kl-sched-0.01-0.03+cutoff": "tab:pink",
+    "kl-meanonly-0.01": "gold",
+    "kl-meanonly-0.02": "darkgoldenrod",
+    "kl-perstate-meanonly-0.02": "teal",
+    "kl-proportional-0.02": "black",
+    "kl-meanonly-sched-0.01-0.03": "magenta",
 }
 
 
@@ -74,6 +81,26 @@ def normalised(rows: list[dict[str, str]], random: dict[str, float]) -> dict[str
     return result
 
 
+def relative_to_clip(rows: list[dict[str, str]], random: dict[str, float]) -> dict[str, dict[str, float]]:
+    """
+    Per setting and env: ``(mean score - random) / (clip-0.2's mean score - random)``, issue 11's criterion
+    (1 = as good as clipping). Only envs where clip-0.2 ran.
+    """
+    means: dict[str, dict[str, float]] = defaultdict(dict)
+    for setting in {r["setting"] for r in rows}:
+        for env in {r["env"] for r in rows if r["setting"] == setting}:
+            means[setting][env] = float(
+                np.mean([float(r["score"]) for r in rows if r["setting"] == setting and r["env"] == env])
+            )
+    clip = means.get(BASELINE, {})
+    return {
+        setting: {
+            env: (m - random[env]) / (clip[env] - random[env]) for env, m in by_env.items() if env in clip and env in random
+        }
+        for setting, by_env in means.items()
+    }
+
+
 def read_curve(setting: str, env: str, seed: int, timesteps: int) -> dict[str, np.ndarray] | None:
     path = CURVES / f"{setting}__{env}__{seed}__{timesteps}.csv"
     if not path.exists():
@@ -82,9 +109,10 @@ def read_curve(setting: str, env: str, seed: int, timesteps: int) -> dict[str, n
         rows = list(csv.DictReader(f))
 
     def column(name: str) -> np.ndarray:
-        return np.array([float(r[name]) if r[name] != "" else np.nan for r in rows])
+        # curves written before a column existed (std, and d for clipping) read as NaN there
+        return np.array([float(r[name]) if r.get(name) not in ("", None) else np.nan for r in rows])
 
-    return {name: column(name) for name in ("timesteps", "reward", "kl", "kl_coef")}
+    return {name: column(name) for name in CURVE_FIELDS}
 
 
 def _thousands(ax) -> None:
@@ -134,6 +162,7 @@ def plot_curves(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
 
 
 def plot_kl(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
+    """Per env: d (every setting), beta (PPOKL settings) and the mean action std (every setting), every seed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,8 +170,10 @@ def plot_kl(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
     from matplotlib.ticker import NullFormatter
 
     envs = [env for env in ENVS if any(r["env"] == env for r in rows)]
-    settings = [s for s in SETTINGS if SETTINGS[s][0] == "ppo_kl" and s != "no-clip-no-penalty" and any(r["setting"] == s for r in rows)]
-    fig, axes = plt.subplots(2, len(envs), figsize=(max(3.3 * len(envs), 8), 5.6), squeeze=False)
+    settings = [s for s in SETTINGS if s != "no-clip-no-penalty" and any(r["setting"] == s for r in rows)]
+    panels = [("kl", "d: KL(before || after) per update", True), ("kl_coef", "beta after the update", True)]
+    panels.append(("std", "mean action std", False))
+    fig, axes = plt.subplots(len(panels), len(envs), figsize=(max(3.3 * len(envs), 8), 2.8 * len(panels)), squeeze=False)
     for col, env in enumerate(envs):
         for setting in settings:
             color = COLORS.get(setting)
@@ -151,24 +182,69 @@ def plot_kl(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
                 if curve is None:
                     continue
                 label = setting if i == 0 else None
-                axes[0, col].plot(curve["timesteps"], curve["kl"], color=color, lw=0.6, alpha=0.7, label=label)
-                axes[1, col].plot(curve["timesteps"], curve["kl_coef"], color=color, lw=0.8, alpha=0.7, label=label)
-            if SETTINGS[setting][1].get("adaptive_kl", True):
-                axes[0, col].axhline(SETTINGS[setting][1]["kl_target"], color=color, ls="--", lw=1)
+                for row, (name, _, _) in enumerate(panels):
+                    if np.isfinite(curve[name]).any():
+                        axes[row, col].plot(curve["timesteps"], curve[name], color=color, lw=0.6, alpha=0.7, label=label)
+            target = SETTINGS[setting][1].get("kl_target")
+            if SETTINGS[setting][0] == "ppo_kl" and SETTINGS[setting][1].get("adaptive_kl", True) and target is not None:
+                steps = np.linspace(0, timesteps, 50)
+                values = [target(1 - t / timesteps) for t in steps] if callable(target) else [target] * len(steps)
+                axes[0, col].plot(steps, values, color=color, ls="--", lw=1)
         axes[0, col].set_title(env, fontsize=9)
-        for row in range(2):
+        for row, (_, _, log) in enumerate(panels):
             _thousands(axes[row, col])
-            axes[row, col].set_yscale("log")
-            axes[row, col].yaxis.set_minor_formatter(NullFormatter())
+            if log:
+                axes[row, col].set_yscale("log")
+                axes[row, col].yaxis.set_minor_formatter(NullFormatter())
             axes[row, col].tick_params(labelsize=7)
-        axes[1, col].set_xlabel("timesteps", fontsize=8)
-    axes[0, 0].set_ylabel("d: KL(old || new) per update", fontsize=8)
-    axes[1, 0].set_ylabel("beta after the update", fontsize=8)
-    axes[0, 0].legend(fontsize=7)
-    fig.suptitle(f"PPOKL settings, every seed, {timesteps:,} steps per run (dashed: kl_target)", fontsize=10)
-    fig.tight_layout()
+        axes[-1, col].set_xlabel("timesteps", fontsize=8)
+    for row, (_, ylabel, _) in enumerate(panels):
+        axes[row, 0].set_ylabel(ylabel, fontsize=8)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="upper right")
+    fig.suptitle(
+        f"Every setting, every seed, {timesteps:,} steps per run (dashed: PPOKL's kl_target; "
+        "d is measured the same way for every algorithm)",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0, 0.88 if len(envs) < 3 else 0.93, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _mean_sem(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    sem = np.std(values, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else np.nan
+    return f"{np.mean(values):.1f} ± {sem:.1f}"
+
+
+def _floats(rows: list[dict[str, str]], key: str) -> list[float]:
+    return [float(r[key]) for r in rows if r.get(key) not in ("", None)]
+
+
+def measurements_table(rows: list[dict[str, str]]) -> list[str]:
+    """Per env and setting: training and deterministic-evaluation scores (mean ± s.e.), and d and std at the end."""
+    out = [
+        (
+            "| env | setting | runs | training score | deterministic eval | d, last "
+            f"{FINAL_UPDATES} updates | action std at the end |"
+        ),
+        "|---|---|---|---|---|---|---|",
+    ]
+    envs = [env for env in ENVS if any(r["env"] == env for r in rows)] + sorted({r["env"] for r in rows} - set(ENVS))
+    for env in envs:
+        for setting in SETTINGS:
+            runs = [r for r in rows if r["env"] == env and r["setting"] == setting]
+            if not runs:
+                continue
+            kls, stds = _floats(runs, "final_kl"), _floats(runs, "final_std")
+            out.append(
+                f"| {env} | {setting} | {len(runs)} | {_mean_sem(_floats(runs, 'score'))} | "
+                f"{_mean_sem(_floats(runs, 'eval_score'))} ({len(_floats(runs, 'eval_score'))}) | "
+                f"{f'{np.mean(kls):.4f}' if kls else 'n/a'} | {f'{np.mean(stds):.3f}' if stds else 'n/a'} |"
+            )
+    return out
 
 
 def budget_section(rows: list[dict[str, str]], timesteps: int, random: dict[str, float]) -> list[str]:
@@ -179,18 +255,45 @@ def budget_section(rows: list[dict[str, str]], timesteps: int, random: dict[str,
     out += [
         "### Normalised score (Table 1)",
         "",
-        f"Per env, the random policy is 0 and the best of the settings below (by mean over seeds) is 1; a setting's "
-        f"value is the mean over its runs. Only the settings in this table compete for the 1, so the values compare "
-        f"settings within this table; the paper's column normalises against its 11 settings at 1M steps.",
+        (
+            "Per env, the random policy is 0 and the best of the settings below (by mean over seeds) is 1; a setting's "
+            "value is the mean over its runs. Only the settings in this table compete for the 1, so the values compare "
+            "settings within this table; the paper's column normalises against its 11 settings at 1M steps."
+        ),
         "",
-        "| setting | normalised score (mean over runs ± standard error) | runs | paper (1M, -v1) |",
-        "|---|---|---|---|",
+        "",
+        (
+            f"Relative to {BASELINE}: per env `(mean score - random) / ({BASELINE}'s mean score - random)`, then the mean over "
+            "the envs the setting ran on (1 = as good as clipping). A setting run on fewer envs than the others is "
+            "compared on those envs only: read the envs column."
+        ),
+        "",
+        f"| setting | normalised score (mean over runs ± standard error) | runs | envs | relative to {BASELINE} | paper (1M, -v1) |",
+        "|---|---|---|---|---|---|",
     ]
+    relative = relative_to_clip(rows, random)
     for s in sorted(settings, key=lambda s: -np.mean(norm[s])):
         paper = PAPER_TABLE1.get(s)
         sem = np.std(norm[s], ddof=1) / np.sqrt(len(norm[s])) if len(norm[s]) > 1 else np.nan
         paper_cell = "" if paper is None else f"{paper:.2f}"
-        out.append(f"| {s} | {np.mean(norm[s]):.2f} ± {sem:.2f} | {len(norm[s])} | {paper_cell} |")
+        n_envs = len({r["env"] for r in rows if r["setting"] == s})
+        rel = relative.get(s, {})
+        rel_cell = f"{np.mean(list(rel.values())):.2f}" if rel else "n/a"
+        out.append(f"| {s} | {np.mean(norm[s]):.2f} ± {sem:.2f} | {len(norm[s])} | {n_envs} | {rel_cell} | {paper_cell} |")
+    out += [
+        "",
+        "### Every setting measured the same way",
+        "",
+        (
+            "Mean ± standard error over seeds. Training score: the mean reward of the last 100 training episodes (the "
+            "paper's). Deterministic eval: the mean return of 10 episodes of the mean action at the end of the run, on a "
+            "separately seeded env (runs from before this column existed are not counted; their number is in brackets). "
+            "d: the KL between the policy before and after each update over its rollout, measured by the same callback "
+            "for every algorithm. The std is the mean of the Gaussian policy's state-independent std."
+        ),
+        "",
+        *measurements_table(rows),
+    ]
     out += ["", "### Raw scores: mean reward of the last 100 training episodes, mean ± std over seeds", ""]
     out += ["| setting | " + " | ".join(envs) + " |", "|---|" + "---|" * len(envs)]
     for s in settings:
@@ -204,13 +307,18 @@ def budget_section(rows: list[dict[str, str]], timesteps: int, random: dict[str,
         "",
         f"### Speed relative to SB3 PPO {BASELINE}",
         "",
-        "Per env, the setting's mean fps divided by clip-0.2's in the same grid; the geometric mean over envs. The "
-        "runs shared the machine with another worker, so single ratios are noisy by several percent.",
+        (
+            "Per env, the setting's mean fps divided by clip-0.2's in the same grid; the geometric mean over envs. The "
+            "runs shared the machine with another worker, so single ratios are noisy by several percent."
+        ),
         "",
         "| setting | fps ratio (geo. mean over envs) | mean fps |",
         "|---|---|---|",
     ]
-    base = {env: np.mean([float(r["fps"]) for r in rows if r["setting"] == BASELINE and r["env"] == env] or [np.nan]) for env in envs}
+    base = {
+        env: np.mean([float(r["fps"]) for r in rows if r["setting"] == BASELINE and r["env"] == env] or [np.nan])
+        for env in envs
+    }
     for s in settings:
         ratios, fps = [], []
         for env in envs:
@@ -252,11 +360,13 @@ def main() -> None:
         "",
         "Generated by `python -m benchmarks.report` from `results/table1.csv`; do not edit by hand.",
         "",
-        "Protocol (Schulman et al. 2017, section 6.1 and table 3, https://arxiv.org/abs/1707.06347): MuJoCo -v5 "
-        "tasks, one env, 2x64 tanh MLPs for policy and value (no shared layers), state-independent log-std, no "
-        "entropy bonus, T=2048, Adam 3e-4, 10 epochs, minibatch 64, gamma 0.99, lambda 0.95; raw observations and "
-        "rewards; SB3's advantage normalisation and gradient-norm clipping 0.5 in every setting. Score of a run: "
-        "the mean total reward of its last 100 training episodes. Settings: see `benchmarks/run.py`.",
+        (
+            "Protocol (Schulman et al. 2017, section 6.1 and table 3, https://arxiv.org/abs/1707.06347): MuJoCo -v5 "
+            "tasks, one env, 2x64 tanh MLPs for policy and value (no shared layers), state-independent log-std, no "
+            "entropy bonus, T=2048, Adam 3e-4, 10 epochs, minibatch 64, gamma 0.99, lambda 0.95; raw observations and "
+            "rewards; SB3's advantage normalisation and gradient-norm clipping 0.5 in every setting. Score of a run: "
+            "the mean total reward of its last 100 training episodes. Settings: see `benchmarks/run.py`."
+        ),
         "",
         "Commands (from the repository root, after the README's install command):",
         "",
@@ -267,8 +377,10 @@ def main() -> None:
         "python -m benchmarks.report                            # this file and the figures",
         "```",
         "",
-        f"Machine: {'; '.join(sorted({r['machine'] for r in rows})) or machine()}; one torch thread per run; runs in parallel "
-        "as given by `--workers`.",
+        (
+            f"Machine: {'; '.join(sorted({r['machine'] for r in rows})) or machine()}; one torch thread per run; runs in parallel "
+            "as given by `--workers`."
+        ),
         "",
     ]
     for timesteps in sorted({int(r["timesteps"]) for r in rows}):

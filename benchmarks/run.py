@@ -146,7 +146,10 @@ GRIDS: dict[str, dict[str, Any]] = {
     "paper-lite": dict(settings=["clip-0.2", "kl-adaptive-0.01", "kl-fixed-1"], envs=ENVS, seeds=[0, 1, 2], timesteps=300_000),
     # issue 11, stage 1: the candidates beside clipping and PPO1's defaults on HalfCheetah
     "stage1": dict(
-        settings=["clip-0.2", "kl-adaptive-0.01", *CANDIDATES], envs=["HalfCheetah-v5"], seeds=[0, 1, 2, 3, 4], timesteps=300_000
+        settings=["clip-0.2", "kl-adaptive-0.01", *CANDIDATES],
+        envs=["HalfCheetah-v5"],
+        seeds=[0, 1, 2, 3, 4],
+        timesteps=300_000,
     ),
 }
 
@@ -245,7 +248,9 @@ def run_one(job: tuple[str, str, int, int], progress=None) -> dict[str, Any]:
     episodes = [info["r"] for info in model.ep_info_buffer]  # SB3 keeps the last 100 episodes
     # A deterministic evaluation on an env seeded apart from the training env's
     eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 10_000)
-    eval_returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=EVAL_EPISODES, deterministic=True, return_episode_rewards=True)
+    eval_returns, _ = evaluate_policy(
+        model, eval_env, n_eval_episodes=EVAL_EPISODES, deterministic=True, return_episode_rewards=True
+    )
     eval_env.close()
     CURVES.mkdir(parents=True, exist_ok=True)
     with (CURVES / f"{setting}__{env_id}__{seed}__{timesteps}.csv").open("w", newline="") as f:

@@ -5,7 +5,7 @@ from sb3_contrib import TRPO
 from stable_baselines3 import PPO
 
 from benchmarks import report, run
-from benchmarks.common import read_rows
+from benchmarks.common import append_row, read_rows
 from sb3_ppo_kl import PPOKL
 
 ENV = "InvertedPendulum-v5"
@@ -30,6 +30,50 @@ def test_setting_builds_the_paper_protocol(setting):
         assert model.kl_controller.adaptive_kl == kwargs.get("adaptive_kl", True)
         assert model.kl_controller.kl_target == kwargs.get("kl_target", 0.01)
         assert (model.clip_range is None) == ("clip_range" not in kwargs)
+        options = kwargs.get("kl_penalty_kwargs", {})
+        assert model.kl_penalty.variance_weight == options.get("variance_weight", 1.0)
+        assert model.kl_penalty.cutoff_coef == options.get("cutoff_coef", 0.0)
+        assert model.kl_controller.rule == options.get("rule", "step")
+
+
+def test_candidate_settings_are_named_and_in_stage1():
+    assert set(run.CANDIDATES) <= set(run.GRIDS["stage1"]["settings"])
+    assert len(run.CANDIDATES) >= 4
+    assert run.RISING_TARGET(1.0) == pytest.approx(0.01) and run.RISING_TARGET(0.0) == pytest.approx(0.03)
+
+
+@pytest.mark.parametrize("setting", ["kl-meanonly-0.01", "clip-0.2"])
+def test_update_measures_d_is_ppokl_train_kl(setting):
+    """The callback's d, taken the same way for every algorithm, is PPOKL's own train/kl (the true KL)."""
+    model = run.make_model(setting, ENV, seed=0)
+    model.n_epochs = 2
+    logged = []
+
+    class Logged(run.UpdateMeasures):
+        def _on_rollout_start(self) -> None:
+            logged.append(self.logger.name_to_value.get("train/kl"))
+            super()._on_rollout_start()
+
+    measures = Logged()
+    model.learn(3 * 2048, callback=measures)
+    measures.finish()
+    assert [row["timesteps"] for row in measures.rows] == [2048, 4096, 6144]
+    d = [row["kl"] for row in measures.rows]
+    assert all(value > 0 for value in d)
+    assert all(0 < row["std"] < 2 for row in measures.rows)
+    if setting.startswith("kl"):
+        assert d[:2] == pytest.approx(logged[1:3], rel=1e-5)  # train/kl of update k is in the logger at rollout k + 1
+        assert d[2] == pytest.approx(model.logger.name_to_value["train/kl"], rel=1e-5)
+        assert [row["kl_coef"] for row in measures.rows][-1] == model.kl_coef
+
+
+def test_old_csv_gains_new_columns(tmp_path):
+    path = tmp_path / "old.csv"
+    append_row(path, ["a", "b"], dict(a=1, b=2))
+    append_row(path, ["a", "b", "c"], dict(a=3, b=4, c=5))
+    assert read_rows(path) == [dict(a="1", b="2", c=""), dict(a="3", b="4", c="5")]
+    with pytest.raises(ValueError, match=r"has columns \['b'\]"):
+        append_row(path, ["a", "c"], dict(a=6, c=7))
 
 
 def test_grid_resumes_and_report_renders(tmp_path, monkeypatch):
@@ -44,9 +88,12 @@ def test_grid_resumes_and_report_renders(tmp_path, monkeypatch):
     assert sorted(r["setting"] for r in rows) == settings
     for row in rows:
         assert int(row["episodes"]) > 0 and float(row["fps"]) > 0
+        assert int(row["eval_episodes"]) == run.EVAL_EPISODES and float(row["eval_score"]) > 0
+        assert float(row["final_kl"]) > 0 and float(row["final_std"]) > 0
     curve = report.read_curve("kl-adaptive-0.01", ENV, 0, 4096)
     assert list(curve["timesteps"]) == [2048, 4096]
     assert (curve["kl"] > 0).all() and (curve["kl_coef"] > 0).all()  # d and beta of both updates
+    assert (report.read_curve("clip-0.2", ENV, 0, 4096)["kl"] > 0).all()  # d for clipping too
 
     run.run_grid(settings, [ENV], seeds=[0], timesteps=4096, workers=2)  # finished rows are skipped
     assert len(read_rows(tmp_path / "table1.csv")) == 2
@@ -55,6 +102,7 @@ def test_grid_resumes_and_report_renders(tmp_path, monkeypatch):
     report.main()
     text = (tmp_path / "RESULTS.md").read_text()
     assert "| clip-0.2 |" in text and "| kl-adaptive-0.01 |" in text and "0.82" in text  # ours beside the paper's
+    assert f"| {ENV} | clip-0.2 | 1 |" in text  # the measurements table, with the deterministic evaluation
     assert (tmp_path / "results" / "table1_4096_curves.png").stat().st_size > 0
     assert (tmp_path / "results" / "table1_4096_kl.png").stat().st_size > 0
 
@@ -69,8 +117,17 @@ def test_zoo_check_entries_and_summary(tmp_path, monkeypatch, capsys):
     assert config.endswith("sb3_ppo_kl/zoo/hyperparams/ppo_kl.yml") and entry["kl_target"] == 0.01
 
     monkeypatch.setattr(zoo_check, "RESULTS", tmp_path / "zoo_check.csv")
-    row = dict(algo="ppo_kl", env="Pendulum-v1", seed=0, n_timesteps=100_000, mean_reward=-170.0, std_reward=1.0, episodes=50,
-               train_seconds=1, params="")
+    row = dict(
+        algo="ppo_kl",
+        env="Pendulum-v1",
+        seed=0,
+        n_timesteps=100_000,
+        mean_reward=-170.0,
+        std_reward=1.0,
+        episodes=50,
+        train_seconds=1,
+        params="",
+    )
     append_row(zoo_check.RESULTS, zoo_check.FIELDS, row)
     append_row(zoo_check.RESULTS, zoo_check.FIELDS, {**row, "mean_reward": -900.0, "params": "kl_target:0.03"})  # a variant
     append_row(zoo_check.RESULTS, zoo_check.FIELDS, {**row, "algo": "ppo", "mean_reward": -180.0})

@@ -38,6 +38,16 @@ class TupleActionEnv(gym.Env):
         (dict(n_epochs=0), "`n_epochs` must be an integer >= 1"),
         (dict(clip_range=0.0), "`clip_range` must be > 0"),
         (dict(target_kl=-0.1), "`target_kl` must be > 0"),
+        (dict(kl_target=lambda progress: 0.01 * (1 - progress)), "`kl_target` as a schedule must be finite, > 0 at the start"),
+        (dict(kl_penalty_kwargs=dict(cutoff_coef=-1.0)), r"`kl_penalty_kwargs\['cutoff_coef'\]` must be a finite number >= 0"),
+        (dict(kl_penalty_kwargs=dict(per_state=True, horizon=-5)), "`horizon` must be a finite number > 0"),
+        (
+            dict(kl_penalty_kwargs=dict(rule="pid")),
+            r"`rule` \(the beta controller\) must be one of \('step', 'proportional'\)",
+        ),
+        (dict(kl_penalty_kwargs=dict(variance=0.0)), r"`kl_penalty_kwargs` got unknown keys \['variance'\]"),
+        # a Gaussian-only option on a discrete policy
+        (dict(kl_penalty_kwargs=dict(variance_weight=0.0)), r"`kl_penalty_kwargs\['variance_weight'\]` applies to Gaussian"),
     ],
 )
 def test_bad_hyperparameters_raise_value_error(kwargs, message):

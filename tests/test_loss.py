@@ -123,7 +123,9 @@ def test_snapshot_is_the_rollout_policy_and_is_not_overwritten(env_id, rollout):
     assert th.allclose(buffer.old_dist_params, expected, atol=1e-6)
     assert not th.allclose(buffer.old_dist_params, after_update, atol=1e-4)
     # log-probs stored during the rollout agree with the snapshot: it is pi_old
-    log_prob = rollout_policy.get_distribution(obs).log_prob(th.as_tensor(buffer.actions).squeeze(-1) if env_id == "CartPole-v1" else th.as_tensor(buffer.actions))
+    log_prob = rollout_policy.get_distribution(obs).log_prob(
+        th.as_tensor(buffer.actions).squeeze(-1) if env_id == "CartPole-v1" else th.as_tensor(buffer.actions)
+    )
     assert np.allclose(log_prob.detach().numpy(), buffer.log_probs.flatten(), atol=1e-5)
 
 
@@ -134,3 +136,93 @@ def test_evaluate_actions_leaves_this_batch_distribution_in_the_policy(rollout):
     batch = next(model.rollout_buffer.get(16))
     _, log_prob, _ = model._evaluate_actions(batch.data)
     assert th.equal(model.policy.action_dist.log_prob(batch.data.actions), log_prob)
+
+
+def _weighted_gaussian_kl(old: Normal, new: Normal, weight: float) -> th.Tensor:
+    """0.5 * sum_i [weight * (v - 1 - log v) + t], v = (s_old / s_new)^2, t = ((m_old - m_new) / s_new)^2, written out."""
+    v = (old.scale / new.scale) ** 2
+    t = ((old.loc - new.loc) / new.scale) ** 2
+    return 0.5 * (weight * (v - 1 - th.log(v)) + t).sum(-1)
+
+
+# kl_target at the only update of learn(N_STEPS): progress_remaining is 0 there
+SCHEDULE = lambda progress: 0.0005 + 0.02 * progress
+
+
+@pytest.mark.parametrize(
+    "kl_target, options",
+    [
+        (0.01, dict(variance_weight=0.0)),
+        (0.01, dict(variance_weight=0.5)),
+        (0.002, dict(per_state=True)),
+        (0.001, dict(cutoff_coef=50.0, cutoff_factor=1.5)),
+        (SCHEDULE, dict(variance_weight=0.0, per_state=True, cutoff_coef=10.0)),
+        (0.01, dict(rule="proportional", horizon=100)),
+    ],
+)
+def test_penalty_options_match_hand_written_loss_and_controller(kl_target, options):
+    """kl_penalty_kwargs: two SGD epochs by PPOKL.train() and by a written-out loss give the same parameters and beta."""
+    weight = options.get("variance_weight", 1.0)
+    per_state, cutoff_coef = options.get("per_state", False), options.get("cutoff_coef", 0.0)
+    cutoff_factor = options.get("cutoff_factor", 2.0)
+    target = kl_target(0.0) if callable(kl_target) else kl_target
+    model = PPOKL(
+        "MlpPolicy",
+        "Pendulum-v1",
+        n_steps=N_STEPS,
+        batch_size=N_STEPS,
+        n_epochs=2,
+        learning_rate=LR,
+        kl_coef=BETA,
+        kl_target=kl_target,
+        kl_penalty_kwargs=options,
+        max_grad_norm=1e9,
+        policy_kwargs=dict(optimizer_class=th.optim.SGD, optimizer_kwargs={}),
+        seed=0,
+    )
+    reference = copy.deepcopy(model.policy)
+    model.learn(N_STEPS)
+
+    buffer = model.rollout_buffer
+    obs, actions = th.as_tensor(buffer.observations), th.as_tensor(buffer.actions)
+    old_log_prob = th.as_tensor(buffer.log_probs).flatten()
+    advantages = th.as_tensor(buffer.advantages).flatten()
+    returns = th.as_tensor(buffer.returns).flatten()
+    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    with th.no_grad():
+        old_dist, _ = _reference_distribution(reference, obs, False)
+    params = list(reference.parameters())
+    penalties = []
+    for _ in range(2):
+        dist, values = _reference_distribution(reference, obs, False)
+        ratio = th.exp(_log_prob(dist, actions, False) - old_log_prob)
+        kl = _weighted_gaussian_kl(old_dist, dist, weight)
+        penalty = BETA * (th.clamp(kl - target, min=0).mean() if per_state else kl.mean())
+        penalty = penalty + cutoff_coef * th.clamp(kl.mean() - cutoff_factor * target, min=0) ** 2
+        penalties.append(penalty.item())
+        loss = -(ratio * advantages).mean() + penalty + 0.5 * F.mse_loss(returns, values)
+        grads = th.autograd.grad(loss, params, allow_unused=True)
+        with th.no_grad():
+            for param, grad in zip(params, grads):
+                if grad is not None:
+                    param -= LR * grad
+
+    for ours, theirs in zip(model.policy.parameters(), reference.parameters()):
+        assert th.allclose(ours, theirs, atol=1e-5)
+    assert model.logger.name_to_value["train/kl_penalty"] == pytest.approx(np.mean(penalties), rel=1e-4)
+    if per_state or cutoff_coef:
+        assert max(penalties) > 0  # the options' terms were active, not vacuous
+    with th.no_grad():
+        new_dist = _reference_distribution(reference, obs, False)[0]
+        d_true = _kl(old_dist, new_dist, False).mean().item()
+        d_weighted = _weighted_gaussian_kl(old_dist, new_dist, weight).mean().item()
+    assert model.logger.name_to_value["train/kl"] == pytest.approx(d_true, rel=1e-4)
+    assert model.logger.name_to_value["train/kl_target"] == pytest.approx(target)
+    if weight != 1.0:
+        assert model.logger.name_to_value["train/kl_weighted"] == pytest.approx(d_weighted, rel=1e-4)
+    if options.get("rule") == "proportional":
+        error = min(max(d_weighted / target - 1, -0.2), 0.2)
+        expected_beta = BETA * (1 + error * N_STEPS / options["horizon"])
+    else:
+        expected_beta = BETA / 2 if d_weighted < target / 1.5 else BETA * 2 if d_weighted > target * 1.5 else BETA
+    assert model.kl_coef == pytest.approx(expected_beta, rel=1e-4)

@@ -85,7 +85,20 @@ def test_same_signatures_as_maskable_ppo(method):
     # the constructor takes MaskablePPO's arguments and PPOKL's KL arguments
     init = inspect.signature(MaskablePPOKL.__init__).parameters
     assert set(inspect.signature(MaskablePPO.__init__).parameters) <= set(init)
-    assert {"kl_target", "kl_coef", "adaptive_kl", "kl_tolerance", "kl_adapt_factor", "kl_coef_bounds"} <= set(init)
+    # ... and every KL argument of PPOKL, with its default
+    ppo_kl = inspect.signature(PPOKL.__init__).parameters
+    kl_arguments = {
+        "kl_target",
+        "kl_coef",
+        "adaptive_kl",
+        "kl_tolerance",
+        "kl_adapt_factor",
+        "kl_coef_bounds",
+        "kl_penalty_kwargs",
+    }
+    assert kl_arguments <= set(init)
+    for name in kl_arguments:
+        assert init[name].default == ppo_kl[name].default, name
 
 
 @pytest.mark.parametrize("space", list(ENVS))

@@ -71,7 +71,20 @@ def test_same_signatures_as_recurrent_ppo(method):
             assert ours.parameters[name].default == parameter.default, name
     init = inspect.signature(RecurrentPPOKL.__init__).parameters
     assert set(inspect.signature(RecurrentPPO.__init__).parameters) <= set(init)
-    assert {"kl_target", "kl_coef", "adaptive_kl", "kl_tolerance", "kl_adapt_factor", "kl_coef_bounds"} <= set(init)
+    # ... and every KL argument of PPOKL, with its default
+    ppo_kl = inspect.signature(PPOKL.__init__).parameters
+    kl_arguments = {
+        "kl_target",
+        "kl_coef",
+        "adaptive_kl",
+        "kl_tolerance",
+        "kl_adapt_factor",
+        "kl_coef_bounds",
+        "kl_penalty_kwargs",
+    }
+    assert kl_arguments <= set(init)
+    for name in kl_arguments:
+        assert init[name].default == ppo_kl[name].default, name
 
 
 @pytest.mark.parametrize("env", ["CartPole-v1", "Pendulum-v1"])

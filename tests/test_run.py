@@ -58,7 +58,15 @@ def test_dict_observations():
 
 def test_image_observations_with_cnn_policy():
     env = FakeImageEnv(screen_height=40, screen_width=40, n_channels=1, discrete=True)
-    model = PPOKL("CnnPolicy", env, n_steps=32, batch_size=16, n_epochs=1, seed=0, policy_kwargs=dict(features_extractor_kwargs=dict(features_dim=32)))
+    model = PPOKL(
+        "CnnPolicy",
+        env,
+        n_steps=32,
+        batch_size=16,
+        n_epochs=1,
+        seed=0,
+        policy_kwargs=dict(features_extractor_kwargs=dict(features_dim=32)),
+    )
     _learn_and_check(model, 64)
 
 
@@ -124,7 +132,17 @@ def test_pure_ppo1_logs_no_clip_statistics():
 
 
 def test_target_kl_early_stop(capsys):
-    model = PPOKL("MlpPolicy", "CartPole-v1", n_steps=128, batch_size=32, n_epochs=20, learning_rate=1e-2, target_kl=1e-4, verbose=1, seed=0)
+    model = PPOKL(
+        "MlpPolicy",
+        "CartPole-v1",
+        n_steps=128,
+        batch_size=32,
+        n_epochs=20,
+        learning_rate=1e-2,
+        target_kl=1e-4,
+        verbose=1,
+        seed=0,
+    )
     model.learn(128)
     assert "Early stopping" in capsys.readouterr().out
     assert model._n_updates < 20
@@ -134,7 +152,9 @@ def test_fixed_beta_stays_fixed():
     model = PPOKL("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, kl_coef=3.0, adaptive_kl=False, seed=0)
     model.learn(256)
     assert model.kl_coef == 3.0
-    assert model.logger.name_to_value["train/kl_penalty"] == pytest.approx(3.0 * model.logger.name_to_value["train/kl_minibatch"])
+    assert model.logger.name_to_value["train/kl_penalty"] == pytest.approx(
+        3.0 * model.logger.name_to_value["train/kl_minibatch"]
+    )
 
 
 def test_tensorboard_records_kl_values(tmp_path):
@@ -220,9 +240,19 @@ def test_policy_aliases_module():
     assert isinstance(spaces.Box(0, 1), PPOKL.supported_action_spaces)
 
 
-@pytest.mark.parametrize("env_id, module", [("HalfCheetah-v5", "mujoco"), ("LunarLanderContinuous-v3", "Box2D"), ("LunarLander-v3", "Box2D")])
+@pytest.mark.parametrize(
+    "env_id, module", [("HalfCheetah-v5", "mujoco"), ("LunarLanderContinuous-v3", "Box2D"), ("LunarLander-v3", "Box2D")]
+)
 def test_mujoco_and_box2d_environments(env_id, module):
     pytest.importorskip(module)
-    model = PPOKL("MlpPolicy", env_id, n_steps=128, batch_size=64, n_epochs=2, policy_kwargs=dict(net_arch=dict(pi=[64, 64], vf=[64, 64])), seed=0)
+    model = PPOKL(
+        "MlpPolicy",
+        env_id,
+        n_steps=128,
+        batch_size=64,
+        n_epochs=2,
+        policy_kwargs=dict(net_arch=dict(pi=[64, 64], vf=[64, 64])),
+        seed=0,
+    )
     values = _learn_and_check(model, 256)
     assert values["train/kl"] > 0

@@ -69,25 +69,27 @@ class KLRecurrentBufferMixin(KLBufferMixin):
         return self.pad_and_flatten(np.asarray(batch_inds)).cpu().numpy()  # type: ignore[attr-defined]
 
 
-class KLRolloutBuffer(KLBufferMixin, RolloutBuffer):
+# The buffers below yield KLRolloutBatch (the base buffer's samples plus the old distribution) where their bases
+# yield the samples alone: an intended change of _get_samples' return type, which mypy reports as [misc].
+class KLRolloutBuffer(KLBufferMixin, RolloutBuffer):  # type: ignore[misc]
     """SB3's :class:`~stable_baselines3.common.buffers.RolloutBuffer` with the old policy's distribution per sample."""
 
 
-class KLDictRolloutBuffer(KLBufferMixin, DictRolloutBuffer):
+class KLDictRolloutBuffer(KLBufferMixin, DictRolloutBuffer):  # type: ignore[misc]
     """SB3's :class:`~stable_baselines3.common.buffers.DictRolloutBuffer` with the old policy's distribution per sample."""
 
 
-class KLMaskableRolloutBuffer(KLBufferMixin, MaskableRolloutBuffer):
+class KLMaskableRolloutBuffer(KLBufferMixin, MaskableRolloutBuffer):  # type: ignore[misc]
     """sb3-contrib's ``MaskableRolloutBuffer`` with the old policy's (masked) distribution per sample."""
 
 
-class KLMaskableDictRolloutBuffer(KLBufferMixin, MaskableDictRolloutBuffer):
+class KLMaskableDictRolloutBuffer(KLBufferMixin, MaskableDictRolloutBuffer):  # type: ignore[misc]
     """sb3-contrib's ``MaskableDictRolloutBuffer`` with the old policy's (masked) distribution per sample."""
 
 
-class KLRecurrentRolloutBuffer(KLRecurrentBufferMixin, RecurrentRolloutBuffer):
+class KLRecurrentRolloutBuffer(KLRecurrentBufferMixin, RecurrentRolloutBuffer):  # type: ignore[misc]
     """sb3-contrib's ``RecurrentRolloutBuffer`` with the old policy's distribution per sample."""
 
 
-class KLRecurrentDictRolloutBuffer(KLRecurrentBufferMixin, RecurrentDictRolloutBuffer):
+class KLRecurrentDictRolloutBuffer(KLRecurrentBufferMixin, RecurrentDictRolloutBuffer):  # type: ignore[misc]
     """sb3-contrib's ``RecurrentDictRolloutBuffer`` with the old policy's distribution per sample."""

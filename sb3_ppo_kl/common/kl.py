@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch as th
+from sb3_contrib.common.maskable.distributions import MaskableCategoricalDistribution, MaskableMultiCategoricalDistribution
 from stable_baselines3.common.distributions import (
     BernoulliDistribution,
     CategoricalDistribution,
@@ -33,7 +34,6 @@ from stable_baselines3.common.distributions import (
     MultiCategoricalDistribution,
     StateDependentNoiseDistribution,
 )
-from sb3_contrib.common.maskable.distributions import MaskableCategoricalDistribution, MaskableMultiCategoricalDistribution
 from torch.nn import functional as F
 
 # Distributions whose per-state parameters are (mean, std) of independent Gaussians.
@@ -321,11 +321,10 @@ class KLPenalty:
         cutoff_coef: float = 0.0,
         cutoff_factor: float = 2.0,
     ):
-        _check_float(
-            "kl_penalty_kwargs['variance_weight']", variance_weight, "a number in [0, 1]", 0 <= variance_weight <= 1
-        )
+        _check_float("kl_penalty_kwargs['variance_weight']", variance_weight, "a number in [0, 1]", 0 <= variance_weight <= 1)
         if not isinstance(per_state, bool):
-            raise ValueError(f"`kl_penalty_kwargs['per_state']` must be True or False, got {per_state!r}")
+            # ValueError as for every other bad argument: SB3 and RL Zoo's tuner treat bad hyperparameters so
+            raise ValueError(f"`kl_penalty_kwargs['per_state']` must be True or False, got {per_state!r}")  # noqa: TRY004
         _check_float("kl_penalty_kwargs['cutoff_coef']", cutoff_coef, "a finite number >= 0", cutoff_coef >= 0)
         _check_float("kl_penalty_kwargs['cutoff_factor']", cutoff_factor, "a finite number >= 1", cutoff_factor >= 1)
         self.variance_weight = float(variance_weight)

@@ -259,7 +259,8 @@ class PPOKL(OnPolicyAlgorithm):
 
     def _check_action_space(self, action_space: spaces.Space) -> None:
         if not isinstance(action_space, self.supported_action_spaces):
-            raise ValueError(
+            # ValueError, as SB3's own check of unsupported action spaces raises
+            raise ValueError(  # noqa: TRY004
                 f"{type(self).__name__} does not support the action space {action_space}; "
                 f"supported: {', '.join(space.__name__ for space in self.supported_action_spaces)}"
             )
@@ -425,13 +426,17 @@ class PPOKL(OnPolicyAlgorithm):
                 if valid is not None:
                     kl_per_state = kl_per_state[valid]
                 kl_div = kl_per_state.mean()
-                kl_penalty = kl_coef * kl_div if self.kl_penalty.is_paper else self.kl_penalty.loss(kl_per_state, kl_coef, kl_target)
+                kl_penalty = (
+                    kl_coef * kl_div if self.kl_penalty.is_paper else self.kl_penalty.loss(kl_per_state, kl_coef, kl_target)
+                )
 
                 if self.clip_range_vf is None:
                     values_pred = values
                 else:
                     # Clip the difference between old and new value (depends on the reward scaling)
-                    values_pred = rollout_data.old_values + th.clamp(values - rollout_data.old_values, -clip_range_vf, clip_range_vf)
+                    values_pred = rollout_data.old_values + th.clamp(
+                        values - rollout_data.old_values, -clip_range_vf, clip_range_vf
+                    )
                 if valid is None:
                     value_loss = F.mse_loss(rollout_data.returns, values_pred)
                 else:

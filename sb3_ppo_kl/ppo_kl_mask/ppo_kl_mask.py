@@ -16,7 +16,8 @@ from sb3_ppo_kl.ppo_kl.ppo_kl import PPOKL
 SelfMaskablePPOKL = TypeVar("SelfMaskablePPOKL", bound="MaskablePPOKL")
 
 
-class MaskablePPOKL(PPOKL, MaskablePPO):
+# PPOKL's batch_size, clip_range and rollout_buffer widen MaskablePPO's (None: no clipping; a KL buffer): mypy's [misc]
+class MaskablePPOKL(PPOKL, MaskablePPO):  # type: ignore[misc]
     """
     PPO with an adaptive KL penalty ("PPO1") and invalid action masking: sb3-contrib's
     ``MaskablePPO`` with :class:`~sb3_ppo_kl.PPOKL`'s loss and beta rule.

@@ -15,7 +15,8 @@ from sb3_ppo_kl.ppo_kl.ppo_kl import PPOKL
 SelfRecurrentPPOKL = TypeVar("SelfRecurrentPPOKL", bound="RecurrentPPOKL")
 
 
-class RecurrentPPOKL(PPOKL, RecurrentPPO):
+# PPOKL's batch_size and clip_range accept what RecurrentPPO's do and more (None: no clipping): mypy's [misc]
+class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
     """
     PPO with an adaptive KL penalty ("PPO1") and LSTM policies: sb3-contrib's ``RecurrentPPO`` with
     :class:`~sb3_ppo_kl.PPOKL`'s loss and beta rule.
@@ -181,7 +182,8 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):
         super()._setup_model()  # PPOKL's, then RecurrentPPO's
         # RecurrentPPO always builds sb3-contrib's own recurrent buffer: replace it by the KL buffer of
         # the same shape (self.rollout_buffer_class, picked by PPOKL's _setup_model)
-        self.rollout_buffer = self.rollout_buffer_class(  # type: ignore[call-arg, assignment]
+        buffer_class: Any = self.rollout_buffer_class  # a recurrent KL buffer, which takes the hidden state shape
+        self.rollout_buffer = buffer_class(
             self.n_steps,
             self.observation_space,
             self.action_space,

@@ -67,15 +67,17 @@ def sample_ppo_kl_params(trial: optuna.Trial, n_actions: int, n_envs: int, addit
     hyperparams["kl_coef"] = trial.suggest_float("kl_coef", 0.01, 10.0, log=True)
     hyperparams["adaptive_kl"] = trial.suggest_categorical("adaptive_kl", [True, False])
     if hyperparams["batch_size"] > hyperparams["n_steps"] * n_envs:
-        raise optuna.TrialPruned(f"batch_size {hyperparams['batch_size']} > n_steps * n_envs = {hyperparams['n_steps'] * n_envs}")
+        raise optuna.TrialPruned(
+            f"batch_size {hyperparams['batch_size']} > n_steps * n_envs = {hyperparams['n_steps'] * n_envs}"
+        )
     return hyperparams
 
 
-def convert_ppo_kl_params(params: dict[str, Any]) -> dict[str, Any]:
+def convert_ppo_kl_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
     """The inverse direction, for ``--trial-id`` / loading a study: Optuna's raw params to PPOKL arguments."""
     kl_keys = ("kl_target", "kl_coef", "adaptive_kl")
-    hyperparams = hyperparams_opt.convert_onpolicy_params({k: v for k, v in params.items() if k not in kl_keys})
-    hyperparams.update({k: params[k] for k in kl_keys if k in params})
+    hyperparams = hyperparams_opt.convert_onpolicy_params({k: v for k, v in sampled_params.items() if k not in kl_keys})
+    hyperparams.update({k: sampled_params[k] for k in kl_keys if k in sampled_params})
     return hyperparams
 
 
