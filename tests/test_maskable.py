@@ -95,6 +95,10 @@ def test_same_signatures_as_maskable_ppo(method):
         "kl_adapt_factor",
         "kl_coef_bounds",
         "kl_penalty_kwargs",
+        "ref_policy",
+        "ref_kl_coef",
+        "ref_kl_target",
+        "value_warmup_rollouts",
     }
     assert kl_arguments <= set(init)
     for name in kl_arguments:

@@ -18,11 +18,14 @@ class KLRolloutBatch(NamedTuple):
         for these samples, or None when no snapshot was taken
     :param indices: the samples' positions in the flattened rollout, one per row of ``data``
         (for the recurrent buffers, padded rows hold position 0 and are masked out by ``data.mask``)
+    :param ref_dist_params: the frozen reference policy's :func:`~sb3_ppo_kl.common.kl.distribution_params`
+        for these samples, or None when the algorithm has no reference policy
     """
 
     data: Any
     old_dist_params: th.Tensor | None
     indices: np.ndarray
+    ref_dist_params: th.Tensor | None = None
 
 
 class KLBufferMixin:
@@ -30,24 +33,29 @@ class KLBufferMixin:
     Mix into an SB3 rollout buffer (first in the bases) to attach the old policy's distribution
     parameters to every minibatch.
 
-    The algorithm fills ``old_dist_params`` once per update, in the flattened sample order that
-    ``get()`` indexes; ``reset()`` clears it with the rest of the rollout.
+    The algorithm fills ``old_dist_params`` (and ``ref_dist_params``, the reference policy's, when it has
+    one) once per update, in the flattened sample order that ``get()`` indexes; ``reset()`` clears them
+    with the rest of the rollout.
     """
 
     old_dist_params: th.Tensor | None = None
+    ref_dist_params: th.Tensor | None = None
 
     def reset(self) -> None:
         super().reset()  # type: ignore[misc]
         self.old_dist_params = None
+        self.ref_dist_params = None
 
     def _get_samples(self, batch_inds: np.ndarray, *args: Any, **kwargs: Any) -> KLRolloutBatch:  # type: ignore[override]
         # *args: the base buffer's own arguments (SB3's `env`; sb3-contrib's recurrent `env_change, env`)
         data = super()._get_samples(batch_inds, *args, **kwargs)  # type: ignore[misc]
         indices = self._row_indices(batch_inds)
-        old = None
+        old = ref = None
         if self.old_dist_params is not None:
             old = self.old_dist_params[th.as_tensor(indices, device=self.old_dist_params.device)]
-        return KLRolloutBatch(data, old, indices)
+        if self.ref_dist_params is not None:
+            ref = self.ref_dist_params[th.as_tensor(indices, device=self.ref_dist_params.device)]
+        return KLRolloutBatch(data, old, indices, ref)
 
     def _row_indices(self, batch_inds: np.ndarray) -> np.ndarray:
         """The flattened-rollout position of every row of the minibatch the base buffer just built."""

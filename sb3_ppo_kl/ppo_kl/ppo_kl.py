@@ -15,11 +15,24 @@ from sb3_ppo_kl.common.buffers import KLBufferMixin, KLDictRolloutBuffer, KLRoll
 from sb3_ppo_kl.common.kl import (
     KLCoefController,
     KLPenalty,
+    _check_float,
     distribution_params,
     has_analytic_kl,
     per_state_kl,
     sampled_kl,
     split_kl_penalty_kwargs,
+)
+from sb3_ppo_kl.common.reference import (
+    PolicySource,
+    accepts,
+    build_policy,
+    check_reference,
+    copy_weights,
+    freeze,
+    is_real,
+    load_policy,
+    policy_kwargs_for,
+    policy_spec,
 )
 
 SelfPPOKL = TypeVar("SelfPPOKL", bound="PPOKL")
@@ -50,6 +63,9 @@ class PPOKL(OnPolicyAlgorithm):
     ``d > kl_target * kl_tolerance``, clamped to ``kl_coef_bounds``. ``model.kl_coef`` is always
     the current beta; it is saved and loaded with the model.
 
+    With ``ref_policy`` (fine-tuning a pretrained policy), the loss also has
+    ``+ ref_kl_coef * KL[pi_ref(.|s) || pi_theta(.|s)].mean()``, the KL to a frozen reference policy.
+
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy)
     :param env: The environment to learn from (if registered in Gym, can be str)
     :param learning_rate: Adam step size, a float or a schedule of the progress remaining (1 to 0).
@@ -76,6 +92,29 @@ class PPOKL(OnPolicyAlgorithm):
         ``cutoff_factor`` (a squared penalty past ``cutoff_factor * kl_target``), see
         :class:`~sb3_ppo_kl.common.kl.KLPenalty`; ``rule`` (``"step"`` or ``"proportional"``) and
         ``horizon``, see :class:`~sb3_ppo_kl.KLCoefController`.
+    :param ref_policy: None (default), or a frozen reference policy to stay close to, e.g. a pretrained
+        policy being fine-tuned: an SB3 policy (a ``BasePolicy``, copied) or the path of an SB3 model zip
+        (PPO, A2C, PPOKL, MaskablePPO...). Its observation and action spaces must be the environment's.
+        The loss gains ``ref_kl_coef * KL[pi_ref(.|s) || pi_theta(.|s)].mean()``: analytic per state, summed
+        over action dimensions, averaged over states as the PPO1 term. The direction is the forward,
+        mass-covering KL, as the PPO1 term's (old -> new): it grows without bound where the reference gives
+        an action probability and the new policy does not, so the new policy must keep every behaviour
+        the reference had, which is what "not forgetting" the pretrained policy means; the reverse KL would
+        let it drop modes of the reference freely. The reference's distribution is computed once per update
+        for the whole rollout (MaskablePPOKL masks it with the stored action masks). It is kept frozen
+        (eval mode, no gradients, never optimised) as ``model.ref_policy``, and saved and loaded with the model.
+        See :meth:`from_pretrained` to start from the same policy.
+    :param ref_kl_coef: Coefficient of the KL to the reference, ``>= 0``; only used with ``ref_policy``.
+        Default 1.0 (beta's default start: the KL to the reference weighs as much as the PPO1 term at first).
+        ``model.ref_kl_coef`` is its current value, logged as ``train/ref_kl_coef``.
+    :param ref_kl_target: None (default): ``ref_kl_coef`` stays fixed. A float ``> 0``: after each update
+        ``ref_kl_coef`` is adapted toward it by a second :class:`~sb3_ppo_kl.KLCoefController` with beta's
+        rule, ``kl_tolerance``, ``kl_adapt_factor`` and ``kl_coef_bounds``, to the mean KL to the reference over
+        the rollout after the update (logged as ``train/ref_kl``).
+    :param value_warmup_rollouts: For the first N rollouts (N calls to ``train()``) train only the value
+        function: the loss is ``vf_coef * value_loss`` and every parameter the action distribution depends on
+        (shared layers included) is left unchanged; beta and ``ref_kl_coef`` are not adapted. Useful when
+        fine-tuning a pretrained policy whose value function is new or stale. ``>= 0``, default 0.
     :param clip_range: None (default) for pure PPO1. A float or schedule adds PPO2's ratio clipping on
         top of the penalty (as RLlib does).
     :param clip_range_vf: Clipping of the value function update, as in SB3 PPO. None (default): no clipping.
@@ -119,6 +158,8 @@ class PPOKL(OnPolicyAlgorithm):
         KLDictRolloutBuffer,
     )
     rollout_buffer: KLBufferMixin  # type: ignore[assignment]
+    # Whether ref_policy is supported (RecurrentPPOKL: not yet)
+    supports_ref_policy: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -137,6 +178,10 @@ class PPOKL(OnPolicyAlgorithm):
         kl_adapt_factor: float = 2.0,
         kl_coef_bounds: Sequence[float] = (1e-4, 1e4),
         kl_penalty_kwargs: dict[str, Any] | None = None,
+        ref_policy: PolicySource | None = None,
+        ref_kl_coef: float = 1.0,
+        ref_kl_target: float | None = None,
+        value_warmup_rollouts: int = 0,
         clip_range: float | Schedule | None = None,
         clip_range_vf: float | Schedule | None = None,
         normalize_advantage: bool = True,
@@ -173,6 +218,10 @@ class PPOKL(OnPolicyAlgorithm):
             clip_range_vf=clip_range_vf,
             target_kl=target_kl,
             rollout_buffer_class=rollout_buffer_class,
+            ref_policy=ref_policy,
+            ref_kl_coef=ref_kl_coef,
+            ref_kl_target=ref_kl_target,
+            value_warmup_rollouts=value_warmup_rollouts,
         )
 
         super().__init__(
@@ -228,10 +277,15 @@ class PPOKL(OnPolicyAlgorithm):
         clip_range_vf: float | Schedule | None,
         target_kl: float | None,
         rollout_buffer_class: type[RolloutBuffer] | None = None,
+        ref_policy: PolicySource | None = None,
+        ref_kl_coef: float = 1.0,
+        ref_kl_target: float | None = None,
+        value_warmup_rollouts: int = 0,
     ) -> None:
         """
-        Validate the arguments (ValueError naming the parameter) and create ``self.kl_controller`` and
-        ``self.kl_penalty``.
+        Validate the arguments (ValueError naming the parameter) and create ``self.kl_controller``,
+        ``self.kl_penalty``, the reference policy (loaded, frozen; moved to the device and checked against the
+        environment's spaces in ``_setup_model``) and ``self.ref_kl_controller``.
 
         Called first in ``__init__`` by PPOKL and its variants: every check runs before an
         environment is made or a network built.
@@ -256,6 +310,19 @@ class PPOKL(OnPolicyAlgorithm):
         action_space = getattr(env, "action_space", None)
         if isinstance(action_space, spaces.Space):
             self._check_action_space(action_space)
+        if not (
+            isinstance(value_warmup_rollouts, (int, np.integer))
+            and not isinstance(value_warmup_rollouts, bool)
+            and value_warmup_rollouts >= 0
+        ):
+            raise ValueError(f"`value_warmup_rollouts` must be an integer >= 0, got {value_warmup_rollouts!r}")
+        self.value_warmup_rollouts = int(value_warmup_rollouts)
+        self._n_rollouts_trained = 0  # train() calls so far: the first value_warmup_rollouts train the value function only
+        if ref_policy is None and ref_kl_target is not None:
+            raise ValueError(
+                f"`ref_kl_target` applies to a reference policy; give `ref_policy`, got ref_kl_target={ref_kl_target!r}"
+            )
+        self._make_ref_policy(ref_policy, ref_kl_coef, ref_kl_target)
 
     def _check_action_space(self, action_space: spaces.Space) -> None:
         if not isinstance(action_space, self.supported_action_spaces):
@@ -293,6 +360,126 @@ class PPOKL(OnPolicyAlgorithm):
             raise ValueError(f"`kl_coef` must be >= 0, got {value}")
         self.kl_controller.kl_coef = float(value)
 
+    @property
+    def ref_kl_coef(self) -> float:
+        """The current coefficient of the KL to the reference policy (the value the next update uses)."""
+        return self.ref_kl_controller.kl_coef
+
+    @ref_kl_coef.setter
+    def ref_kl_coef(self, value: float) -> None:
+        if not value >= 0:
+            raise ValueError(f"`ref_kl_coef` must be >= 0, got {value}")
+        self.ref_kl_controller.kl_coef = float(value)
+
+    def _make_ref_policy(self, ref_policy: PolicySource | None, ref_kl_coef: float, ref_kl_target: float | None) -> None:
+        """
+        Validate the reference arguments, create ``self.ref_kl_controller`` and load the reference policy,
+        frozen, on the CPU, into ``self.ref_policy`` (with ``self._ref_policy_spec``, what rebuilds it on load).
+        """
+        _check_float("ref_kl_coef", ref_kl_coef, "a finite number >= 0", is_real(ref_kl_coef) and ref_kl_coef >= 0)
+        if ref_kl_target is not None:
+            _check_float(
+                "ref_kl_target", ref_kl_target, "None or a finite number > 0", is_real(ref_kl_target) and ref_kl_target > 0
+            )
+            low, high = self.kl_controller.kl_coef_bounds
+            if not low <= ref_kl_coef <= high:
+                raise ValueError(
+                    f"`ref_kl_coef` must lie within kl_coef_bounds=[{low}, {high}] when ref_kl_target is set "
+                    f"(it is then adapted), got {ref_kl_coef}"
+                )
+        # A second controller of the same kind as beta's: fixed unless ref_kl_target is given, then the step rule
+        # with beta's tolerance, factor and bounds
+        self.ref_kl_controller = KLCoefController(
+            kl_coef=ref_kl_coef,
+            kl_target=1.0 if ref_kl_target is None else ref_kl_target,
+            adaptive_kl=ref_kl_target is not None,
+            kl_tolerance=self.kl_controller.kl_tolerance,
+            kl_adapt_factor=self.kl_controller.kl_adapt_factor,
+            kl_coef_bounds=self.kl_controller.kl_coef_bounds,
+        )
+        self.ref_policy: BasePolicy | None = None
+        self._ref_policy_spec: dict[str, Any] | None = None
+        if ref_policy is None:
+            return
+        if not self.supports_ref_policy:
+            raise ValueError(
+                f"`ref_policy` is not supported by {type(self).__name__} yet: a recurrent reference would need its own "
+                "LSTM states for every sample of the rollout, which are not collected"
+            )
+        reference = load_policy(ref_policy, "ref_policy")
+        self._ref_policy_spec = policy_spec(reference)
+        self.ref_policy = freeze(reference)
+
+    def _setup_ref_policy(self) -> None:
+        """
+        Put the reference policy on the device, frozen, and check it against the policy. On ``load()`` it is
+        rebuilt here from ``self._ref_policy_spec``; ``load()`` then loads its saved weights into it.
+        """
+        if self._ref_policy_spec is None:
+            self.ref_policy = None
+            return
+        if self.ref_policy is None:
+            self.ref_policy = build_policy(self._ref_policy_spec)
+        self.ref_policy = freeze(self.ref_policy.to(self.device))
+        check_reference(self.ref_policy, self.policy, type(self).__name__)
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        state_dicts, variables = super()._get_torch_save_params()
+        if self.ref_policy is not None:
+            state_dicts = [*state_dicts, "ref_policy"]  # its weights, saved and loaded as the policy's
+        return state_dicts, variables
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "ref_policy"]  # the module is never pickled (see _ref_policy_spec)
+
+    @classmethod
+    def from_pretrained(
+        cls: type[SelfPPOKL],
+        pretrained: PolicySource,
+        env: GymEnv | str,
+        policy: str | type[BasePolicy] | None = None,
+        **kwargs: Any,
+    ) -> SelfPPOKL:
+        """
+        A new model whose policy starts as a copy of a pretrained policy, and which keeps close to it.
+
+        ::
+
+            model = PPOKL.from_pretrained("expert.zip", env, ref_kl_coef=0.5, value_warmup_rollouts=2)
+
+        :param pretrained: an SB3 policy (``model.policy`` of a PPO, A2C, PPOKL, MaskablePPO... model) or the
+            path of an SB3 model zip. Its weights are copied into the new policy (``load_state_dict``).
+        :param env: the environment to fine-tune on; its spaces must be the pretrained policy's
+        :param policy: the policy class or alias; None (default) takes the pretrained policy's class when this
+            algorithm uses it, else ``"MlpPolicy"`` (``"MultiInputPolicy"`` for Dict observations)
+        :param kwargs: the algorithm's other arguments. ``policy_kwargs`` defaults to the pretrained policy's
+            architecture (net_arch, activation, features extractor...), ``use_sde`` to whether it used gSDE.
+            ``ref_policy`` defaults to the pretrained policy (as this algorithm's policy class, so that
+            MaskablePPOKL masks it); pass ``ref_policy=None`` to fine-tune without a reference.
+        :raises ValueError: if the new policy's architecture differs from the pretrained one (naming the weights
+            that differ), or for any invalid argument
+        """
+        source = load_policy(pretrained, "pretrained")
+        if policy is None:
+            own = tuple(cls.policy_aliases.values())
+            if isinstance(source, own):
+                policy = type(source)
+            else:
+                policy = "MultiInputPolicy" if isinstance(source.observation_space, spaces.Dict) else "MlpPolicy"
+        policy_class = cls.policy_aliases[policy] if isinstance(policy, str) else policy
+        if "policy_kwargs" not in kwargs:
+            kwargs["policy_kwargs"] = policy_kwargs_for(source, policy_class)
+        if "use_sde" not in kwargs and getattr(source, "use_sde", False) and accepts(cls, "use_sde"):
+            kwargs["use_sde"] = True
+        default_reference = "ref_policy" not in kwargs
+        ref_kwargs = {key: kwargs.pop(key) for key in ("ref_kl_coef", "ref_kl_target") if default_reference and key in kwargs}
+        model = cls(policy, env, **kwargs)  # type: ignore[arg-type]
+        copy_weights(source, model.policy, "pretrained")
+        if default_reference:
+            model._make_ref_policy(model.policy, ref_kwargs.get("ref_kl_coef", 1.0), ref_kwargs.get("ref_kl_target"))
+            model._setup_ref_policy()
+        return model
+
     def _setup_model(self) -> None:
         # Rebuilds what load() does not restore. The KL controller (beta) is restored with __dict__
         # and must not be touched here.
@@ -308,12 +495,14 @@ class PPOKL(OnPolicyAlgorithm):
 
         self.clip_range = None if clip_range is None else FloatSchedule(clip_range)
         self.clip_range_vf = None if clip_range_vf is None else FloatSchedule(clip_range_vf)
+        self._setup_ref_policy()
 
-    def _evaluate_actions(self, rollout_data: Any) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
+    def _evaluate_actions(self, rollout_data: Any, policy: Any = None) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
         """
-        Values, log-probabilities and entropy of the rollout's actions under the current policy.
+        Values, log-probabilities and entropy of the rollout's actions under the current policy (or under
+        ``policy``, the reference policy, when given).
 
-        As a side effect ``self.policy.action_dist`` holds the action distribution of these states:
+        As a side effect ``policy.action_dist`` holds the action distribution of these states:
         SB3 policies fill that object in place on every forward pass (sb3-contrib's too). Variants
         whose policies take more inputs override this method: MaskablePPOKL passes the stored action
         masks, RecurrentPPOKL the stored LSTM states and episode starts.
@@ -321,7 +510,7 @@ class PPOKL(OnPolicyAlgorithm):
         actions = rollout_data.actions
         if isinstance(self.action_space, spaces.Discrete):
             actions = actions.long().flatten()
-        return self.policy.evaluate_actions(rollout_data.observations, actions)
+        return (policy or self.policy).evaluate_actions(rollout_data.observations, actions)
 
     def _valid_samples(self, rollout_data: Any) -> th.Tensor | None:
         """
@@ -344,11 +533,26 @@ class PPOKL(OnPolicyAlgorithm):
         self.rollout_buffer.old_dist_params = None
         if not has_analytic_kl(self.policy.action_dist):
             return  # the sampled KL needs only the rollout's log-probabilities, already stored
+        self.rollout_buffer.old_dist_params = self._rollout_dist_params(self.policy)
+
+    def _snapshot_ref_policy(self) -> None:
+        """Store the reference policy's action distribution for every sample (none without a reference)."""
+        self.rollout_buffer.ref_dist_params = None
+        if self.ref_policy is None:
+            return
+        if not has_analytic_kl(self.ref_policy.action_dist):  # type: ignore[arg-type]
+            raise ValueError(
+                f"`ref_policy`'s action distribution {type(self.ref_policy.action_dist).__name__} has no analytic KL"
+            )
+        self.rollout_buffer.ref_dist_params = self._rollout_dist_params(self.ref_policy)
+
+    def _rollout_dist_params(self, policy: BasePolicy) -> th.Tensor:
+        """``policy``'s :func:`distribution_params` for every sample of the rollout, in its flattened order."""
         params, indices = [], []
         with th.no_grad():
             for batch in self.rollout_buffer.get(FULL_PASS_BATCH_SIZE):  # type: ignore[attr-defined]
-                self._evaluate_actions(batch.data)
-                batch_params = distribution_params(self.policy.action_dist)
+                self._evaluate_actions(batch.data, policy)
+                batch_params = distribution_params(policy.action_dist)  # type: ignore[arg-type]
                 batch_indices = th.as_tensor(batch.indices, device=batch_params.device)
                 valid = self._valid_samples(batch.data)
                 if valid is not None:  # scatter back only the real samples, not the padding
@@ -358,41 +562,63 @@ class PPOKL(OnPolicyAlgorithm):
         flat = th.cat(params)
         snapshot = th.empty_like(flat)
         snapshot[th.cat(indices)] = flat
-        self.rollout_buffer.old_dist_params = snapshot
+        return snapshot
 
     def _rollout_kl(self) -> tuple[float, float]:
         """
         ``d``: the mean KL over the whole rollout between the rollout policy and the current policy;
         returned as (the true KL, the KL with the penalty's ``variance_weight``, which beta adapts to).
         """
+        kl_true, kl_weighted, _ = self._rollout_kls()
+        return kl_true, kl_weighted
+
+    def _rollout_kls(self) -> tuple[float, float, float | None]:
+        """
+        :meth:`_rollout_kl`'s two values and, in the same pass, the mean ``KL[pi_ref || pi_theta]`` over the
+        rollout (None without a reference policy).
+        """
         weight = self.kl_penalty.variance_weight
-        totals, count = th.zeros(2), 0
+        with_ref = self.rollout_buffer.ref_dist_params is not None
+        totals, count = th.zeros(3 if with_ref else 2), 0
         with th.no_grad():
             for batch in self.rollout_buffer.get(FULL_PASS_BATCH_SIZE):  # type: ignore[attr-defined]
                 _, log_prob, _ = self._evaluate_actions(batch.data)
                 kl = self._kl_to_old(batch, log_prob)
                 weighted = kl if weight == 1.0 else self._kl_to_old(batch, log_prob, weight)
+                kls = [kl, weighted]
+                if with_ref:
+                    kls.append(per_state_kl(batch.ref_dist_params, self.policy.action_dist))
                 valid = self._valid_samples(batch.data)
                 if valid is not None:
-                    kl, weighted = kl[valid], weighted[valid]
-                totals += th.stack([kl.sum(), weighted.sum()]).cpu()
-                count += kl.numel()
-        kl_true, kl_weighted = (totals / count).tolist()
-        return kl_true, kl_weighted
+                    kls = [values[valid] for values in kls]
+                totals += th.stack([values.sum() for values in kls]).cpu()
+                count += kl.numel() if valid is None else int(valid.sum())
+        means = (totals / count).tolist()
+        return means[0], means[1], means[2] if with_ref else None
 
     def train(self) -> None:
         """
         Update policy using the currently gathered rollout buffer, then adapt beta.
+
+        During the first ``value_warmup_rollouts`` calls only the value function is trained (see ``__init__``).
         """
+        # Value warm-up: the loss is the value loss alone, and no parameter the action distribution depends on moves
+        warmup = self._n_rollouts_trained < self.value_warmup_rollouts
+        self._n_rollouts_trained += 1
         # The rollout policy is evaluated in the mode it acted in (affects batch norm / dropout)
         self.policy.set_training_mode(False)
-        self._snapshot_rollout_policy()
+        if not warmup:
+            self._snapshot_rollout_policy()
+            self._snapshot_ref_policy()
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         clip_range = None if self.clip_range is None else self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
         if self.clip_range_vf is not None:
             clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
         kl_coef = self.kl_coef  # beta and d_targ are constant within an update; beta is adapted after it
+        ref_kl_coef = self.ref_kl_coef
+        actor_params: list[th.nn.Parameter] | None = None  # warm-up: the parameters kept fixed
+        ref_penalties: list[float] = []
         progress = self._current_progress_remaining
         kl_target = self.kl_controller.target(progress)
         variance_weight = self.kl_penalty.variance_weight
@@ -429,6 +655,17 @@ class PPOKL(OnPolicyAlgorithm):
                 kl_penalty = (
                     kl_coef * kl_div if self.kl_penalty.is_paper else self.kl_penalty.loss(kl_per_state, kl_coef, kl_target)
                 )
+                # With a reference policy: ref_kl_coef * KL[pi_ref(.|s) || pi_theta(.|s)], averaged over states
+                ref_penalty = None
+                if batch.ref_dist_params is not None:
+                    ref_kl = per_state_kl(batch.ref_dist_params, self.policy.action_dist)
+                    ref_penalty = ref_kl_coef * _masked_mean(ref_kl, valid)
+                    ref_penalties.append(ref_penalty.item())
+                if warmup and actor_params is None:
+                    # every parameter the action distribution depends on: those the log-probabilities reach
+                    all_params = list(self.policy.parameters())
+                    grads = th.autograd.grad(log_prob.sum(), all_params, allow_unused=True, retain_graph=True)
+                    actor_params = [param for param, grad in zip(all_params, grads) if grad is not None]
 
                 if self.clip_range_vf is None:
                     values_pred = values
@@ -446,6 +683,10 @@ class PPOKL(OnPolicyAlgorithm):
                 entropy_loss = -_masked_mean(-log_prob if entropy is None else entropy, valid)
 
                 loss = policy_loss + kl_penalty + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+                if ref_penalty is not None:
+                    loss = loss + ref_penalty
+                if warmup:
+                    loss = self.vf_coef * value_loss
 
                 pg_losses.append(policy_loss.item())
                 kl_divs.append(kl_div.item())
@@ -465,6 +706,8 @@ class PPOKL(OnPolicyAlgorithm):
 
                 self.policy.optimizer.zero_grad()
                 loss.backward()
+                for param in actor_params or ():  # warm-up: no gradient, so the optimizer leaves them alone
+                    param.grad = None
                 grad_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
                 if not th.isfinite(grad_norm):
                     self.policy.optimizer.zero_grad(set_to_none=True)
@@ -487,14 +730,20 @@ class PPOKL(OnPolicyAlgorithm):
                 break
 
         # Adapt beta to d, the KL between the policy before and after this update, over the whole rollout
+        # (and ref_kl_coef to the KL to the reference, in the same pass); not during the value warm-up
         self.policy.set_training_mode(False)
-        kl_after, kl_after_weighted = self._rollout_kl()
-        if not np.isfinite(kl_after_weighted):
-            raise NonFiniteError(
-                f"{type(self).__name__}: the KL between the policies before and after the update after "
-                f"{self.num_timesteps} timesteps is {kl_after_weighted}; beta was left at {self.kl_coef}"
-            )
-        self.kl_controller.update(kl_after_weighted, progress, n_samples=self.n_steps * self.n_envs)
+        kl_after = kl_after_weighted = 0.0
+        ref_kl_after = None
+        if not warmup:
+            kl_after, kl_after_weighted, ref_kl_after = self._rollout_kls()
+            if not np.isfinite(kl_after_weighted):
+                raise NonFiniteError(
+                    f"{type(self).__name__}: the KL between the policies before and after the update after "
+                    f"{self.num_timesteps} timesteps is {kl_after_weighted}; beta was left at {self.kl_coef}"
+                )
+            self.kl_controller.update(kl_after_weighted, progress, n_samples=self.n_steps * self.n_envs)
+            if ref_kl_after is not None:
+                self.ref_kl_controller.update(ref_kl_after, progress, n_samples=self.n_steps * self.n_envs)
 
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())  # type: ignore[attr-defined]
 
@@ -509,10 +758,18 @@ class PPOKL(OnPolicyAlgorithm):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/kl_coef", self.kl_coef)
-        self.logger.record("train/kl", kl_after)
+        if warmup:
+            self.logger.record("train/value_warmup", 1)
+        else:
+            self.logger.record("train/kl", kl_after)
         self.logger.record("train/kl_target", kl_target)
-        if variance_weight != 1.0:
+        if variance_weight != 1.0 and not warmup:
             self.logger.record("train/kl_weighted", kl_after_weighted)
+        if ref_kl_after is not None:
+            self.logger.record("train/ref_kl", ref_kl_after)
+            self.logger.record("train/ref_kl_penalty", np.mean(ref_penalties))
+        if self.ref_policy is not None:
+            self.logger.record("train/ref_kl_coef", self.ref_kl_coef)
         self.logger.record("train/kl_penalty", np.mean(kl_penalties))
         self.logger.record("train/kl_minibatch", np.mean(kl_divs))
         if clip_range is not None:

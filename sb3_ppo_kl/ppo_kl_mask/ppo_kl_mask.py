@@ -11,6 +11,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 
 from sb3_ppo_kl.common.buffers import KLMaskableDictRolloutBuffer, KLMaskableRolloutBuffer
+from sb3_ppo_kl.common.reference import PolicySource
 from sb3_ppo_kl.ppo_kl.ppo_kl import PPOKL
 
 SelfMaskablePPOKL = TypeVar("SelfMaskablePPOKL", bound="MaskablePPOKL")
@@ -61,6 +62,14 @@ class MaskablePPOKL(PPOKL, MaskablePPO):  # type: ignore[misc]
         Default ``(1e-4, 1e4)``.
     :param kl_penalty_kwargs: Opt-in shapes of the penalty and rules for beta beyond the paper, as PPOKL's;
         None (default) is the paper's PPO1.
+    :param ref_policy: None (default), or a frozen reference policy: ``ref_kl_coef * KL[pi_ref || pi_theta]``
+        joins the loss, as in PPOKL (see its docstring for the direction). It must be a maskable policy
+        (``MaskableActorCriticPolicy``, or the zip of a MaskablePPO / MaskablePPOKL model), and is masked with the
+        stored action masks, as the policy is; :meth:`~sb3_ppo_kl.PPOKL.from_pretrained` converts a
+        pretrained PPO policy of the same architecture.
+    :param ref_kl_coef: Coefficient of the KL to the reference, ``>= 0``. Default 1.0.
+    :param ref_kl_target: None (default) keeps ``ref_kl_coef`` fixed; a float ``> 0`` adapts it with beta's rule.
+    :param value_warmup_rollouts: Train only the value function for the first N rollouts, ``>= 0``. Default 0.
     :param clip_range: None (default) for pure PPO1. A float or schedule adds PPO2's ratio clipping on
         top of the penalty.
     :param clip_range_vf: Clipping of the value function update. None (default): no clipping.
@@ -113,6 +122,10 @@ class MaskablePPOKL(PPOKL, MaskablePPO):  # type: ignore[misc]
         kl_adapt_factor: float = 2.0,
         kl_coef_bounds: Sequence[float] = (1e-4, 1e4),
         kl_penalty_kwargs: dict[str, Any] | None = None,
+        ref_policy: PolicySource | None = None,
+        ref_kl_coef: float = 1.0,
+        ref_kl_target: float | None = None,
+        value_warmup_rollouts: int = 0,
         clip_range: float | Schedule | None = None,
         clip_range_vf: float | Schedule | None = None,
         normalize_advantage: bool = True,
@@ -150,6 +163,10 @@ class MaskablePPOKL(PPOKL, MaskablePPO):  # type: ignore[misc]
             clip_range_vf=clip_range_vf,
             target_kl=target_kl,
             rollout_buffer_class=rollout_buffer_class,
+            ref_policy=ref_policy,
+            ref_kl_coef=ref_kl_coef,
+            ref_kl_target=ref_kl_target,
+            value_warmup_rollouts=value_warmup_rollouts,
         )
         # MaskablePPO's __init__ (not PPOKL's, which passes gSDE arguments MaskablePPO does not take);
         # PPOKL's _setup_model, train() and kl_coef come first in the MRO, MaskablePPO's
@@ -186,12 +203,17 @@ class MaskablePPOKL(PPOKL, MaskablePPO):  # type: ignore[misc]
         if _init_setup_model:
             self._setup_model()
 
-    def _evaluate_actions(self, rollout_data: Any) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
-        """PPOKL's hook with the sample's stored action masks: the same masks the rollout policy acted under."""
+    def _evaluate_actions(self, rollout_data: Any, policy: Any = None) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
+        """
+        PPOKL's hook with the sample's stored action masks: the same masks the rollout policy acted under, and
+        the reference policy is masked with.
+        """
         actions = rollout_data.actions
         if isinstance(self.action_space, spaces.Discrete):
             actions = actions.long().flatten()
-        return self.policy.evaluate_actions(rollout_data.observations, actions, action_masks=rollout_data.action_masks)
+        return (policy or self.policy).evaluate_actions(
+            rollout_data.observations, actions, action_masks=rollout_data.action_masks
+        )
 
     def learn(  # type: ignore[override]
         self: SelfMaskablePPOKL,

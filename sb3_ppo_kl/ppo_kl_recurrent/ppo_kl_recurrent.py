@@ -10,6 +10,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 
 from sb3_ppo_kl.common.buffers import KLRecurrentDictRolloutBuffer, KLRecurrentRolloutBuffer
+from sb3_ppo_kl.common.reference import PolicySource
 from sb3_ppo_kl.ppo_kl.ppo_kl import PPOKL
 
 SelfRecurrentPPOKL = TypeVar("SelfRecurrentPPOKL", bound="RecurrentPPOKL")
@@ -58,6 +59,11 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
         Default ``(1e-4, 1e4)``.
     :param kl_penalty_kwargs: Opt-in shapes of the penalty and rules for beta beyond the paper, as PPOKL's;
         None (default) is the paper's PPO1.
+    :param ref_policy: Not supported yet: anything but None (default) raises ValueError. A recurrent reference
+        would need its own LSTM states for every sample of the rollout, which are not collected.
+    :param ref_kl_coef: Unused without ``ref_policy``. Default 1.0.
+    :param ref_kl_target: Unused without ``ref_policy``; must be None. Default None.
+    :param value_warmup_rollouts: Train only the value function for the first N rollouts, ``>= 0``. Default 0.
     :param clip_range: None (default) for pure PPO1. A float or schedule adds PPO2's ratio clipping on
         top of the penalty.
     :param clip_range_vf: Clipping of the value function update. None (default): no clipping.
@@ -91,6 +97,7 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
         KLRecurrentDictRolloutBuffer,
     )
     policy: RecurrentActorCriticPolicy  # type: ignore[assignment]
+    supports_ref_policy: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -109,6 +116,10 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
         kl_adapt_factor: float = 2.0,
         kl_coef_bounds: Sequence[float] = (1e-4, 1e4),
         kl_penalty_kwargs: dict[str, Any] | None = None,
+        ref_policy: PolicySource | None = None,
+        ref_kl_coef: float = 1.0,
+        ref_kl_target: float | None = None,
+        value_warmup_rollouts: int = 0,
         clip_range: float | Schedule | None = None,
         clip_range_vf: float | Schedule | None = None,
         normalize_advantage: bool = True,
@@ -142,6 +153,10 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
             clip_range=clip_range,
             clip_range_vf=clip_range_vf,
             target_kl=target_kl,
+            ref_policy=ref_policy,
+            ref_kl_coef=ref_kl_coef,
+            ref_kl_target=ref_kl_target,
+            value_warmup_rollouts=value_warmup_rollouts,
         )
         # RecurrentPPO's __init__ (not PPOKL's, which passes buffer arguments RecurrentPPO does not take);
         # PPOKL's _setup_model, train() and kl_coef come first in the MRO, RecurrentPPO's
@@ -194,12 +209,12 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
             n_envs=self.n_envs,
         )
 
-    def _evaluate_actions(self, rollout_data: Any) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
+    def _evaluate_actions(self, rollout_data: Any, policy: Any = None) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
         """PPOKL's hook, evaluating the padded sequences from the LSTM states stored in the rollout."""
         actions = rollout_data.actions
         if isinstance(self.action_space, spaces.Discrete):
             actions = actions.long().flatten()
-        return self.policy.evaluate_actions(
+        return (policy or self.policy).evaluate_actions(
             rollout_data.observations, actions, rollout_data.lstm_states, rollout_data.episode_starts
         )
 

@@ -1,0 +1,512 @@
+"""Fine-tuning: the KL penalty to a frozen reference policy, from_pretrained() and the value warm-up."""
+
+import copy
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from sb3_contrib import MaskablePPO, RecurrentPPO
+from sb3_contrib.common.envs import InvalidActionEnvDiscrete, InvalidActionEnvMultiBinary
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from torch.nn import functional as F
+
+from sb3_ppo_kl import PPOKL, MaskablePPOKL, RecurrentPPOKL, distribution_params
+
+LR, BETA, REF_COEF, VF_COEF, N_STEPS = 0.05, 0.7, 0.4, 0.5, 32
+SGD = dict(optimizer_class=th.optim.SGD, optimizer_kwargs={})
+
+
+@pytest.fixture(scope="module")
+def zips(tmp_path_factory):
+    """Small SB3 models saved once: PPO and A2C on CartPole and Pendulum, PPOKL, MaskablePPO and RecurrentPPO."""
+    root = tmp_path_factory.mktemp("zips")
+    paths = {}
+    for name, make in {
+        "ppo_cartpole": lambda: PPO("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32, n_epochs=1, seed=0),
+        "ppo_pendulum": lambda: PPO("MlpPolicy", "Pendulum-v1", n_steps=32, batch_size=32, n_epochs=1, seed=0),
+        "a2c_cartpole": lambda: A2C("MlpPolicy", "CartPole-v1", n_steps=8, seed=0),
+        "ppokl_cartpole": lambda: PPOKL("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32, n_epochs=1, seed=0),
+        "maskable": lambda: MaskablePPO("MlpPolicy", _masked_env(), n_steps=32, batch_size=32, n_epochs=1, seed=0),
+        "recurrent": lambda: RecurrentPPO(
+            "MlpLstmPolicy",
+            "CartPole-v1",
+            n_steps=32,
+            batch_size=32,
+            n_epochs=1,
+            seed=0,
+            policy_kwargs=dict(lstm_hidden_size=8),
+        ),
+    }.items():
+        model = make()
+        model.learn(32)
+        paths[name] = root / name
+        model.save(paths[name])
+    return paths
+
+
+def _masked_env(space="Discrete"):
+    if space == "Discrete":
+        return InvalidActionEnvDiscrete(dim=6, n_invalid_actions=3)
+    return InvalidActionEnvMultiBinary(dims=3, n_invalid_actions=1)
+
+
+def _other_policy(env_id, seed):
+    """A reference the new policies below differ from clearly: shifted logits or means, a smaller std."""
+    policy = PPO("MlpPolicy", env_id, seed=seed, device="cpu").policy
+    with th.no_grad():
+        policy.action_net.bias += th.linspace(-1.0, 1.0, policy.action_net.bias.numel())
+        if hasattr(policy, "log_std"):
+            policy.log_std -= 0.5
+    return policy
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loss against a hand-written one
+
+
+def _distribution(policy, obs, discrete):
+    features = policy.extract_features(obs)
+    latent_pi, latent_vf = policy.mlp_extractor(features)
+    out = policy.action_net(latent_pi)
+    if discrete:
+        return th.log_softmax(out, dim=-1), policy.value_net(latent_vf).flatten()
+    return (out, th.ones_like(out) * policy.log_std.exp()), policy.value_net(latent_vf).flatten()
+
+
+def _log_prob(dist, actions, discrete):
+    if discrete:
+        return dist.gather(-1, actions.long()).squeeze(-1)
+    mean, std = dist
+    return (-((actions - mean) ** 2) / (2 * std**2) - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def _kl(p, q, discrete):
+    """KL[p || q] per state, written out: sum p (log p - log q), or the Gaussian closed form summed over dimensions."""
+    if discrete:
+        return (p.exp() * (p - q)).sum(-1)
+    (m_p, s_p), (m_q, s_q) = p, q
+    return (th.log(s_q / s_p) + (s_p**2 + (m_p - m_q) ** 2) / (2 * s_q**2) - 0.5).sum(-1)
+
+
+def _entropy(dist, discrete):
+    if discrete:
+        return -(dist.exp() * dist).sum(-1)
+    return (0.5 + 0.5 * math.log(2 * math.pi) + dist[1].log()).sum(-1)
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
+@pytest.mark.parametrize("ref_kl_target", [None, 1e-3])
+def test_train_matches_hand_written_loss_with_reference(env_id, ref_kl_target):
+    """Two SGD epochs on one minibatch by learn() and by a written-out loss with the KL to the reference agree."""
+    discrete = env_id == "CartPole-v1"
+    ref = _other_policy(env_id, seed=7)
+    model = PPOKL(
+        "MlpPolicy",
+        env_id,
+        n_steps=N_STEPS,
+        batch_size=N_STEPS,
+        n_epochs=2,
+        learning_rate=LR,
+        kl_coef=BETA,
+        ref_policy=ref,
+        ref_kl_coef=REF_COEF,
+        ref_kl_target=ref_kl_target,
+        ent_coef=0.01,
+        vf_coef=VF_COEF,
+        max_grad_norm=1e9,
+        policy_kwargs=SGD,
+        seed=0,
+    )
+    hand = copy.deepcopy(model.policy)
+    model.learn(N_STEPS)
+
+    buffer = model.rollout_buffer
+    obs, actions = th.as_tensor(buffer.observations), th.as_tensor(buffer.actions)
+    old_log_prob = th.as_tensor(buffer.log_probs).flatten()
+    advantages = th.as_tensor(buffer.advantages).flatten()
+    returns = th.as_tensor(buffer.returns).flatten()
+    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    with th.no_grad():
+        old_dist, _ = _distribution(hand, obs, discrete)
+        ref_dist, _ = _distribution(ref, obs, discrete)
+    params = list(hand.parameters())
+    ref_penalties = []
+    for _ in range(2):
+        dist, values = _distribution(hand, obs, discrete)
+        ratio = th.exp(_log_prob(dist, actions, discrete) - old_log_prob)
+        ref_penalty = REF_COEF * _kl(ref_dist, dist, discrete).mean()  # KL[pi_ref || pi_theta]
+        ref_penalties.append(ref_penalty.item())
+        loss = (
+            -(ratio * advantages).mean()
+            + BETA * _kl(old_dist, dist, discrete).mean()
+            + ref_penalty
+            + VF_COEF * F.mse_loss(returns, values)
+            - 0.01 * _entropy(dist, discrete).mean()
+        )
+        grads = th.autograd.grad(loss, params, allow_unused=True)
+        with th.no_grad():
+            for param, grad in zip(params, grads):
+                if grad is not None:
+                    param -= LR * grad
+
+    for ours, theirs in zip(model.policy.parameters(), hand.parameters()):
+        assert th.allclose(ours, theirs, atol=1e-5)
+    logged = model.logger.name_to_value
+    assert logged["train/ref_kl_penalty"] == pytest.approx(np.mean(ref_penalties), rel=1e-4)
+    with th.no_grad():
+        new_dist = _distribution(hand, obs, discrete)[0]
+        ref_kl = _kl(ref_dist, new_dist, discrete).mean().item()
+        reverse = _kl(new_dist, ref_dist, discrete).mean().item()
+    # train/ref_kl: the mean forward KL over the rollout after the update
+    assert logged["train/ref_kl"] == pytest.approx(ref_kl, rel=1e-4)
+    assert ref_kl > 0 and reverse != pytest.approx(ref_kl, rel=1e-3)  # the direction matters, and it is the forward one
+    if ref_kl_target is None:
+        expected = REF_COEF
+    else:
+        expected = REF_COEF / 2 if ref_kl < ref_kl_target / 1.5 else REF_COEF * 2 if ref_kl > ref_kl_target * 1.5 else REF_COEF
+    assert model.ref_kl_coef == pytest.approx(expected) == logged["train/ref_kl_coef"]
+    if ref_kl_target is not None:
+        assert model.ref_kl_coef != REF_COEF  # adapted: the fresh reference is far from the policy
+
+
+def test_without_reference_nothing_changes():
+    """No reference: no reference pass, no extra state saved, no reference logs, as before this feature."""
+    model = PPOKL("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=2, seed=0)
+    calls = []
+    evaluate = model._evaluate_actions
+
+    def counting(rollout_data, policy=None):
+        calls.append(policy)
+        return evaluate(rollout_data, policy)
+
+    model._evaluate_actions = counting
+    model.learn(64)
+    # 2 epochs x 2 minibatches, the snapshot of the rollout policy and the KL after the update: all on the policy
+    assert len(calls) == 6 and all(policy in (None, model.policy) for policy in calls)
+    assert model.ref_policy is None and model.rollout_buffer.ref_dist_params is None
+    assert model._get_torch_save_params() == (["policy", "policy.optimizer"], [])
+    assert not [key for key in model.logger.name_to_value if "ref" in key or "warmup" in key]
+
+
+def test_reference_pass_is_once_per_update():
+    model = PPOKL(
+        "MlpPolicy", "CartPole-v1", n_steps=64, batch_size=16, n_epochs=3, ref_policy=_other_policy("CartPole-v1", 1)
+    )
+    calls = []
+    evaluate = model._evaluate_actions
+
+    def counting(rollout_data, policy=None):
+        calls.append(policy)
+        return evaluate(rollout_data, policy)
+
+    model._evaluate_actions = counting
+    model.learn(64)
+    assert [policy for policy in calls if policy is model.ref_policy] == [model.ref_policy]  # one pass over the rollout
+    assert model.rollout_buffer.ref_dist_params.shape == (64, 2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The reference: frozen, copied, loaded from zips, checked
+
+
+def test_reference_is_frozen_and_not_optimised():
+    given = _other_policy("Pendulum-v1", 3)
+    before = copy.deepcopy(given.state_dict())
+    model = PPOKL("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=32, n_epochs=2, learning_rate=1e-2, ref_policy=given)
+    ref = model.ref_policy
+    assert ref is not given and all(p.requires_grad for p in given.parameters())  # the caller's policy is untouched
+    assert not ref.training and not any(p.requires_grad for p in ref.parameters())
+    assert all(p.device == model.device for p in ref.parameters())
+    optimised = {id(p) for group in model.policy.optimizer.param_groups for p in group["params"]}
+    assert not optimised & {id(p) for p in ref.parameters()}
+    model.learn(128)
+    assert not ref.training
+    for key, value in ref.state_dict().items():
+        assert th.equal(value, before[key]), key
+
+
+@pytest.mark.parametrize("name", ["ppo_cartpole", "a2c_cartpole", "ppokl_cartpole"])
+def test_reference_from_a_model_zip(zips, name):
+    algorithm = {"ppo_cartpole": PPO, "a2c_cartpole": A2C, "ppokl_cartpole": PPOKL}[name]
+    saved = algorithm.load(zips[name], device="cpu").policy
+    for path in (zips[name], str(zips[name]) + ".zip"):  # with or without the suffix, as SB3's load()
+        model = PPOKL("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32, ref_policy=path)
+        assert type(model.ref_policy) is type(saved)
+        for key, value in saved.state_dict().items():
+            assert th.equal(model.ref_policy.state_dict()[key], value), key
+    model.learn(32)
+    assert model.logger.name_to_value["train/ref_kl"] > 0
+
+
+def test_space_mismatch_names_both_spaces(zips):
+    with pytest.raises(ValueError, match=r"`ref_policy` has the observation space Box\(.*\(3,\).*environment Box\(.*\(4,\)"):
+        PPOKL("MlpPolicy", "CartPole-v1", ref_policy=zips["ppo_pendulum"])
+    cartpole = gym.make("CartPole-v1")
+
+    class ThreeActions(gym.Env):
+        observation_space = cartpole.observation_space
+        action_space = gym.spaces.Discrete(3)
+
+        def reset(self, *, seed=None, options=None):
+            return self.observation_space.sample(), {}
+
+        def step(self, action):
+            return self.observation_space.sample(), 0.0, False, False, {}
+
+    with pytest.raises(ValueError, match=r"`ref_policy` has the action space Discrete\(2\), the environment Discrete\(3\)"):
+        PPOKL("MlpPolicy", ThreeActions(), ref_policy=zips["ppo_cartpole"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(ref_kl_coef=-1.0), r"`ref_kl_coef` must be a finite number >= 0, got -1.0"),
+        (dict(ref_kl_coef=float("nan")), "`ref_kl_coef` must be a finite number >= 0"),
+        (dict(ref_kl_coef="1"), "`ref_kl_coef` must be a finite number >= 0"),
+        (dict(ref_kl_target=0.0), r"`ref_kl_target` must be None or a finite number > 0, got 0.0"),
+        (dict(ref_kl_target=-0.1), "`ref_kl_target` must be None or a finite number > 0"),
+        (dict(ref_kl_target=0.01, ref_kl_coef=0.0), r"`ref_kl_coef` must lie within kl_coef_bounds=\[0.0001, 10000.0\]"),
+        (dict(ref_policy=None, ref_kl_target=0.01), "`ref_kl_target` applies to a reference policy; give `ref_policy`"),
+        (dict(ref_policy=42), r"`ref_policy` must be an SB3 policy \(a BasePolicy\) or the path of an SB3 model zip"),
+        (dict(ref_policy="no/such/model.zip"), "`ref_policy`: no SB3 model zip at 'no/such/model.zip'"),
+        (dict(value_warmup_rollouts=-1), "`value_warmup_rollouts` must be an integer >= 0, got -1"),
+        (dict(value_warmup_rollouts=1.5), "`value_warmup_rollouts` must be an integer >= 0"),
+        (dict(value_warmup_rollouts=True), "`value_warmup_rollouts` must be an integer >= 0"),
+    ],
+)
+def test_invalid_arguments(kwargs, message):
+    kwargs.setdefault("ref_policy", _other_policy("CartPole-v1", 0))
+    with pytest.raises(ValueError, match=message):
+        PPOKL("MlpPolicy", "CartPole-v1", **kwargs)
+
+
+def test_ref_kl_coef_setter():
+    model = PPOKL(
+        "MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32, ref_policy=_other_policy("CartPole-v1", 0), ref_kl_coef=0.3
+    )
+    assert model.ref_kl_coef == 0.3
+    model.ref_kl_coef = 2.0
+    assert model.ref_kl_controller.kl_coef == 2.0
+    with pytest.raises(ValueError, match="ref_kl_coef"):
+        model.ref_kl_coef = -1.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# save / load
+
+
+def test_save_load_keeps_the_reference_and_training_continues(tmp_path):
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    model = PPOKL(
+        "MlpPolicy",
+        env,
+        n_steps=32,
+        batch_size=32,
+        n_epochs=2,
+        ref_policy=_other_policy("CartPole-v1", 5),
+        ref_kl_coef=0.5,
+        ref_kl_target=1e-4,
+        value_warmup_rollouts=1,
+        seed=0,
+    )
+    model.learn(128)
+    assert model.ref_kl_coef != 0.5  # adapted
+    model.save(tmp_path / "model")
+    loaded = PPOKL.load(tmp_path / "model", env=env)
+
+    assert type(loaded.ref_policy) is type(model.ref_policy)
+    assert not loaded.ref_policy.training and not any(p.requires_grad for p in loaded.ref_policy.parameters())
+    for a, b in zip(model.ref_policy.parameters(), loaded.ref_policy.parameters()):
+        assert th.equal(a, b)
+    assert vars(loaded.ref_kl_controller) == vars(model.ref_kl_controller)
+    assert (loaded.value_warmup_rollouts, loaded._n_rollouts_trained) == (1, 2)
+    saved_ref = copy.deepcopy(loaded.ref_policy.state_dict())
+    saved_coef = loaded.ref_kl_coef
+    loaded.learn(64, reset_num_timesteps=False)  # exactly one more update, not a warm-up one
+    values = loaded.logger.name_to_value
+    assert "train/value_warmup" not in values
+    assert values["train/ref_kl"] > 0
+    assert loaded.ref_kl_coef in (saved_coef * 2, saved_coef / 2, saved_coef)
+    for key, value in loaded.ref_policy.state_dict().items():
+        assert th.equal(value, saved_ref[key]), key
+    # the loaded reference gives the saved one's distribution, on the loaded model's rollout
+    obs = th.as_tensor(loaded.rollout_buffer.observations)
+    with th.no_grad():
+        assert th.equal(
+            distribution_params(loaded.ref_policy.get_distribution(obs)),
+            distribution_params(model.ref_policy.get_distribution(obs)),
+        )
+
+
+def test_model_saved_without_reference_loads(tmp_path):
+    env = make_vec_env("CartPole-v1", n_envs=1, seed=0)
+    model = PPOKL("MlpPolicy", env, n_steps=32, batch_size=32, seed=0)
+    model.learn(32)
+    model.save(tmp_path / "plain")
+    # ... and as saved before references existed: without their attributes
+    new_attributes = ["_ref_policy_spec", "ref_kl_controller", "value_warmup_rollouts", "_n_rollouts_trained"]
+    model.save(tmp_path / "old", exclude=new_attributes)
+    for name in ("plain", "old"):
+        loaded = PPOKL.load(tmp_path / name, env=env)
+        assert loaded.ref_policy is None and loaded.value_warmup_rollouts == 0
+        assert loaded._get_torch_save_params() == (["policy", "policy.optimizer"], [])
+        loaded.learn(32, reset_num_timesteps=False)
+        assert "train/ref_kl" not in loaded.logger.name_to_value
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# from_pretrained
+
+
+@pytest.mark.parametrize("source", ["zip", "policy"])
+def test_from_pretrained_copies_the_policy_and_uses_it_as_reference(zips, source):
+    expert = PPO.load(zips["ppo_cartpole"], device="cpu")
+    pretrained = zips["ppo_cartpole"] if source == "zip" else expert.policy
+    model = PPOKL.from_pretrained(pretrained, "CartPole-v1", n_steps=32, batch_size=32, ref_kl_coef=0.2, seed=0)
+    assert type(model.policy) is ActorCriticPolicy
+    for name, policy in (("policy", model.policy), ("ref_policy", model.ref_policy)):
+        for key, value in expert.policy.state_dict().items():
+            assert th.equal(policy.state_dict()[key], value), (name, key)
+    assert model.ref_policy is not model.policy and model.ref_kl_coef == 0.2
+    model.learn(32)
+    assert 0 < model.logger.name_to_value["train/ref_kl"] == pytest.approx(model.logger.name_to_value["train/kl"])
+
+
+def test_from_pretrained_options(zips):
+    model = PPOKL.from_pretrained(zips["ppo_cartpole"], "CartPole-v1", n_steps=32, batch_size=32, ref_policy=None)
+    assert model.ref_policy is None
+    other = _other_policy("CartPole-v1", 9)
+    model = PPOKL.from_pretrained(
+        zips["ppo_cartpole"], "CartPole-v1", n_steps=32, batch_size=32, ref_policy=other, ref_kl_target=0.01
+    )
+    assert th.equal(model.ref_policy.action_net.weight, other.action_net.weight)
+    assert model.ref_kl_controller.adaptive_kl
+
+
+def test_from_pretrained_with_another_architecture_names_the_difference(zips):
+    with pytest.raises(
+        ValueError, match=r"`pretrained` \(ActorCriticPolicy\) has a different architecture.*shapes that differ"
+    ):
+        PPOKL.from_pretrained(zips["ppo_cartpole"], "CartPole-v1", policy_kwargs=dict(net_arch=[32, 32]))
+    with pytest.raises(ValueError, match=r"weights only `pretrained` has: \['mlp_extractor.policy_net.2.bias'"):
+        PPOKL.from_pretrained(zips["ppo_cartpole"], "CartPole-v1", policy_kwargs=dict(net_arch=[64]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The variants
+
+
+@pytest.mark.parametrize("space", ["Discrete", "MultiBinary"])
+def test_maskable_reference_is_masked(space):
+    ref = MaskablePPO("MlpPolicy", _masked_env(space), seed=3).policy
+    model = MaskablePPOKL("MlpPolicy", _masked_env(space), n_steps=64, batch_size=32, n_epochs=2, ref_policy=ref, seed=0)
+    model.learn(64)
+    buffer = model.rollout_buffer
+    masks = th.as_tensor(buffer.action_masks.reshape(64, -1))
+    assert (~masks.bool()).any()
+    ref_probs = buffer.ref_dist_params.exp()
+    assert th.all(ref_probs[~masks.bool()] == 0)  # masked actions have probability exactly 0 under the reference
+    assert math.isfinite(model.logger.name_to_value["train/ref_kl"]) and model.logger.name_to_value["train/ref_kl"] > 0
+
+
+def test_maskable_from_pretrained_converts_a_maskable_zip_and_rejects_an_unmasked_reference(zips, tmp_path):
+    model = MaskablePPOKL.from_pretrained(zips["maskable"], _masked_env(), n_steps=32, batch_size=32)
+    assert isinstance(model.ref_policy, MaskableActorCriticPolicy)
+    model.learn(32)
+    assert math.isfinite(model.logger.name_to_value["train/ref_kl"])
+    model.save(tmp_path / "maskable")
+    loaded = MaskablePPOKL.load(tmp_path / "maskable", env=_masked_env())
+    assert isinstance(loaded.ref_policy, MaskableActorCriticPolicy)
+    for a, b in zip(model.ref_policy.parameters(), loaded.ref_policy.parameters()):
+        assert th.equal(a, b)
+    loaded.learn(32, reset_num_timesteps=False)
+    unmasked = PPO("MlpPolicy", _masked_env(), seed=0).policy
+    with pytest.raises(ValueError, match="`ref_policy`'s action distribution is a CategoricalDistribution"):
+        MaskablePPOKL("MlpPolicy", _masked_env(), ref_policy=unmasked)
+    # ... which from_pretrained converts to the maskable policy class, masked as the policy
+    model = MaskablePPOKL.from_pretrained(unmasked, _masked_env(), n_steps=32, batch_size=32)
+    assert isinstance(model.ref_policy, MaskableActorCriticPolicy)
+    assert th.equal(model.ref_policy.action_net.weight, unmasked.action_net.weight)
+
+
+def test_recurrent_rejects_a_reference_clearly(zips):
+    with pytest.raises(ValueError, match="`ref_policy` is not supported by RecurrentPPOKL yet"):
+        RecurrentPPOKL("MlpLstmPolicy", "CartPole-v1", ref_policy=_other_policy("CartPole-v1", 0))
+    with pytest.raises(ValueError, match="`ref_policy` is a recurrent policy"):
+        PPOKL("MlpPolicy", "CartPole-v1", ref_policy=zips["recurrent"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Value warm-up
+
+
+class SharedLinear(BaseFeaturesExtractor):
+    """A features extractor with weights, shared by the actor and the critic."""
+
+    def __init__(self, observation_space, features_dim=8):
+        super().__init__(observation_space, features_dim)
+        self.linear = th.nn.Linear(int(np.prod(observation_space.shape)), features_dim)
+
+    def forward(self, obs):
+        return th.tanh(self.linear(obs))
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_value_warmup_trains_only_the_value_function(env_id):
+    policy_kwargs = dict(features_extractor_class=SharedLinear, net_arch=dict(pi=[16], vf=[16]))
+    model = PPOKL(
+        "MlpPolicy",
+        env_id,
+        n_steps=64,
+        batch_size=32,
+        n_epochs=2,
+        learning_rate=1e-2,
+        value_warmup_rollouts=2,
+        kl_target=1e-6,  # beta doubles after any real update
+        ref_policy=_other_policy(env_id, 4) if env_id == "CartPole-v1" else None,
+        policy_kwargs=policy_kwargs,
+        seed=0,
+    )
+    before = copy.deepcopy(model.policy)
+    beta = model.kl_coef
+    obs = th.as_tensor(np.stack([model.observation_space.sample() for _ in range(50)]))
+    with th.no_grad():
+        dist_before = distribution_params(before.get_distribution(obs))
+    model.learn(128)  # the two warm-up rollouts
+    with th.no_grad():
+        assert th.equal(distribution_params(model.policy.get_distribution(obs)), dist_before)
+        assert not th.allclose(model.policy.predict_values(obs), before.predict_values(obs))
+    assert th.equal(model.policy.features_extractor.linear.weight, before.features_extractor.linear.weight)  # shared
+    assert not th.equal(model.policy.value_net.weight, before.value_net.weight)
+    assert model.kl_coef == beta  # not adapted during the warm-up
+    values = model.logger.name_to_value
+    assert values["train/value_warmup"] == 1 and "train/ref_kl" not in values
+    model.learn(64, reset_num_timesteps=False)  # the first update of the policy
+    with th.no_grad():
+        assert not th.allclose(distribution_params(model.policy.get_distribution(obs)), dist_before)
+    assert model.kl_coef == 2 * beta
+
+
+def test_value_warmup_in_recurrent_ppo_kl():
+    model = RecurrentPPOKL(
+        "MlpLstmPolicy",
+        "CartPole-v1",
+        n_steps=32,
+        batch_size=16,
+        n_epochs=2,
+        learning_rate=1e-2,
+        value_warmup_rollouts=1,
+        policy_kwargs=dict(lstm_hidden_size=8, net_arch=dict(pi=[8], vf=[8])),
+        seed=0,
+    )
+    before = {name: p.clone() for name, p in model.policy.named_parameters()}
+    model.learn(32)
+    for name, p in model.policy.named_parameters():
+        critic = "critic" in name or "value" in name  # lstm_critic, mlp_extractor.value_net, value_net
+        assert th.equal(p, before[name]) != critic, name
