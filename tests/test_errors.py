@@ -32,7 +32,7 @@ class TupleActionEnv(gym.Env):
         (dict(kl_coef_bounds=(2.0, 1.0)), r"`kl_coef_bounds` must be a pair \(low, high\) with 0 <= low <= high"),
         (dict(kl_coef_bounds=(-1.0, 1.0)), r"`kl_coef_bounds` must be a pair"),
         (dict(kl_coef=5.0, kl_coef_bounds=(0.1, 2.0)), "`kl_coef` .* must lie within kl_coef_bounds"),
-        (dict(batch_size=4096), r"`batch_size` must be <= n_steps \* n_envs = 2048 \* 1 = 2048"),
+        (dict(n_steps=1), r"`n_steps \* n_envs` must be > 1 when normalize_advantage=True, got n_steps=1 and n_envs=1"),
         (dict(batch_size=1), "`batch_size` must be an integer >= 2 when normalize_advantage=True"),
         (dict(n_steps=0), "`n_steps` must be an integer >= 1"),
         (dict(n_epochs=0), "`n_epochs` must be an integer >= 1"),

@@ -246,7 +246,6 @@ def test_save_load_keeps_beta(tmp_path):
         (dict(kl_adapt_factor=0.5), "kl_adapt_factor"),
         (dict(kl_coef_bounds=(1.0, 0.1)), "kl_coef_bounds"),
         (dict(batch_size=1), "batch_size"),
-        (dict(batch_size=128), "batch_size"),  # > n_steps * n_envs
         (dict(n_epochs=0), "n_epochs"),
         (dict(clip_range=-0.2), "clip_range"),
         (dict(rollout_buffer_class=KLMaskableRolloutBuffer.__bases__[1]), "rollout_buffer_class"),

@@ -233,7 +233,6 @@ def test_save_load_keeps_beta_and_predict_with_state(tmp_path):
         (dict(kl_tolerance=0.5), "kl_tolerance"),
         (dict(kl_adapt_factor=1.0), "kl_adapt_factor"),
         (dict(kl_coef_bounds=(0.1,)), "kl_coef_bounds"),
-        (dict(batch_size=1000), "batch_size"),  # > n_steps * n_envs
         (dict(n_steps=0), "n_steps"),
         (dict(target_kl=0.0), "target_kl"),
     ],

@@ -1,3 +1,4 @@
+import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -72,7 +73,8 @@ class PPOKL(OnPolicyAlgorithm):
         Default 3e-4.
     :param n_steps: Steps per environment per update; the rollout has ``n_steps * n_envs`` samples.
         Default 2048.
-    :param batch_size: Minibatch size, ``2 <= batch_size <= n_steps * n_envs``. Default 64.
+    :param batch_size: Minibatch size, ``>= 2`` (``>= 1`` with ``normalize_advantage=False``). A minibatch larger
+        than the rollout (``n_steps * n_envs``) is the whole rollout, as in SB3 PPO. Default 64.
     :param n_epochs: Passes over the rollout per update. Default 10.
     :param gamma: Discount factor. Default 0.99.
     :param gae_lambda: GAE lambda. Default 0.95.
@@ -246,7 +248,8 @@ class PPOKL(OnPolicyAlgorithm):
             seed=seed,
             _init_setup_model=False,
         )
-        self._check_env(batch_size)
+        self._check_env()
+        self._check_rollout_size(batch_size, normalize_advantage)
 
         self.batch_size = batch_size
         self.n_epochs = n_epochs
@@ -337,16 +340,40 @@ class PPOKL(OnPolicyAlgorithm):
                 f"got the action space {action_space}"
             )
 
-    def _check_env(self, batch_size: int) -> None:
-        """Checks that need the environment, once the base class has made it."""
+    def _check_env(self) -> None:
+        """
+        Checks that need the environment, once the base class has made it.
+
+        A ``batch_size`` larger than the rollout is accepted, as PPO, MaskablePPO and RecurrentPPO accept it:
+        each epoch is then one minibatch of the whole rollout.
+        """
         if self.env is None:
             return
         self._check_action_space(self.action_space)
+
+    def _check_rollout_size(self, batch_size: int, normalize_advantage: bool) -> None:
+        """
+        SB3 PPO's own checks of the rollout against the minibatch (sb3-contrib's variants make none): a rollout of
+        one sample cannot be normalised, and a rollout that is not a multiple of the minibatch ends each epoch
+        with a truncated minibatch, which SB3 PPO warns about in the same words.
+        """
+        if self.env is None:
+            return
         rollout_size = self.n_steps * self.env.num_envs
-        if batch_size > rollout_size:
+        if normalize_advantage and rollout_size <= 1:
             raise ValueError(
-                f"`batch_size` must be <= n_steps * n_envs = {self.n_steps} * {self.env.num_envs} = {rollout_size}, "
-                f"got {batch_size}"
+                f"`n_steps * n_envs` must be > 1 when normalize_advantage=True, got n_steps={self.n_steps} and "
+                f"n_envs={self.env.num_envs}"
+            )
+        if rollout_size % batch_size > 0:
+            warnings.warn(
+                f"You have specified a mini-batch size of {batch_size},"
+                f" but because the `RolloutBuffer` is of size `n_steps * n_envs = {rollout_size}`,"
+                f" after every {rollout_size // batch_size} untruncated mini-batches,"
+                f" there will be a truncated mini-batch of size {rollout_size % batch_size}\n"
+                f"We recommend using a `batch_size` that is a factor of `n_steps * n_envs`.\n"
+                f"Info: (n_steps={self.n_steps} and n_envs={self.env.num_envs})",
+                stacklevel=3,
             )
 
     @property

@@ -46,7 +46,8 @@ class MaskablePPOKL(PPOKL, MaskablePPO):  # type: ignore[misc]
         Default 3e-4.
     :param n_steps: Steps per environment per update; the rollout has ``n_steps * n_envs`` samples.
         Default 2048.
-    :param batch_size: Minibatch size, ``2 <= batch_size <= n_steps * n_envs``. Default 64.
+    :param batch_size: Minibatch size, ``>= 2`` (``>= 1`` with ``normalize_advantage=False``); one larger than the
+        rollout is the whole rollout, as in MaskablePPO. Default 64.
     :param n_epochs: Passes over the rollout per update. Default 10.
     :param gamma: Discount factor. Default 0.99.
     :param gae_lambda: GAE lambda. Default 0.95.
@@ -198,7 +199,7 @@ class MaskablePPOKL(PPOKL, MaskablePPO):  # type: ignore[misc]
             device=device,
             _init_setup_model=False,
         )
-        self._check_env(batch_size)
+        self._check_env()
 
         if _init_setup_model:
             self._setup_model()

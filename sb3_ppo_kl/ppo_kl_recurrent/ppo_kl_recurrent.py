@@ -42,7 +42,8 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
         Default 3e-4.
     :param n_steps: Steps per environment per update; the rollout has ``n_steps * n_envs`` samples.
         Default 128 (RecurrentPPO's).
-    :param batch_size: Minibatch size in samples before padding, ``2 <= batch_size <= n_steps * n_envs``.
+    :param batch_size: Minibatch size in samples before padding, ``>= 2`` (``>= 1`` with ``normalize_advantage=False``); one larger than the rollout is the whole rollout,
+        as in RecurrentPPO.
         Default 128 (RecurrentPPO's).
     :param n_epochs: Passes over the rollout per update. Default 10.
     :param gamma: Discount factor. Default 0.99.
@@ -188,7 +189,7 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
             device=device,
             _init_setup_model=False,
         )
-        self._check_env(batch_size)
+        self._check_env()
 
         if _init_setup_model:
             self._setup_model()

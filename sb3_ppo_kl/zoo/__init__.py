@@ -59,17 +59,11 @@ def sample_ppo_kl_params(trial: optuna.Trial, n_actions: int, n_envs: int, addit
     - ``kl_target``: log-uniform in [0.001, 0.1]
     - ``kl_coef`` (initial beta): log-uniform in [0.01, 10]
     - ``adaptive_kl``: True or False (fixed beta)
-
-    Combinations whose minibatch is larger than the rollout (which PPOKL rejects) are pruned.
     """
     hyperparams = hyperparams_opt.sample_ppo_params(_NoneOrClipTrial(trial), n_actions, n_envs, additional_args)  # type: ignore[arg-type]
     hyperparams["kl_target"] = trial.suggest_float("kl_target", 0.001, 0.1, log=True)
     hyperparams["kl_coef"] = trial.suggest_float("kl_coef", 0.01, 10.0, log=True)
     hyperparams["adaptive_kl"] = trial.suggest_categorical("adaptive_kl", [True, False])
-    if hyperparams["batch_size"] > hyperparams["n_steps"] * n_envs:
-        raise optuna.TrialPruned(
-            f"batch_size {hyperparams['batch_size']} > n_steps * n_envs = {hyperparams['n_steps'] * n_envs}"
-        )
     return hyperparams
 
 

@@ -1,0 +1,79 @@
+"""Drop-in parity: every combination of rollout and minibatch sizes that PPO, MaskablePPO and RecurrentPPO accept,
+PPOKL and its variants accept with the same warnings; what the originals refuse, ours refuse too (by name)."""
+
+import warnings
+
+import pytest
+from sb3_contrib import MaskablePPO, RecurrentPPO
+from sb3_contrib.common.envs import InvalidActionEnvDiscrete
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_util import make_vec_env
+
+from sb3_ppo_kl import PPOKL, MaskablePPOKL, RecurrentPPOKL
+
+PAIRS = {
+    "ppo": (PPO, PPOKL, "MlpPolicy", "CartPole-v1"),
+    "maskable": (MaskablePPO, MaskablePPOKL, "MlpPolicy", "maskable"),
+    "recurrent": (RecurrentPPO, RecurrentPPOKL, "MlpLstmPolicy", "CartPole-v1"),
+}
+
+# (name, n_envs, constructor arguments): the ones the issue names and their neighbours
+COMBINATIONS = [
+    ("short rollout, default minibatch", 1, dict(n_steps=16)),
+    ("short rollout, n_steps=32", 1, dict(n_steps=32)),
+    ("n_steps=1, batch_size=1, no normalisation", 1, dict(n_steps=1, batch_size=1, normalize_advantage=False)),
+    ("truncated last minibatch", 1, dict(n_steps=48, batch_size=32)),
+    ("minibatch larger than a 4-env rollout", 4, dict(n_steps=8, batch_size=64)),
+    ("truncated minibatch over 3 envs", 3, dict(n_steps=10, batch_size=8)),
+    ("exact fit over 2 envs", 2, dict(n_steps=16, batch_size=8)),
+]
+
+
+def _env(env_id: str, n_envs: int):
+    if env_id == "maskable":
+        return make_vec_env(lambda: InvalidActionEnvDiscrete(dim=10, n_invalid_actions=4), n_envs=n_envs, seed=0)
+    return make_vec_env(env_id, n_envs=n_envs, seed=0)
+
+
+def _outcome(algo, policy: str, env_id: str, n_envs: int, kwargs: dict):
+    """('ok', truncation warnings) after two updates, or ('refused', None)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model = algo(policy, _env(env_id, n_envs), n_epochs=2, seed=0, **kwargs)
+        except (AssertionError, ValueError):
+            return "refused", None
+        model.learn(2 * model.n_steps * n_envs)
+    truncation = sorted(str(w.message) for w in caught if "truncated mini-batch" in str(w.message))
+    return "ok", truncation
+
+
+@pytest.mark.parametrize("pair", list(PAIRS))
+@pytest.mark.parametrize("name, n_envs, kwargs", COMBINATIONS, ids=[c[0] for c in COMBINATIONS])
+def test_same_combinations_accepted_with_the_same_warnings(pair, name, n_envs, kwargs):
+    original, ours, policy, env_id = PAIRS[pair]
+    expected = _outcome(original, policy, env_id, n_envs, kwargs)
+    assert expected[0] == "ok", f"{original.__name__} refuses {name}: not a parity case"
+    assert _outcome(ours, policy, env_id, n_envs, kwargs) == expected
+
+
+def test_large_minibatch_is_the_whole_rollout():
+    model = PPOKL("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=64, n_epochs=3, seed=0)
+    model.learn(32)
+    assert model._n_updates == 3  # one minibatch (the whole 32-sample rollout) per epoch
+    assert sum(1 for _ in model.rollout_buffer.get(model.batch_size)) == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(n_steps=1), r"`n_steps \* n_envs` must be > 1 when normalize_advantage=True"),
+        (dict(n_steps=32, batch_size=1), "`batch_size` must be an integer >= 2 when normalize_advantage=True"),
+    ],
+)
+def test_ppo_refuses_and_so_do_we_by_name(kwargs, message):
+    """What SB3 PPO refuses (with an assertion), PPOKL refuses with a ValueError that names the parameter."""
+    with pytest.raises(AssertionError):
+        PPO("MlpPolicy", "CartPole-v1", **kwargs)
+    with pytest.raises(ValueError, match=message):
+        PPOKL("MlpPolicy", "CartPole-v1", **kwargs)
