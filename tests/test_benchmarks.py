@@ -136,3 +136,65 @@ def test_zoo_check_entries_and_summary(tmp_path, monkeypatch, capsys):
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| Pendulum-v1 |"))
     # the variant is not part of the shipped entry's score; SB3 PPO on the same seeds sits beside it
     assert line == "| Pendulum-v1 | 100,000 | -170.0 ± 0.0 (-170.0) | 1 | -180.0 ± 0.0 (1 seed) | -172.225 |"
+
+
+def test_finetune_pipeline_resumes_and_summary_renders(tmp_path, monkeypatch, capsys):
+    """Expert, behaviour clone and the four fine-tuning methods on a tiny CartPole budget; rerun skips; summary."""
+    import dataclasses
+
+    from benchmarks import finetune
+
+    monkeypatch.setattr(finetune, "RESULTS", tmp_path / "finetune.csv")
+    monkeypatch.setattr(finetune, "CURVES", tmp_path / "curves")
+    monkeypatch.setattr(finetune, "MODELS", tmp_path / "models.csv")
+    monkeypatch.setattr(finetune, "EXPERTS", tmp_path / "experts")
+    monkeypatch.setattr(finetune, "FIGURES", tmp_path)
+    task = dataclasses.replace(
+        finetune.TASKS["CartPole-v1"],
+        expert_timesteps=4096,
+        timesteps=2048,
+        eval_every=512,
+        eval_episodes=2,
+        bc_transitions=200,
+        bc_epochs=2,
+    )
+    tasks = {"CartPole-v1": task}
+    options = finetune.MethodOptions(ref_kl_coef=0.5, warmup_rollouts=2)
+    finetune.run(tasks, finetune.METHODS, seeds=[0], options=options, workers=1)
+
+    models = {r["kind"]: r for r in read_rows(tmp_path / "models.csv")}
+    assert set(models) == {"expert", "clone", "random"}
+    assert (tmp_path / "experts" / f"{models['expert']['name']}.zip").exists()
+    assert (tmp_path / "experts" / f"{models['clone']['name']}.zip").exists()
+    assert float(models["clone"]["bc_loss"]) >= 0 and models["clone"]["bc_transitions"] == "200"
+    rows = read_rows(tmp_path / "finetune.csv")
+    assert sorted(r["method"] for r in rows) == sorted(finetune.METHODS)
+    for row in rows:
+        step0, dip, final = float(row["step0_return"]), float(row["dip"]), float(row["final_return"])
+        # step 0 is the clone itself, evaluated on the same episodes as in the models file
+        assert step0 == float(row["clone_return"]) == float(models["clone"]["eval_return"])
+        assert float(row["expert_return"]) == float(models["expert"]["eval_return"])
+        assert float(row["lowest"]) <= dip <= step0 and int(row["dip_step"]) <= 0.1 * 2048 and final > 0
+        curve = read_rows(tmp_path / "curves" / f"CartPole-v1__{row['method']}__0.csv")
+        steps = [int(r["timesteps"]) for r in curve]
+        assert steps[0] == 0 and steps[-1] == int(row["timesteps"]) >= 2048 and steps == sorted(steps)
+        assert float(curve[-1]["return"]) == final
+        reached = [int(r["timesteps"]) for r in curve if float(r["return"]) >= float(row["expert_return"])]
+        assert row["steps_to_expert"] == (str(reached[0]) if reached else "")
+        assert float(row["final_kl_to_clone"]) >= 0 and curve[0]["kl_to_clone"] == ""
+        assert (row["final_ref_kl_coef"] == "0.5") == row["method"].startswith("ppokl-ref")
+    warmup = read_rows(tmp_path / "curves" / "CartPole-v1__ppokl-ref-warmup__0.csv")
+    # 2 value-only rollouts of 256 steps: the policy is still the clone at step 512
+    assert [float(r["kl_to_clone"]) for r in warmup if r["timesteps"] == "512"] == [0.0]
+
+    finetune.run(tasks, finetune.METHODS, seeds=[0], options=options, workers=1)  # finished rows are skipped
+    assert len(read_rows(tmp_path / "finetune.csv")) == 4 and len(read_rows(tmp_path / "models.csv")) == 3
+    with pytest.raises(ValueError, match="other settings"):
+        finetune.run(tasks, ["ppokl-ref"], seeds=[1], options=finetune.MethodOptions(ref_kl_coef=2.0), workers=1)
+
+    capsys.readouterr()
+    text = finetune.report()
+    assert "### CartPole-v1" in text
+    for method in finetune.METHODS:
+        assert f"| {method} | 0 |" in text and f"| **{method}** | **mean** |" in text
+    assert (tmp_path / "finetune_CartPole-v1.png").stat().st_size > 0
