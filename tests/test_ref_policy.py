@@ -178,17 +178,19 @@ def test_train_matches_hand_written_loss_with_reference(env_id, ref_kl_target):
 def test_without_reference_nothing_changes():
     """No reference: no reference pass, no extra state saved, no reference logs, as before this feature."""
     model = PPOKL("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=2, seed=0)
-    calls = []
-    evaluate = model._evaluate_actions
+    calls: dict[str, list] = {"_evaluate_actions": [], "_action_distribution": []}
+    for name, calls_of in calls.items():
+        original = getattr(model, name)
 
-    def counting(rollout_data, policy=None):
-        calls.append(policy)
-        return evaluate(rollout_data, policy)
+        def counting(rollout_data, policy=None, original=original, calls_of=calls_of):
+            calls_of.append(policy)
+            return original(rollout_data, policy)
 
-    model._evaluate_actions = counting
+        setattr(model, name, counting)
     model.learn(64)
-    # 2 epochs x 2 minibatches, the snapshot of the rollout policy and the KL after the update: all on the policy
-    assert len(calls) == 6 and all(policy in (None, model.policy) for policy in calls)
+    # 2 epochs x 2 minibatches; the actor-only passes: the snapshot of the rollout policy and the KL after the update
+    assert len(calls["_evaluate_actions"]) == 4 and len(calls["_action_distribution"]) == 2
+    assert all(policy in (None, model.policy) for policies in calls.values() for policy in policies)
     assert model.ref_policy is None and model.rollout_buffer.ref_dist_params is None
     assert model._get_torch_save_params() == (["policy", "policy.optimizer"], [])
     assert not [key for key in model.logger.name_to_value if "ref" in key or "warmup" in key]
@@ -199,13 +201,14 @@ def test_reference_pass_is_once_per_update():
         "MlpPolicy", "CartPole-v1", n_steps=64, batch_size=16, n_epochs=3, ref_policy=_other_policy("CartPole-v1", 1)
     )
     calls = []
-    evaluate = model._evaluate_actions
+    for name in ("_evaluate_actions", "_action_distribution"):
+        original = getattr(model, name)
 
-    def counting(rollout_data, policy=None):
-        calls.append(policy)
-        return evaluate(rollout_data, policy)
+        def counting(rollout_data, policy=None, original=original):
+            calls.append(policy)
+            return original(rollout_data, policy)
 
-    model._evaluate_actions = counting
+        setattr(model, name, counting)
     model.learn(64)
     assert [policy for policy in calls if policy is model.ref_policy] == [model.ref_policy]  # one pass over the rollout
     assert model.rollout_buffer.ref_dist_params.shape == (64, 2)

@@ -6,6 +6,7 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, BasePolicy, MultiInputActorCriticPolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
@@ -539,6 +540,15 @@ class PPOKL(OnPolicyAlgorithm):
             actions = actions.long().flatten()
         return (policy or self.policy).evaluate_actions(rollout_data.observations, actions)
 
+    def _action_distribution(self, rollout_data: Any, policy: Any = None) -> Distribution:
+        """
+        The action distribution of the rollout's states under the current policy (or ``policy``): the actor alone,
+        without the value function, for the full-rollout passes that need only the distribution (the old-policy
+        and reference snapshots, and ``d``). Like :meth:`_evaluate_actions` it leaves the distribution in
+        ``policy.action_dist``, and variants override it the same way.
+        """
+        return (policy or self.policy).get_distribution(rollout_data.observations)
+
     def _valid_samples(self, rollout_data: Any) -> th.Tensor | None:
         """
         Boolean mask of the minibatch rows that are real samples, or None when all are.
@@ -578,8 +588,7 @@ class PPOKL(OnPolicyAlgorithm):
         params, indices = [], []
         with th.no_grad():
             for batch in self.rollout_buffer.get(FULL_PASS_BATCH_SIZE):  # type: ignore[attr-defined]
-                self._evaluate_actions(batch.data, policy)
-                batch_params = distribution_params(policy.action_dist)  # type: ignore[arg-type]
+                batch_params = distribution_params(self._action_distribution(batch.data, policy))
                 batch_indices = th.as_tensor(batch.indices, device=batch_params.device)
                 valid = self._valid_samples(batch.data)
                 if valid is not None:  # scatter back only the real samples, not the padding
@@ -609,7 +618,11 @@ class PPOKL(OnPolicyAlgorithm):
         totals, count = th.zeros(3 if with_ref else 2), 0
         with th.no_grad():
             for batch in self.rollout_buffer.get(FULL_PASS_BATCH_SIZE):  # type: ignore[attr-defined]
-                _, log_prob, _ = self._evaluate_actions(batch.data)
+                if batch.old_dist_params is None:  # the sampled KL needs the log-probabilities of the rollout's actions
+                    _, log_prob, _ = self._evaluate_actions(batch.data)
+                else:
+                    self._action_distribution(batch.data)
+                    log_prob = batch.data.old_log_prob  # unused by the analytic KL
                 kl = self._kl_to_old(batch, log_prob)
                 weighted = kl if weight == 1.0 else self._kl_to_old(batch, log_prob, weight)
                 kls = [kl, weighted]

@@ -7,6 +7,7 @@ from sb3_contrib import MaskablePPO
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3.common.base_class import maybe_make_env
 from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 
@@ -215,6 +216,10 @@ class MaskablePPOKL(PPOKL, MaskablePPO):  # type: ignore[misc]
         return (policy or self.policy).evaluate_actions(
             rollout_data.observations, actions, action_masks=rollout_data.action_masks
         )
+
+    def _action_distribution(self, rollout_data: Any, policy: Any = None) -> Distribution:
+        """PPOKL's hook with the sample's stored action masks, as :meth:`_evaluate_actions`."""
+        return (policy or self.policy).get_distribution(rollout_data.observations, action_masks=rollout_data.action_masks)
 
     def learn(  # type: ignore[override]
         self: SelfMaskablePPOKL,

@@ -6,6 +6,7 @@ from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 
@@ -218,6 +219,13 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
         return (policy or self.policy).evaluate_actions(
             rollout_data.observations, actions, rollout_data.lstm_states, rollout_data.episode_starts
         )
+
+    def _action_distribution(self, rollout_data: Any, policy: Any = None) -> Distribution:
+        """PPOKL's hook through the actor's LSTM alone, from the LSTM states stored in the rollout."""
+        distribution, _ = (policy or self.policy).get_distribution(
+            rollout_data.observations, rollout_data.lstm_states.pi, rollout_data.episode_starts
+        )
+        return distribution
 
     def _valid_samples(self, rollout_data: Any) -> th.Tensor:
         """The unpadded steps of the minibatch, as RecurrentPPO masks its losses."""
