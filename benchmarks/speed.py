@@ -1,12 +1,21 @@
 """
-Wall-clock per timestep of PPOKL against SB3 PPO with identical hyperparameters, side by side.
+Wall-clock per timestep of PPOKL and its variants against their SB3 / sb3-contrib counterparts with identical
+hyperparameters, side by side.
 
-Both algorithms run in one process, alternating (PPO, PPOKL, PPOKL, PPO, ...) so that load on a
-shared machine hits both alike. Each run trains ``--timesteps`` steps from scratch; the first
-round is a discarded warm-up. Reported: median seconds per 1000 timesteps and the ratio
-PPOKL / PPO (below 1.0 means PPOKL is faster).
+Each pair runs in one process, alternating (original, ours, ours, original, ...) so that load on a shared
+machine hits both alike. Each run trains ``--timesteps`` steps from scratch; the first round is a discarded
+warm-up. Reported: median seconds per 1000 timesteps and the ratio ours / original (below 1.0 means ours is
+faster). The pairs:
+
+- ``CartPole-v1``, ``Pendulum-v1``: PPOKL (and PPOKL with clipping 0.2 on top) against SB3 PPO, at SB3 PPO's
+  defaults (n_steps 2048, batch_size 64, n_epochs 10), one env;
+- ``mask``: MaskablePPOKL against MaskablePPO on sb3-contrib's ``InvalidActionEnvDiscrete`` (10 actions,
+  4 masked), MaskablePPO's defaults, one env;
+- ``lstm``: RecurrentPPOKL against RecurrentPPO on CartPole-v1 with 8 envs, n_steps 128, batch_size 256,
+  10 epochs, lr 7e-4, LSTM 64.
 
     python -m benchmarks.speed --rounds 5
+    python -m benchmarks.speed --rounds 5 --pairs lstm mask --timesteps 8192
 """
 
 import argparse
@@ -14,28 +23,87 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch as th
 
-ENVS = ("CartPole-v1", "Pendulum-v1")
+
+def _ppo(clip: bool | None) -> Callable[[str, int], Any]:
+    def make(env_id: str, seed: int) -> Any:
+        from stable_baselines3 import PPO
+        from stable_baselines3.common.env_util import make_vec_env
+
+        from sb3_ppo_kl import PPOKL
+
+        env = make_vec_env(env_id, n_envs=1, seed=seed)
+        # SB3 PPO's defaults, which are PPOKL's too: n_steps=2048, batch_size=64, n_epochs=10, lr=3e-4
+        if clip is None:
+            return PPO("MlpPolicy", env, seed=seed, device="cpu")
+        return PPOKL("MlpPolicy", env, seed=seed, device="cpu", clip_range=0.2 if clip else None)
+
+    return make
 
 
-def time_run(algo: str, env_id: str, timesteps: int, seed: int, clip: bool) -> float:
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.env_util import make_vec_env
+def _maskable(ours: bool) -> Callable[[str, int], Any]:
+    def make(env_id: str, seed: int) -> Any:
+        from sb3_contrib import MaskablePPO
+        from sb3_contrib.common.envs import InvalidActionEnvDiscrete
+        from stable_baselines3.common.env_util import make_vec_env
 
-    from sb3_ppo_kl import PPOKL
+        from sb3_ppo_kl import MaskablePPOKL
 
-    env = make_vec_env(env_id, n_envs=1, seed=seed)
-    # SB3 PPO's defaults, which are PPOKL's too: n_steps=2048, batch_size=64, n_epochs=10, lr=3e-4
-    if algo == "ppo":
-        model = PPO("MlpPolicy", env, seed=seed, device="cpu")
-    else:
-        model = PPOKL("MlpPolicy", env, seed=seed, device="cpu", clip_range=0.2 if clip else None)
+        env = make_vec_env(lambda: InvalidActionEnvDiscrete(dim=10, n_invalid_actions=4), n_envs=1, seed=seed)
+        return (MaskablePPOKL if ours else MaskablePPO)("MlpPolicy", env, seed=seed, device="cpu")
+
+    return make
+
+
+def _recurrent(ours: bool) -> Callable[[str, int], Any]:
+    def make(env_id: str, seed: int) -> Any:
+        from sb3_contrib import RecurrentPPO
+        from stable_baselines3.common.env_util import make_vec_env
+
+        from sb3_ppo_kl import RecurrentPPOKL
+
+        env = make_vec_env(env_id, n_envs=8, seed=seed)
+        kwargs = dict(n_steps=128, batch_size=256, n_epochs=10, learning_rate=7e-4, policy_kwargs=dict(lstm_hidden_size=64))
+        return (RecurrentPPOKL if ours else RecurrentPPO)("MlpLstmPolicy", env, seed=seed, device="cpu", **kwargs)
+
+    return make
+
+
+# pair name -> (env id, {algorithm name: factory}); the first algorithm is the baseline of the ratios
+PAIRS: dict[str, tuple[str, dict[str, Callable[[str, int], Any]]]] = {
+    "CartPole-v1": ("CartPole-v1", {"ppo": _ppo(None), "ppo_kl": _ppo(False), "ppo_kl_clip": _ppo(True)}),
+    "Pendulum-v1": ("Pendulum-v1", {"ppo": _ppo(None), "ppo_kl": _ppo(False), "ppo_kl_clip": _ppo(True)}),
+    "mask": ("InvalidActionEnvDiscrete", {"maskable_ppo": _maskable(False), "maskable_ppo_kl": _maskable(True)}),
+    "lstm": ("CartPole-v1", {"recurrent_ppo": _recurrent(False), "recurrent_ppo_kl": _recurrent(True)}),
+}
+
+
+def time_run(make: Callable[[str, int], Any], env_id: str, timesteps: int, seed: int) -> float:
+    model = make(env_id, seed)
     start = time.perf_counter()
     model.learn(timesteps)
     return time.perf_counter() - start
+
+
+def measure(pair: str, rounds: int, timesteps: int) -> dict[str, Any]:
+    """Alternating runs of every algorithm of ``pair``; the median seconds per 1000 steps and the ratios."""
+    env_id, makers = PAIRS[pair]
+    names = list(makers)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(rounds + 1):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            seconds = time_run(makers[name], env_id, timesteps, round_)
+            if round_ > 0:  # round 0 warms up
+                times[name].append(seconds)
+    per_k = {name: 1000 * statistics.median(t) / timesteps for name, t in times.items()}
+    baseline = names[0]
+    ratios = {f"ratio_{name}_to_{baseline}": per_k[name] / per_k[baseline] for name in names[1:]}
+    return {"env": env_id, "seconds_per_1000_steps": per_k, **ratios, "runs": times}
 
 
 def main() -> None:
@@ -43,43 +111,29 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--timesteps", type=int, default=16_384)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--pairs", nargs="+", choices=list(PAIRS), default=list(PAIRS))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "speed.json")
     args = parser.parse_args()
     th.set_num_threads(args.threads)
 
-    algos = ("ppo", "ppo_kl", "ppo_kl_clip")
-    results = {}
-    for env_id in ENVS:
-        times: dict[str, list[float]] = {a: [] for a in algos}
-        for round_ in range(args.rounds + 1):
-            order = algos if round_ % 2 == 0 else algos[::-1]
-            for algo in order:
-                seconds = time_run(algo.removesuffix("_clip"), env_id, args.timesteps, round_, algo.endswith("_clip"))
-                if round_ > 0:  # round 0 warms up
-                    times[algo].append(seconds)
-        per_k = {a: 1000 * statistics.median(t) / args.timesteps for a, t in times.items()}
-        results[env_id] = {
-            "seconds_per_1000_steps": per_k,
-            "ratio_ppo_kl_to_ppo": per_k["ppo_kl"] / per_k["ppo"],
-            "ratio_ppo_kl_clip_to_ppo": per_k["ppo_kl_clip"] / per_k["ppo"],
-            "runs": times,
+    # a partial run (--pairs) updates its pairs and keeps the others' last results
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    for pair in args.pairs:
+        results[pair] = {
+            **measure(pair, args.rounds, args.timesteps),
+            "rounds": args.rounds,
+            "timesteps_per_run": args.timesteps,
         }
-        print(
-            f"{env_id}: PPO {per_k['ppo']:.3f} s/1k steps, PPOKL {per_k['ppo_kl']:.3f} "
-            f"(ratio {per_k['ppo_kl'] / per_k['ppo']:.3f}), PPOKL+clip {per_k['ppo_kl_clip']:.3f} "
-            f"(ratio {per_k['ppo_kl_clip'] / per_k['ppo']:.3f})",
-            flush=True,
-        )
-    results["setup"] = {
-        "rounds": args.rounds,
-        "timesteps_per_run": args.timesteps,
-        "torch_threads": args.threads,
-        "torch": th.__version__,
-        "machine": f"{platform.machine()}, {platform.processor() or 'unknown cpu'}",
-        "hyperparameters": "SB3 PPO defaults (n_steps=2048, batch_size=64, n_epochs=10), MlpPolicy, 1 env",
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+        per_k = results[pair]["seconds_per_1000_steps"]
+        ratios = ", ".join(f"{k.removeprefix('ratio_')} {v:.3f}" for k, v in results[pair].items() if k.startswith("ratio_"))
+        print(f"{pair}: " + ", ".join(f"{name} {s:.3f} s/1k steps" for name, s in per_k.items()) + f"; {ratios}", flush=True)
+        results["setup"] = {
+            "torch_threads": args.threads,
+            "torch": th.__version__,
+            "machine": f"{platform.machine()}, {platform.processor() or 'unknown cpu'}",
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
