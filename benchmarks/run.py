@@ -17,7 +17,9 @@ package's own opt-in arguments (``kl_target`` schedules, ``kl_penalty_kwargs``):
 - ``kl-0.02+cutoff``: target 0.02 with modular_rl's cutoff ``1000 * max(0, KL - 2 * target)^2``;
 - ``kl-sched-0.01-0.03+cutoff``: the target rises linearly from 0.01 to 0.03 over training, with the cutoff;
 - ``kl-meanonly-0.01``, ``kl-meanonly-0.02``: the Gaussian KL without its variance term (the std moves freely);
-- ``kl-perstate-meanonly-0.02``: mean-only KL, penalised per state only above the target;
+- ``kl-perstate-meanonly-0.02``, ``kl-perstate-meanonly-0.03``: mean-only KL, penalised per state only above
+  the target;
+- ``kl-perstate-0.02``: the true KL, penalised per state only above the target (per-state without mean-only);
 - ``kl-proportional-0.02``: target 0.02 with Ziegler et al.'s proportional beta controller;
 - ``kl-meanonly-sched-0.01-0.03``: mean-only KL with the rising target.
 
@@ -134,6 +136,8 @@ SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "kl-meanonly-0.01": ("ppo_kl", dict(kl_target=0.01, kl_penalty_kwargs=dict(variance_weight=0.0))),
     "kl-meanonly-0.02": ("ppo_kl", dict(kl_target=0.02, kl_penalty_kwargs=dict(variance_weight=0.0))),
     "kl-perstate-meanonly-0.02": ("ppo_kl", dict(kl_target=0.02, kl_penalty_kwargs=dict(variance_weight=0.0, per_state=True))),
+    "kl-perstate-meanonly-0.03": ("ppo_kl", dict(kl_target=0.03, kl_penalty_kwargs=dict(variance_weight=0.0, per_state=True))),
+    "kl-perstate-0.02": ("ppo_kl", dict(kl_target=0.02, kl_penalty_kwargs=dict(per_state=True))),
     "kl-proportional-0.02": ("ppo_kl", dict(kl_target=0.02, kl_penalty_kwargs=dict(rule="proportional"))),
     "kl-meanonly-sched-0.01-0.03": ("ppo_kl", dict(kl_target=RISING_TARGET, kl_penalty_kwargs=dict(variance_weight=0.0))),
 }
