@@ -257,18 +257,17 @@ def _no_vel_model(cls, seed):
 
 
 @pytest.mark.slow
-def test_learns_cartpole_without_velocities_where_an_mlp_cannot():
+@pytest.mark.parametrize("cls, bound", [(RecurrentPPOKL, "at least 150"), (PPOKL, "below 75")])
+def test_learns_cartpole_without_velocities_where_an_mlp_cannot(cls, bound):
     """
     CartPole-v1 with the velocities hidden needs memory. 100k steps, RL Zoo's hyperparameters.
     Measured with this setup (one core): RecurrentPPOKL 203.9 / 182.7 / 201.6 and MLP PPOKL
     43.6 / 44.7 / 45.4 for seeds 0 / 1 / 2 (mean reward over 20 episodes, max 500); about 240 s in all.
+    The two bounds put the LSTM at more than twice the MLP; the two runs are separate tests, so that
+    pytest-xdist runs them side by side.
     """
     eval_env = make_vec_env("CartPole-v1", n_envs=1, seed=123, wrapper_class=CartPoleNoVel)
-    rewards = {}
-    for cls in (RecurrentPPOKL, PPOKL):
-        model = _no_vel_model(cls, seed=0)
-        model.learn(100_000)
-        rewards[cls.__name__], _ = evaluate_policy(model, eval_env, n_eval_episodes=20)
-    assert rewards["RecurrentPPOKL"] >= 150, rewards
-    assert rewards["PPOKL"] < 100, rewards
-    assert rewards["RecurrentPPOKL"] > 2 * rewards["PPOKL"], rewards
+    model = _no_vel_model(cls, seed=0)
+    model.learn(100_000)
+    reward, _ = evaluate_policy(model, eval_env, n_eval_episodes=20)
+    assert reward >= 150 if cls is RecurrentPPOKL else reward < 75, f"{cls.__name__}: {reward}, expected {bound}"
