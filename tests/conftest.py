@@ -1,3 +1,5 @@
+import inspect
+
 import pytest
 import torch as th
 
@@ -15,3 +17,42 @@ def collect_rollout(model) -> None:
 @pytest.fixture
 def rollout():
     return collect_rollout
+
+
+def rollout_tensors(model) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
+    """The last rollout of ``model`` as tensors: observations, actions, old log-probs, normalised advantages, returns."""
+    buffer = model.rollout_buffer
+    advantages = th.as_tensor(buffer.advantages).flatten()
+    return (
+        th.as_tensor(buffer.observations),
+        th.as_tensor(buffer.actions),
+        th.as_tensor(buffer.log_probs).flatten(),
+        (advantages - advantages.mean()) / (advantages.std() + 1e-8),
+        th.as_tensor(buffer.returns).flatten(),
+    )
+
+
+def sgd_by_hand(policy, loss, steps: int, lr: float) -> None:
+    """``steps`` plain SGD steps on ``policy``'s parameters, each on the loss that ``loss()`` builds from it."""
+    params = list(policy.parameters())
+    for _ in range(steps):
+        grads = th.autograd.grad(loss(), params, allow_unused=True)
+        with th.no_grad():
+            for param, grad in zip(params, grads):
+                if grad is not None:
+                    param -= lr * grad
+
+
+def assert_takes_every_ppokl_argument(variant) -> None:
+    """A variant's constructor takes every argument PPOKL adds to SB3's PPO, with PPOKL's default."""
+    from stable_baselines3 import PPO
+
+    from sb3_ppo_kl import PPOKL
+
+    ours = inspect.signature(variant.__init__).parameters
+    ppo_kl = inspect.signature(PPOKL.__init__).parameters
+    added = set(ppo_kl) - set(inspect.signature(PPO.__init__).parameters)
+    assert {"kl_target", "kl_coef", "kl_penalty_kwargs", "ref_policy"} <= added
+    assert added <= set(ours), sorted(added - set(ours))
+    for name in added:
+        assert ours[name].default == ppo_kl[name].default, name

@@ -5,6 +5,7 @@ import copy
 import numpy as np
 import pytest
 import torch as th
+from conftest import rollout_tensors, sgd_by_hand
 from torch.distributions import Categorical, Normal, kl_divergence
 from torch.nn import functional as F
 
@@ -53,37 +54,26 @@ def test_train_matches_hand_written_ppo1(env_id, clip_range):
     reference = copy.deepcopy(model.policy)
     model.learn(N_STEPS)
 
-    buffer = model.rollout_buffer
-    obs = th.as_tensor(buffer.observations)
-    actions = th.as_tensor(buffer.actions)
-    old_log_prob = th.as_tensor(buffer.log_probs).flatten()
-    advantages = th.as_tensor(buffer.advantages).flatten()
-    returns = th.as_tensor(buffer.returns).flatten()
-    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-
+    obs, actions, old_log_prob, advantages, returns = rollout_tensors(model)
     with th.no_grad():
         old_dist, _ = _reference_distribution(reference, obs, discrete)
         assert th.allclose(_log_prob(old_dist, actions, discrete), old_log_prob, atol=1e-5)
 
-    params = list(reference.parameters())
-    for _ in range(2):
+    def loss():
         dist, values = _reference_distribution(reference, obs, discrete)
         ratio = th.exp(_log_prob(dist, actions, discrete) - old_log_prob)
         surrogate = ratio * advantages
         if clip_range is not None:
             surrogate = th.min(surrogate, th.clamp(ratio, 1 - clip_range, 1 + clip_range) * advantages)
         entropy = dist.entropy() if discrete else dist.entropy().sum(-1)
-        loss = (
+        return (
             -surrogate.mean()
             + BETA * _kl(old_dist, dist, discrete).mean()
             + VF_COEF * F.mse_loss(returns, values)
             - ENT_COEF * entropy.mean()
         )
-        grads = th.autograd.grad(loss, params, allow_unused=True)
-        with th.no_grad():
-            for param, grad in zip(params, grads):
-                if grad is not None:
-                    param -= LR * grad
+
+    sgd_by_hand(reference, loss, steps=2, lr=LR)
 
     for ours, theirs in zip(model.policy.parameters(), reference.parameters()):
         assert th.allclose(ours, theirs, atol=1e-5)
@@ -183,29 +173,21 @@ def test_penalty_options_match_hand_written_loss_and_controller(kl_target, optio
     reference = copy.deepcopy(model.policy)
     model.learn(N_STEPS)
 
-    buffer = model.rollout_buffer
-    obs, actions = th.as_tensor(buffer.observations), th.as_tensor(buffer.actions)
-    old_log_prob = th.as_tensor(buffer.log_probs).flatten()
-    advantages = th.as_tensor(buffer.advantages).flatten()
-    returns = th.as_tensor(buffer.returns).flatten()
-    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    obs, actions, old_log_prob, advantages, returns = rollout_tensors(model)
     with th.no_grad():
         old_dist, _ = _reference_distribution(reference, obs, False)
-    params = list(reference.parameters())
     penalties = []
-    for _ in range(2):
+
+    def loss():
         dist, values = _reference_distribution(reference, obs, False)
         ratio = th.exp(_log_prob(dist, actions, False) - old_log_prob)
         kl = _weighted_gaussian_kl(old_dist, dist, weight)
         penalty = BETA * (th.clamp(kl - target, min=0).mean() if per_state else kl.mean())
         penalty = penalty + cutoff_coef * th.clamp(kl.mean() - cutoff_factor * target, min=0) ** 2
         penalties.append(penalty.item())
-        loss = -(ratio * advantages).mean() + penalty + 0.5 * F.mse_loss(returns, values)
-        grads = th.autograd.grad(loss, params, allow_unused=True)
-        with th.no_grad():
-            for param, grad in zip(params, grads):
-                if grad is not None:
-                    param -= LR * grad
+        return -(ratio * advantages).mean() + penalty + 0.5 * F.mse_loss(returns, values)
+
+    sgd_by_hand(reference, loss, steps=2, lr=LR)
 
     for ours, theirs in zip(model.policy.parameters(), reference.parameters()):
         assert th.allclose(ours, theirs, atol=1e-5)

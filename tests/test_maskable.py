@@ -6,6 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from conftest import assert_takes_every_ppokl_argument
 from sb3_contrib import MaskablePPO
 from sb3_contrib.common.envs import InvalidActionEnvDiscrete, InvalidActionEnvMultiBinary, InvalidActionEnvMultiDiscrete
 from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback
@@ -85,24 +86,8 @@ def test_same_signatures_as_maskable_ppo(method):
     # the constructor takes MaskablePPO's arguments and PPOKL's KL arguments
     init = inspect.signature(MaskablePPOKL.__init__).parameters
     assert set(inspect.signature(MaskablePPO.__init__).parameters) <= set(init)
-    # ... and every KL argument of PPOKL, with its default
-    ppo_kl = inspect.signature(PPOKL.__init__).parameters
-    kl_arguments = {
-        "kl_target",
-        "kl_coef",
-        "adaptive_kl",
-        "kl_tolerance",
-        "kl_adapt_factor",
-        "kl_coef_bounds",
-        "kl_penalty_kwargs",
-        "ref_policy",
-        "ref_kl_coef",
-        "ref_kl_target",
-        "value_warmup_rollouts",
-    }
-    assert kl_arguments <= set(init)
-    for name in kl_arguments:
-        assert init[name].default == ppo_kl[name].default, name
+    # ... and every argument PPOKL adds to PPO, with its default
+    assert_takes_every_ppokl_argument(MaskablePPOKL)
 
 
 @pytest.mark.parametrize("space", list(ENVS))

@@ -6,6 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from conftest import assert_takes_every_ppokl_argument
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
@@ -71,24 +72,8 @@ def test_same_signatures_as_recurrent_ppo(method):
             assert ours.parameters[name].default == parameter.default, name
     init = inspect.signature(RecurrentPPOKL.__init__).parameters
     assert set(inspect.signature(RecurrentPPO.__init__).parameters) <= set(init)
-    # ... and every KL argument of PPOKL, with its default
-    ppo_kl = inspect.signature(PPOKL.__init__).parameters
-    kl_arguments = {
-        "kl_target",
-        "kl_coef",
-        "adaptive_kl",
-        "kl_tolerance",
-        "kl_adapt_factor",
-        "kl_coef_bounds",
-        "kl_penalty_kwargs",
-        "ref_policy",
-        "ref_kl_coef",
-        "ref_kl_target",
-        "value_warmup_rollouts",
-    }
-    assert kl_arguments <= set(init)
-    for name in kl_arguments:
-        assert init[name].default == ppo_kl[name].default, name
+    # ... and every argument PPOKL adds to PPO, with its default
+    assert_takes_every_ppokl_argument(RecurrentPPOKL)
 
 
 @pytest.mark.parametrize("env", ["CartPole-v1", "Pendulum-v1"])

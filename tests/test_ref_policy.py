@@ -7,6 +7,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from conftest import rollout_tensors, sgd_by_hand
 from sb3_contrib import MaskablePPO, RecurrentPPO
 from sb3_contrib.common.envs import InvalidActionEnvDiscrete, InvalidActionEnvMultiBinary
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
@@ -126,34 +127,26 @@ def test_train_matches_hand_written_loss_with_reference(env_id, ref_kl_target):
     hand = copy.deepcopy(model.policy)
     model.learn(N_STEPS)
 
-    buffer = model.rollout_buffer
-    obs, actions = th.as_tensor(buffer.observations), th.as_tensor(buffer.actions)
-    old_log_prob = th.as_tensor(buffer.log_probs).flatten()
-    advantages = th.as_tensor(buffer.advantages).flatten()
-    returns = th.as_tensor(buffer.returns).flatten()
-    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    obs, actions, old_log_prob, advantages, returns = rollout_tensors(model)
     with th.no_grad():
         old_dist, _ = _distribution(hand, obs, discrete)
         ref_dist, _ = _distribution(ref, obs, discrete)
-    params = list(hand.parameters())
     ref_penalties = []
-    for _ in range(2):
+
+    def loss():
         dist, values = _distribution(hand, obs, discrete)
         ratio = th.exp(_log_prob(dist, actions, discrete) - old_log_prob)
         ref_penalty = REF_COEF * _kl(ref_dist, dist, discrete).mean()  # KL[pi_ref || pi_theta]
         ref_penalties.append(ref_penalty.item())
-        loss = (
+        return (
             -(ratio * advantages).mean()
             + BETA * _kl(old_dist, dist, discrete).mean()
             + ref_penalty
             + VF_COEF * F.mse_loss(returns, values)
             - 0.01 * _entropy(dist, discrete).mean()
         )
-        grads = th.autograd.grad(loss, params, allow_unused=True)
-        with th.no_grad():
-            for param, grad in zip(params, grads):
-                if grad is not None:
-                    param -= LR * grad
+
+    sgd_by_hand(hand, loss, steps=2, lr=LR)
 
     for ours, theirs in zip(model.policy.parameters(), hand.parameters()):
         assert th.allclose(ours, theirs, atol=1e-5)
