@@ -163,8 +163,21 @@ def plot_curves(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
     plt.close(fig)
 
 
+def _smooth(values: np.ndarray, window: int = 10) -> np.ndarray:
+    """Trailing mean over ``window`` updates (NaN where a curve has no value)."""
+    out = np.full_like(values, np.nan)
+    for i in range(len(values)):
+        chunk = values[max(0, i - window + 1) : i + 1]
+        if np.isfinite(chunk).any():
+            out[i] = np.nanmean(chunk)
+    return out
+
+
 def plot_kl(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
-    """Per env: d (every setting), beta (PPOKL settings) and the mean action std (every setting), every seed."""
+    """
+    Per env: d (every setting), beta (PPOKL settings) and the mean action std (every setting): for each setting
+    the mean over its seeds of a 10-update trailing mean.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -178,38 +191,43 @@ def plot_kl(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
     fig, axes = plt.subplots(len(panels), len(envs), figsize=(max(3.3 * len(envs), 8), 2.8 * len(panels)), squeeze=False)
     for col, env in enumerate(envs):
         for setting in settings:
+            seeds = sorted(int(r["seed"]) for r in rows if r["env"] == env and r["setting"] == setting)
+            curves = [c for c in (read_curve(setting, env, seed, timesteps) for seed in seeds) if c is not None]
+            if not curves:
+                continue
             color = COLORS.get(setting)
-            for i, seed in enumerate(sorted(int(r["seed"]) for r in rows if r["env"] == env and r["setting"] == setting)):
-                curve = read_curve(setting, env, seed, timesteps)
-                if curve is None:
-                    continue
-                label = setting if i == 0 else None
-                for row, (name, _, _) in enumerate(panels):
-                    if np.isfinite(curve[name]).any():
-                        axes[row, col].plot(curve["timesteps"], curve[name], color=color, lw=0.6, alpha=0.7, label=label)
+            length = min(len(c["timesteps"]) for c in curves)
+            steps = curves[0]["timesteps"][:length]
+            for row, (name, _, _) in enumerate(panels):
+                values = np.array([_smooth(c[name][:length]) for c in curves])
+                if np.isfinite(values).any():
+                    with np.errstate(all="ignore"):
+                        mean = np.nanmean(values, 0)
+                    axes[row, col].plot(steps, mean, color=color, lw=1.2, label=f"{setting} ({len(curves)})")
             target = SETTINGS[setting][1].get("kl_target")
             if SETTINGS[setting][0] == "ppo_kl" and SETTINGS[setting][1].get("adaptive_kl", True) and target is not None:
-                steps = np.linspace(0, timesteps, 50)
                 values = [target(1 - t / timesteps) for t in steps] if callable(target) else [target] * len(steps)
-                axes[0, col].plot(steps, values, color=color, ls="--", lw=1)
+                axes[0, col].plot(steps, values, color=color, ls="--", lw=0.8)
         axes[0, col].set_title(env, fontsize=9)
         for row, (_, _, log) in enumerate(panels):
             _thousands(axes[row, col])
-            if log:
+            if log and axes[row, col].lines:
                 axes[row, col].set_yscale("log")
                 axes[row, col].yaxis.set_minor_formatter(NullFormatter())
+            if not axes[row, col].lines:
+                axes[row, col].text(0.5, 0.5, "not recorded", ha="center", va="center", transform=axes[row, col].transAxes)
             axes[row, col].tick_params(labelsize=7)
         axes[-1, col].set_xlabel("timesteps", fontsize=8)
     for row, (_, ylabel, _) in enumerate(panels):
         axes[row, 0].set_ylabel(ylabel, fontsize=8)
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=7, loc="upper right")
+    fig.legend(handles, labels, fontsize=7, loc="upper right", title="setting (seeds)", title_fontsize=7)
     fig.suptitle(
-        f"Every setting, every seed, {timesteps:,} steps per run (dashed: PPOKL's kl_target; "
-        "d is measured the same way for every algorithm)",
+        f"{timesteps:,} steps per run: mean over seeds of a 10-update trailing mean (dashed: PPOKL's kl_target). "
+        "d is measured the same way for every algorithm.",
         fontsize=10,
     )
-    fig.tight_layout(rect=(0, 0, 0.88 if len(envs) < 3 else 0.93, 1))
+    fig.tight_layout(rect=(0, 0, 0.85 if len(envs) < 4 else 0.91, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
