@@ -32,8 +32,7 @@ def test_setting_builds_the_paper_protocol(setting):
         assert (model.clip_range is None) == ("clip_range" not in kwargs)
         options = kwargs.get("kl_penalty_kwargs", {})
         assert model.kl_penalty.variance_weight == options.get("variance_weight", 1.0)
-        assert model.kl_penalty.cutoff_coef == options.get("cutoff_coef", 0.0)
-        assert model.kl_controller.rule == options.get("rule", "step")
+        assert model.kl_penalty.per_state == options.get("per_state", False)
 
 
 def test_candidate_settings_are_named_and_in_stage1():

@@ -180,16 +180,11 @@ class KLCoefController:
     The adaptive KL coefficient beta of PPO1 (Schulman et al. 2017, section 4,
     https://arxiv.org/abs/1707.06347).
 
-    After each policy update, with ``d`` the mean KL between the policy before and after it, the
-    paper's rule (``rule="step"``, the default) is:
+    After each policy update, with ``d`` the mean KL between the policy before and after it:
 
     - if ``d < kl_target / kl_tolerance``: ``beta <- beta / kl_adapt_factor``
     - if ``d > kl_target * kl_tolerance``: ``beta <- beta * kl_adapt_factor``
-    - otherwise beta stays.
-
-    ``rule="proportional"`` is the controller of Ziegler et al. (2019, https://arxiv.org/abs/1909.08593):
-    ``e = clip(d / kl_target - 1, -0.2, 0.2)``, then ``beta <- beta * (1 + e * n / horizon)`` with ``n``
-    the samples of the update. Either result is clamped to ``kl_coef_bounds``.
+    - otherwise beta stays; the result is clamped to ``kl_coef_bounds``.
 
     With ``adaptive_kl=False`` beta never changes (the paper's "fixed KL" setting).
 
@@ -198,20 +193,16 @@ class KLCoefController:
         progress remaining (1 at the start of training, 0 at the end), as SB3's ``clip_range``, that starts
         ``> 0`` and stays ``>= 0``. Default 0.01.
     :param adaptive_kl: adapt beta (True, default) or keep it fixed (False).
-    :param kl_tolerance: the band around ``kl_target`` where the step rule leaves beta alone, ``> 1``.
+    :param kl_tolerance: the band around ``kl_target`` where beta is left alone, ``> 1``.
         Default 1.5 (the paper's).
-    :param kl_adapt_factor: factor by which the step rule multiplies or divides beta, ``> 1``. Default 2.0
+    :param kl_adapt_factor: factor by which beta is multiplied or divided, ``> 1``. Default 2.0
         (the paper's).
     :param kl_coef_bounds: ``(low, high)`` with ``0 <= low <= high``: adapted values of beta are
         clamped to this range so that beta can neither vanish nor overflow. Default
         ``(1e-4, 1e4)``: 13 halvings or doublings away from the paper's start value of 1, wider
         than beta travels in normal training. When ``adaptive_kl`` is True the initial
         ``kl_coef`` must lie inside the bounds.
-    :param rule: ``"step"`` (default, the paper's) or ``"proportional"`` (Ziegler et al.).
-    :param horizon: the proportional rule's horizon in samples, ``> 0``. Default 10,000 (Ziegler et al.'s).
     """
-
-    RULES = ("step", "proportional")
 
     def __init__(
         self,
@@ -221,16 +212,11 @@ class KLCoefController:
         kl_tolerance: float = 1.5,
         kl_adapt_factor: float = 2.0,
         kl_coef_bounds: Sequence[float] = (1e-4, 1e4),
-        rule: str = "step",
-        horizon: float = 10_000,
     ):
         _check_float("kl_coef", kl_coef, "a finite number >= 0", kl_coef >= 0)
         _check_kl_target(kl_target)
         _check_float("kl_tolerance", kl_tolerance, "a finite number > 1", kl_tolerance > 1)
         _check_float("kl_adapt_factor", kl_adapt_factor, "a finite number > 1", kl_adapt_factor > 1)
-        if rule not in self.RULES:
-            raise ValueError(f"`rule` (the beta controller) must be one of {self.RULES}, got {rule!r}")
-        _check_float("horizon", horizon, "a finite number > 0", horizon > 0)
         bounds = tuple(kl_coef_bounds)
         if not (
             len(bounds) == 2
@@ -250,8 +236,6 @@ class KLCoefController:
         self.kl_tolerance = float(kl_tolerance)
         self.kl_adapt_factor = float(kl_adapt_factor)
         self.kl_coef_bounds = (low, high)
-        self.rule = rule
-        self.horizon = float(horizon)
 
     def target(self, progress_remaining: float = 1.0) -> float:
         """``d_targ`` at this point of training (``kl_target`` itself unless it is a schedule)."""
@@ -262,23 +246,19 @@ class KLCoefController:
             raise ValueError(f"`kl_target` schedule gave {value} at progress_remaining={progress_remaining}; it must be >= 0")
         return value
 
-    def update(self, kl: float, progress_remaining: float = 1.0, n_samples: int = 1) -> float:
+    def update(self, kl: float, progress_remaining: float = 1.0) -> float:
         """
         Adapt beta to the KL measured over the last policy update.
 
         :param kl: ``d``, the mean KL between the policy before and after the update (nats)
         :param progress_remaining: where training stands (1 to 0), for a ``kl_target`` schedule
-        :param n_samples: samples in the update, for the proportional rule
         :return: the new beta, also stored in ``self.kl_coef``
         """
         if not math.isfinite(kl):
             raise ValueError(f"the measured KL must be finite, got {kl}")
         if self.adaptive_kl:
             target = self.target(progress_remaining)
-            if self.rule == "proportional":
-                error = min(max(kl / target - 1.0, -0.2), 0.2) if target > 0 else 0.2
-                self.kl_coef *= 1.0 + error * n_samples / self.horizon
-            elif kl < target / self.kl_tolerance:
+            if kl < target / self.kl_tolerance:
                 self.kl_coef /= self.kl_adapt_factor
             elif kl > target * self.kl_tolerance:
                 self.kl_coef *= self.kl_adapt_factor
@@ -290,7 +270,7 @@ class KLCoefController:
         return (
             f"KLCoefController(kl_coef={self.kl_coef}, kl_target={self.kl_target}, adaptive_kl={self.adaptive_kl}, "
             f"kl_tolerance={self.kl_tolerance}, kl_adapt_factor={self.kl_adapt_factor}, "
-            f"kl_coef_bounds={self.kl_coef_bounds}, rule={self.rule!r}, horizon={self.horizon})"
+            f"kl_coef_bounds={self.kl_coef_bounds})"
         )
 
 
@@ -299,7 +279,8 @@ class KLPenalty:
     How the KL between the rollout policy and the current policy enters the loss.
 
     With the defaults this is the paper's term, ``beta * mean_s KL_s``. The options are opt-in shapes
-    under study (``benchmarks/RESULTS.md`` records how each compares with clipping):
+    under study against clipping (``benchmarks/RESULTS.md`` records the comparison, and the candidates that
+    lost it and were removed: a squared cutoff past a multiple of the target, and a proportional controller):
 
     :param variance_weight: Gaussian policies only: weight on the variance part of the per-state KL
         (see :func:`per_state_kl`), in ``[0, 1]``. 1 (default) is the true KL; 0 penalises only how far
@@ -308,34 +289,34 @@ class KLPenalty:
     :param per_state: False (default): ``beta * mean_s KL_s``. True: ``beta * mean_s max(0, KL_s - kl_target)``,
         a penalty only on the states whose KL exceeds the target (a per-state trust region, after
         Truly PPO, Wang et al. 2019, https://arxiv.org/abs/1903.07940).
-    :param cutoff_coef: ``>= 0``. Adds ``cutoff_coef * max(0, mean_s KL_s - cutoff_factor * kl_target)^2``,
-        the steep penalty of modular_rl and TF-Agents past a multiple of the target. Default 0 (none);
-        those libraries use 1000.
-    :param cutoff_factor: ``>= 1``: where the cutoff starts, as a multiple of ``kl_target``. Default 2.
     """
 
     def __init__(
         self,
         variance_weight: float = 1.0,
         per_state: bool = False,
-        cutoff_coef: float = 0.0,
-        cutoff_factor: float = 2.0,
     ):
         _check_float("kl_penalty_kwargs['variance_weight']", variance_weight, "a number in [0, 1]", 0 <= variance_weight <= 1)
         if not isinstance(per_state, bool):
             # ValueError as for every other bad argument: SB3 and RL Zoo's tuner treat bad hyperparameters so
             raise ValueError(f"`kl_penalty_kwargs['per_state']` must be True or False, got {per_state!r}")  # noqa: TRY004
-        _check_float("kl_penalty_kwargs['cutoff_coef']", cutoff_coef, "a finite number >= 0", cutoff_coef >= 0)
-        _check_float("kl_penalty_kwargs['cutoff_factor']", cutoff_factor, "a finite number >= 1", cutoff_factor >= 1)
         self.variance_weight = float(variance_weight)
         self.per_state = per_state
-        self.cutoff_coef = float(cutoff_coef)
-        self.cutoff_factor = float(cutoff_factor)
+
+    @classmethod
+    def from_kwargs(cls, kl_penalty_kwargs: dict[str, Any] | None) -> "KLPenalty":
+        """The penalty an algorithm's ``kl_penalty_kwargs`` asks for (None: the paper's); ValueError for an unknown key."""
+        kwargs = dict(kl_penalty_kwargs or {})
+        valid = ("variance_weight", "per_state")
+        unknown = sorted(set(kwargs) - set(valid))
+        if unknown:
+            raise ValueError(f"`kl_penalty_kwargs` got unknown keys {unknown}; valid keys: {', '.join(valid)}")
+        return cls(**kwargs)
 
     @property
     def is_paper(self) -> bool:
         """Whether this is the paper's ``beta * mean KL`` (no option set)."""
-        return self.variance_weight == 1.0 and not self.per_state and self.cutoff_coef == 0.0
+        return self.variance_weight == 1.0 and not self.per_state
 
     def loss(self, kl: th.Tensor, kl_coef: float, kl_target: float) -> th.Tensor:
         """
@@ -345,34 +326,7 @@ class KLPenalty:
         :param kl_coef: beta for this update
         :param kl_target: ``d_targ`` for this update
         """
-        mean_kl = kl.mean()
-        penalty = kl_coef * (F.relu(kl - kl_target).mean() if self.per_state else mean_kl)
-        if self.cutoff_coef > 0:
-            penalty = penalty + self.cutoff_coef * F.relu(mean_kl - self.cutoff_factor * kl_target).pow(2)
-        return penalty
+        return kl_coef * (F.relu(kl - kl_target).mean() if self.per_state else kl.mean())
 
     def __repr__(self) -> str:
-        return (
-            f"KLPenalty(variance_weight={self.variance_weight}, per_state={self.per_state}, "
-            f"cutoff_coef={self.cutoff_coef}, cutoff_factor={self.cutoff_factor})"
-        )
-
-
-# kl_penalty_kwargs keys that configure the beta controller rather than the penalty's shape
-CONTROLLER_KWARGS = ("rule", "horizon")
-PENALTY_KWARGS = ("variance_weight", "per_state", "cutoff_coef", "cutoff_factor")
-
-
-def split_kl_penalty_kwargs(kl_penalty_kwargs: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """
-    ``kl_penalty_kwargs`` as ``(KLPenalty kwargs, KLCoefController kwargs)``; ValueError for an unknown key.
-    """
-    kwargs = dict(kl_penalty_kwargs or {})
-    unknown = sorted(set(kwargs) - set(PENALTY_KWARGS) - set(CONTROLLER_KWARGS))
-    if unknown:
-        raise ValueError(
-            f"`kl_penalty_kwargs` got unknown keys {unknown}; valid keys: {', '.join(PENALTY_KWARGS + CONTROLLER_KWARGS)}"
-        )
-    penalty = {k: v for k, v in kwargs.items() if k in PENALTY_KWARGS}
-    controller = {k: v for k, v in kwargs.items() if k in CONTROLLER_KWARGS}
-    return penalty, controller
+        return f"KLPenalty(variance_weight={self.variance_weight}, per_state={self.per_state})"

@@ -22,7 +22,6 @@ from sb3_ppo_kl.common.kl import (
     has_analytic_kl,
     per_state_kl,
     sampled_kl,
-    split_kl_penalty_kwargs,
 )
 from sb3_ppo_kl.common.reference import (
     PolicySource,
@@ -89,12 +88,10 @@ class PPOKL(OnPolicyAlgorithm):
     :param kl_adapt_factor: Factor by which beta is multiplied or divided, ``> 1``. Default 2.0.
     :param kl_coef_bounds: ``(low, high)``, ``0 <= low <= high``: adapted beta is clamped to this range.
         Default ``(1e-4, 1e4)``.
-    :param kl_penalty_kwargs: Opt-in shapes of the penalty and rules for beta, beyond the paper; None
-        (default) is the paper's PPO1. Keys: ``variance_weight`` (Gaussian KL's variance term weight in
-        [0, 1]), ``per_state`` (penalise only states whose KL exceeds the target), ``cutoff_coef`` and
-        ``cutoff_factor`` (a squared penalty past ``cutoff_factor * kl_target``), see
-        :class:`~sb3_ppo_kl.common.kl.KLPenalty`; ``rule`` (``"step"`` or ``"proportional"``) and
-        ``horizon``, see :class:`~sb3_ppo_kl.KLCoefController`.
+    :param kl_penalty_kwargs: Opt-in shapes of the penalty beyond the paper, under study against clipping;
+        None (default) is the paper's PPO1. Keys: ``variance_weight`` (weight of the Gaussian KL's variance
+        term, in [0, 1]) and ``per_state`` (penalise only the states whose KL exceeds the target), see
+        :class:`~sb3_ppo_kl.common.kl.KLPenalty`.
     :param ref_policy: None (default), or a frozen reference policy to stay close to, e.g. a pretrained
         policy being fine-tuned: an SB3 policy (a ``BasePolicy``, copied) or the path of an SB3 model zip
         (PPO, A2C, PPOKL, MaskablePPO...). Its observation and action spaces must be the environment's.
@@ -294,7 +291,6 @@ class PPOKL(OnPolicyAlgorithm):
         Called first in ``__init__`` by PPOKL and its variants: every check runs before an
         environment is made or a network built.
         """
-        penalty_kwargs, controller_kwargs = split_kl_penalty_kwargs(kl_penalty_kwargs)
         self.kl_controller = KLCoefController(
             kl_coef=kl_coef,
             kl_target=kl_target,
@@ -302,9 +298,8 @@ class PPOKL(OnPolicyAlgorithm):
             kl_tolerance=kl_tolerance,
             kl_adapt_factor=kl_adapt_factor,
             kl_coef_bounds=kl_coef_bounds,
-            **controller_kwargs,
         )
-        self.kl_penalty = KLPenalty(**penalty_kwargs)
+        self.kl_penalty = KLPenalty.from_kwargs(kl_penalty_kwargs)
         _check_hyperparameters(n_steps, batch_size, n_epochs, normalize_advantage, clip_range, clip_range_vf, target_kl)
         if rollout_buffer_class is not None and not issubclass(rollout_buffer_class, KLBufferMixin):
             raise ValueError(
@@ -781,9 +776,9 @@ class PPOKL(OnPolicyAlgorithm):
                     f"{type(self).__name__}: the KL between the policies before and after the update after "
                     f"{self.num_timesteps} timesteps is {kl_after_weighted}; beta was left at {self.kl_coef}"
                 )
-            self.kl_controller.update(kl_after_weighted, progress, n_samples=self.n_steps * self.n_envs)
+            self.kl_controller.update(kl_after_weighted, progress)
             if ref_kl_after is not None:
-                self.ref_kl_controller.update(ref_kl_after, progress, n_samples=self.n_steps * self.n_envs)
+                self.ref_kl_controller.update(ref_kl_after, progress)
 
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())  # type: ignore[attr-defined]
 

@@ -62,7 +62,7 @@ class MaskablePPOKL(PPOKL, MaskablePPO):  # type: ignore[misc]
     :param kl_adapt_factor: Factor by which beta is multiplied or divided, ``> 1``. Default 2.0.
     :param kl_coef_bounds: ``(low, high)``, ``0 <= low <= high``: adapted beta is clamped to this range.
         Default ``(1e-4, 1e4)``.
-    :param kl_penalty_kwargs: Opt-in shapes of the penalty and rules for beta beyond the paper, as PPOKL's;
+    :param kl_penalty_kwargs: Opt-in shapes of the penalty beyond the paper, as PPOKL's;
         None (default) is the paper's PPO1.
     :param ref_policy: None (default), or a frozen reference policy: ``ref_kl_coef * KL[pi_ref || pi_theta]``
         joins the loss, as in PPOKL (see its docstring for the direction). It must be a maskable policy

@@ -59,7 +59,7 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
     :param kl_adapt_factor: Factor by which beta is multiplied or divided, ``> 1``. Default 2.0.
     :param kl_coef_bounds: ``(low, high)``, ``0 <= low <= high``: adapted beta is clamped to this range.
         Default ``(1e-4, 1e4)``.
-    :param kl_penalty_kwargs: Opt-in shapes of the penalty and rules for beta beyond the paper, as PPOKL's;
+    :param kl_penalty_kwargs: Opt-in shapes of the penalty beyond the paper, as PPOKL's;
         None (default) is the paper's PPO1.
     :param ref_policy: Not supported yet: anything but None (default) raises ValueError. A recurrent reference
         would need its own LSTM states for every sample of the rollout, which are not collected.
