@@ -2,7 +2,8 @@
 Why beta collapses for RecurrentPPOKL on small recurrent rollouts (issue 14): the logged update statistics of
 RecurrentPPO and RecurrentPPOKL, update by update, with RL Zoo's ``ppo_lstm`` settings for CartPoleNoVel-v1
 (8 envs x 32 steps = 256 samples per update, one minibatch of 256, 20 epochs, lr linear from 1e-3,
-VecNormalize as RL Zoo's ``normalize: true``).
+VecNormalize as RL Zoo's ``normalize: true``; ``--raw`` leaves observations and rewards unnormalised, as
+``benchmarks/compare_variants.py``'s ``lstm`` task does).
 
 RecurrentPPO keeps RL Zoo's ``clip_range: lin_0.2``; RecurrentPPOKL is pure PPO1 at its defaults. Recorded
 after every update: RecurrentPPO's ``clip_fraction`` and ``approx_kl``; RecurrentPPOKL's ``d`` (``train/kl``),
@@ -27,7 +28,7 @@ from benchmarks.common import append_row, read_rows
 RESULTS_DIR = Path(__file__).parent / "results"
 RESULTS = RESULTS_DIR / "recurrent_kl.csv"
 CURVES = RESULTS_DIR / "recurrent_kl"
-FIELDS = ["algo", "env", "seed", "timesteps", "eval_mean", "eval_std", "final_kl_coef"]
+FIELDS = ["algo", "env", "seed", "normalize", "timesteps", "eval_mean", "eval_std", "final_kl_coef"]
 LOGGED = ["train/kl", "train/kl_coef", "train/approx_kl", "train/clip_fraction"]
 ALGOS = ("recurrent_ppo", "recurrent_ppo_kl")
 ENV_ID = "CartPoleNoVel-v1"
@@ -60,7 +61,7 @@ class UpdateLog(BaseCallback):
         self._record()
 
 
-def run_one(algo: str, seed: int) -> dict[str, Any]:
+def run_one(algo: str, seed: int, normalize: bool = True) -> dict[str, Any]:
     import rl_zoo3.import_envs  # noqa: F401  (registers CartPoleNoVel-v1)
     from sb3_contrib import RecurrentPPO
     from stable_baselines3.common.env_util import make_vec_env
@@ -72,7 +73,11 @@ def run_one(algo: str, seed: int) -> dict[str, Any]:
     from sb3_ppo_kl import RecurrentPPOKL
 
     th.set_num_threads(1)
-    env = VecNormalize(make_vec_env(ENV_ID, n_envs=8, seed=seed))
+    env = make_vec_env(ENV_ID, n_envs=8, seed=seed)
+    eval_env = make_vec_env(ENV_ID, n_envs=1, seed=10_000 + seed)
+    if normalize:
+        env = VecNormalize(env)
+        eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
     # RL Zoo 2.9.2's ppo_lstm.yml entry for CartPoleNoVel-v1
     kwargs: dict[str, Any] = dict(
         n_steps=32,
@@ -97,12 +102,11 @@ def run_one(algo: str, seed: int) -> dict[str, Any]:
         model = RecurrentPPOKL("MlpLstmPolicy", env, **kwargs)
     log = UpdateLog()
     model.learn(TIMESTEPS, callback=log)
-    env.training, env.norm_reward = False, False
-    eval_env = VecNormalize(make_vec_env(ENV_ID, n_envs=1, seed=10_000 + seed), training=False, norm_reward=False)
-    eval_env.obs_rms = env.obs_rms
+    if normalize:
+        eval_env.obs_rms = env.obs_rms
     mean, std = evaluate_policy(model, eval_env, n_eval_episodes=20, deterministic=True)
     CURVES.mkdir(parents=True, exist_ok=True)
-    with (CURVES / f"{algo}__{ENV_ID}__{seed}.csv").open("w", newline="") as f:
+    with (CURVES / f"{algo}__{ENV_ID}__{seed}{'' if normalize else '__raw'}.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, ["timesteps", "reward"] + [key.removeprefix("train/") for key in LOGGED])
         writer.writeheader()
         writer.writerows(log.rows)
@@ -110,6 +114,7 @@ def run_one(algo: str, seed: int) -> dict[str, Any]:
         algo=algo,
         env=ENV_ID,
         seed=seed,
+        normalize=normalize,
         timesteps=TIMESTEPS,
         eval_mean=round(float(mean), 2),
         eval_std=round(float(std), 2),
@@ -120,11 +125,12 @@ def run_one(algo: str, seed: int) -> dict[str, Any]:
 def summary() -> str:
     """Per run: the final evaluation, and per quarter of training the mean of each logged statistic."""
     lines = [
-        "| algo | seed | eval | quarter | reward | d (train/kl) | beta | approx_kl | clip_fraction |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| algo | seed | normalize | eval | quarter | reward | d (train/kl) | beta | approx_kl | clip_fraction |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in read_rows(RESULTS):
-        path = CURVES / f"{row['algo']}__{row['env']}__{row['seed']}.csv"
+        raw = row.get("normalize") == "False"
+        path = CURVES / f"{row['algo']}__{row['env']}__{row['seed']}{'__raw' if raw else ''}.csv"
         with path.open() as f:
             curve = list(csv.DictReader(f))
         for quarter, chunk in enumerate(np.array_split(np.arange(len(curve)), 4)):
@@ -135,7 +141,7 @@ def summary() -> str:
 
             eval_cell = row["eval_mean"] if quarter == 0 else ""
             lines.append(
-                f"| {row['algo']} | {row['seed']} | {eval_cell} | {quarter + 1} | {mean('reward')} | {mean('kl')} | "
+                f"| {row['algo']} | {row['seed']} | {not raw} | {eval_cell} | {quarter + 1} | {mean('reward')} | {mean('kl')} | "
                 f"{mean('kl_coef')} | {mean('approx_kl')} | {mean('clip_fraction')} |"
             )
     return "\n".join(lines)
@@ -145,16 +151,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--algos", nargs="+", choices=ALGOS, default=list(ALGOS))
+    parser.add_argument("--raw", action="store_true", help="no VecNormalize (as benchmarks/compare_variants.py)")
     parser.add_argument("--summary", action="store_true")
     args = parser.parse_args()
     if args.summary:
         print(summary())
         return
-    done = {(r["algo"], int(r["seed"])) for r in read_rows(RESULTS)}
+    done = {(r["algo"], int(r["seed"]), r.get("normalize", "True") == "True") for r in read_rows(RESULTS)}
     for seed in args.seeds:
         for algo in args.algos:
-            if (algo, seed) not in done:
-                row = run_one(algo, seed)
+            if (algo, seed, not args.raw) not in done:
+                row = run_one(algo, seed, normalize=not args.raw)
                 append_row(RESULTS, FIELDS, row)
                 print(row, flush=True)
 
