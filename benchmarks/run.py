@@ -47,6 +47,7 @@ update: timesteps, mean reward of the last 100 episodes, d, the std, and for PPO
     python -m benchmarks.run --workers 2                                          # the full grid: 11+2 settings x 7 envs x 3 seeds x 1M
     python -m benchmarks.run --grid paper-lite --workers 2                        # 3 settings x 7 envs x 3 seeds x 300k
     python -m benchmarks.run --grid stage1 --workers 2                            # issue 11's candidates on HalfCheetah
+    python -m benchmarks.run --grid stage2 --workers 2                            # the best two on the 7 tasks
     python -m benchmarks.run --settings clip-0.2 kl-fixed-1 --envs Hopper-v5 --seeds 0 --timesteps 100000
     python -m benchmarks.run --random                                             # measure the random policy's score
     python -m benchmarks.report                                                   # RESULTS.md and the figures
@@ -159,6 +160,10 @@ GRIDS: dict[str, dict[str, Any]] = {
         seeds=[0, 1, 2, 3, 4],
         timesteps=300_000,
     ),
+    # stage 2: the best two of stage 1 by mean training score over 5 seeds (clip-0.2 525 ± 77;
+    # kl-perstate-meanonly-0.02 381 ± 28, kl-meanonly-0.02 355 ± 109) on the 7 tasks; clip-0.2 and
+    # kl-adaptive-0.01 keep the paper-lite grid's rows there (seeds 0-2)
+    "stage2": dict(settings=["kl-perstate-meanonly-0.02", "kl-meanonly-0.02"], envs=ENVS, seeds=[0, 1, 2], timesteps=300_000),
 }
 
 
