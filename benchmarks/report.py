@@ -66,7 +66,7 @@ COLORS = {
     "kl-meanonly-0.01": "gold",
     "kl-meanonly-0.02": "darkgoldenrod",
     "kl-perstate-meanonly-0.02": "teal",
-    "kl-perstate-meanonly-0.03": "darkcyan",
+    "kl-perstate-meanonly-0.03": "darkviolet",
     "kl-perstate-0.02": "lightseagreen",
     "kl-proportional-0.02": "black",
     "kl-meanonly-sched-0.01-0.03": "magenta",
