@@ -48,6 +48,7 @@ update: timesteps, mean reward of the last 100 episodes, d, the std, and for PPO
     python -m benchmarks.run --grid paper-lite --workers 2                        # 3 settings x 7 envs x 3 seeds x 300k
     python -m benchmarks.run --grid stage1 --workers 2                            # issue 11's candidates on HalfCheetah
     python -m benchmarks.run --grid stage2 --workers 2                            # the best two on the 7 tasks
+    python -m benchmarks.run --grid stage3 --workers 2                            # 1M steps on 4 tasks
     python -m benchmarks.run --settings clip-0.2 kl-fixed-1 --envs Hopper-v5 --seeds 0 --timesteps 100000
     python -m benchmarks.run --random                                             # measure the random policy's score
     python -m benchmarks.report                                                   # RESULTS.md and the figures
@@ -165,6 +166,14 @@ GRIDS: dict[str, dict[str, Any]] = {
     # 7 tasks; clip-0.2 and kl-adaptive-0.01 keep the paper-lite grid's rows there (seeds 0-2)
     "stage2": dict(
         settings=["kl-perstate-meanonly-0.03", "kl-perstate-meanonly-0.02"], envs=ENVS, seeds=[0, 1, 2], timesteps=300_000
+    ),
+    # stage 3: the paper's 1M budget on four tasks. No candidate qualified at 300k; the best of stage 2
+    # (kl-perstate-meanonly-0.03, 0.993 of clip-0.2) runs to see whether the budget changes the verdict
+    "stage3": dict(
+        settings=["clip-0.2", "kl-adaptive-0.01", "kl-perstate-meanonly-0.03"],
+        envs=["HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Swimmer-v5"],
+        seeds=[0, 1, 2],
+        timesteps=1_000_000,
     ),
 }
 
