@@ -130,13 +130,18 @@ def _thousands(ax) -> None:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1e3:.0f}k"))
 
 
+def _envs(rows: list[dict[str, str]]) -> list[str]:
+    """The envs that have rows: the MuJoCo tasks in the paper's order, then any other (the discrete check's)."""
+    return [env for env in ENVS if any(r["env"] == env for r in rows)] + sorted({r["env"] for r in rows} - set(ENVS))
+
+
 def plot_curves(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    envs = [env for env in ENVS if any(r["env"] == env for r in rows)]
+    envs = _envs(rows)
     settings = [s for s in ORDER if any(r["setting"] == s for r in rows)]
     cols = 4
     nrows = (len(envs) + cols - 1) // cols
@@ -191,10 +196,11 @@ def plot_kl(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
-    envs = [env for env in ENVS if any(r["env"] == env for r in rows)]
+    envs = _envs(rows)
     settings = [s for s in ORDER if s != "no-clip-no-penalty" and any(r["setting"] == s for r in rows)]
     panels = [("kl", "d: KL(before || after) per update", True), ("kl_coef", "beta after the update", True)]
-    panels.append(("std", "mean action std", False))
+    if any(r.get("final_std") for r in rows):  # Gaussian policies only
+        panels.append(("std", "mean action std", False))
     fig, axes = plt.subplots(len(panels), len(envs), figsize=(max(3.3 * len(envs), 8), 2.8 * len(panels)), squeeze=False)
     for col, env in enumerate(envs):
         for setting in settings:
@@ -260,7 +266,7 @@ def measurements_table(rows: list[dict[str, str]]) -> list[str]:
         ),
         "|---|---|---|---|---|---|---|",
     ]
-    envs = [env for env in ENVS if any(r["env"] == env for r in rows)] + sorted({r["env"] for r in rows} - set(ENVS))
+    envs = _envs(rows)
     for env in envs:
         for setting in ORDER:
             runs = [r for r in rows if r["env"] == env and r["setting"] == setting]
@@ -275,11 +281,18 @@ def measurements_table(rows: list[dict[str, str]]) -> list[str]:
     return out
 
 
-def budget_section(rows: list[dict[str, str]], timesteps: int, random: dict[str, float]) -> list[str]:
+def budget_section(
+    rows: list[dict[str, str]],
+    timesteps: int,
+    random: dict[str, float],
+    title: str = "",
+    stem: str = "table1",
+    intro: str = "",
+) -> list[str]:
     settings = [s for s in ORDER if any(r["setting"] == s for r in rows)]
-    envs = [env for env in ENVS if any(r["env"] == env for r in rows)]
+    envs = _envs(rows)
     norm = normalised(rows, random)
-    out = [f"## {timesteps:,} steps per run", ""]
+    out = [f"## {title or f'{timesteps:,} steps per run'}", ""] + ([intro, ""] if intro else [])
     out += [
         "### Normalised score (Table 1)",
         "",
@@ -301,7 +314,7 @@ def budget_section(rows: list[dict[str, str]], timesteps: int, random: dict[str,
     ]
     relative = relative_to_clip(rows, random)
     for s in sorted(settings, key=lambda s: -np.mean(norm[s])):
-        paper = PAPER_TABLE1.get(s)
+        paper = PAPER_TABLE1.get(s) if stem == "table1" else None  # the paper's Table 1 is MuJoCo only
         sem = np.std(norm[s], ddof=1) / np.sqrt(len(norm[s])) if len(norm[s]) > 1 else np.nan
         paper_cell = "" if paper is None else f"{paper:.2f}"
         n_envs = len({r["env"] for r in rows if r["setting"] == s})
@@ -358,8 +371,8 @@ def budget_section(rows: list[dict[str, str]], timesteps: int, random: dict[str,
             fps += values
         ratio = f"{np.exp(np.mean(np.log(ratios))):.2f}" if ratios else "n/a"
         out.append(f"| {_name(s)} | {ratio} | {np.mean(fps):.0f} |")
-    curves = f"results/table1_{timesteps}_curves.png"
-    kl = f"results/table1_{timesteps}_kl.png"
+    curves = f"results/{stem}_{timesteps}_curves.png"
+    kl = f"results/{stem}_{timesteps}_kl.png"
     out += ["", f"![learning curves]({curves})", "", f"![KL and beta]({kl})", ""]
     (REPORT.parent / "results").mkdir(parents=True, exist_ok=True)
     plot_curves(rows, timesteps, REPORT.parent / curves)
@@ -413,8 +426,24 @@ def main() -> None:
         ),
         "",
     ]
-    for timesteps in sorted({int(r["timesteps"]) for r in rows}):
-        out += budget_section([r for r in rows if int(r["timesteps"]) == timesteps], timesteps, random)
+    mujoco = [r for r in rows if r["env"] in ENVS]
+    for timesteps in sorted({int(r["timesteps"]) for r in mujoco}):
+        out += budget_section([r for r in mujoco if int(r["timesteps"]) == timesteps], timesteps, random)
+    discrete = GRIDS["discrete"]
+    checked = [r for r in rows if r["env"] in discrete["envs"] and int(r["timesteps"]) == discrete["timesteps"]]
+    if checked:
+        out += budget_section(
+            checked,
+            discrete["timesteps"],
+            random,
+            title=f"Discrete check: {' and '.join(discrete['envs'])}, {discrete['timesteps']:,} steps per run",
+            stem="discrete",
+            intro=(
+                "Issue 11's discrete check: the same hyperparameters as above, which are SB3 PPO's defaults, on two "
+                "discrete-action tasks (Categorical policies). There the Gaussian variance weight does nothing, so "
+                "kl-perstate-meanonly-0.03 is the per-state penalty at kl_target 0.03."
+            ),
+        )
     if any(r["setting"] in REMOVED for r in rows):
         out += [
             "## Removed candidates",

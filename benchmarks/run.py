@@ -49,6 +49,7 @@ update: timesteps, mean reward of the last 100 episodes, d, the std, and for PPO
     python -m benchmarks.run --grid stage1 --workers 2                            # issue 11's candidates on HalfCheetah
     python -m benchmarks.run --grid stage2 --workers 2                            # the best two on the 7 tasks
     python -m benchmarks.run --grid stage3 --workers 2                            # 1M steps on 4 tasks
+    python -m benchmarks.run --grid discrete --workers 2                          # LunarLander-v3 and Acrobot-v1
     python -m benchmarks.run --settings clip-0.2 kl-fixed-1 --envs Hopper-v5 --seeds 0 --timesteps 100000
     python -m benchmarks.run --random                                             # measure the random policy's score
     python -m benchmarks.report                                                   # RESULTS.md and the figures
@@ -174,6 +175,15 @@ GRIDS: dict[str, dict[str, Any]] = {
         envs=["HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Swimmer-v5"],
         seeds=[0, 1, 2],
         timesteps=1_000_000,
+    ),
+    # the discrete check: the same three settings on two discrete-action tasks. The protocol above is SB3 PPO's
+    # default hyperparameters (n_steps 2048, batch 64, 10 epochs, lr 3e-4, gamma 0.99, lambda 0.95); for a
+    # Categorical policy variance_weight does nothing, so the candidate is the per-state penalty at 0.03
+    "discrete": dict(
+        settings=["clip-0.2", "kl-adaptive-0.01", "kl-perstate-meanonly-0.03"],
+        envs=["LunarLander-v3", "Acrobot-v1"],
+        seeds=[0, 1, 2],
+        timesteps=300_000,
     ),
 }
 
