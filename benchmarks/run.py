@@ -11,17 +11,11 @@ Settings are named after the rows of Table 1, plus two beyond the paper:
 - ``kl-adaptive-0.01+clip-0.2``: PPOKL's adaptive penalty with clipping 0.2 on top;
 - ``trpo``: sb3-contrib TRPO (its defaults: target KL 0.01, line search), on the same network and rollout.
 
-Candidates for a PPOKL setting that learns at least as well as clipping (issue 11), each PPOKL with the
-package's own opt-in arguments (``kl_target`` schedules, ``kl_penalty_kwargs``):
-
-- ``kl-meanonly-0.01``, ``kl-meanonly-0.02``: the Gaussian KL without its variance term (the std moves freely);
-- ``kl-perstate-meanonly-0.02``, ``kl-perstate-meanonly-0.03``: mean-only KL, penalised per state only above
-  the target;
-- ``kl-perstate-0.02``: the true KL, penalised per state only above the target (per-state without mean-only);
-- ``kl-meanonly-sched-0.01-0.03``: mean-only KL with the target rising linearly from 0.01 to 0.03.
-
-Candidates that lost stage 1 and whose options were removed from the package (their rows stay in the
-results, see :data:`REMOVED`): ``kl-0.02+cutoff``, ``kl-sched-0.01-0.03+cutoff``, ``kl-proportional-0.02``.
+Issue 11 searched for a PPOKL setting that learns at least as well as clipping: nine candidates in three
+stages and a discrete check (``benchmarks/RESULTS.md``). None qualified, and their options were removed
+from the package; their rows stay in the results, and :data:`REMOVED` describes each. The code that ran
+them is commit CANDIDATES_COMMIT (``git checkout CANDIDATES_COMMIT``, then ``--grid stage1``, ``stage2``,
+``stage3`` or ``discrete``).
 
 The protocol is the paper's (section 6.1 and table 3): 2x64 tanh MLP for the policy and for the value
 function (no shared layers), state-independent log-std, no entropy bonus, T=2048 steps per update, Adam
@@ -46,9 +40,6 @@ update: timesteps, mean reward of the last 100 episodes, d, the std, and for PPO
 
     python -m benchmarks.run --workers 2                                          # the full grid: 11+2 settings x 7 envs x 3 seeds x 1M
     python -m benchmarks.run --grid paper-lite --workers 2                        # 3 settings x 7 envs x 3 seeds x 300k
-    python -m benchmarks.run --grid stage1 --workers 2                            # issue 11's candidates on HalfCheetah
-    python -m benchmarks.run --grid stage2 --workers 2                            # the best two on the 7 tasks
-    python -m benchmarks.run --grid stage3 --workers 2                            # 1M steps on 4 tasks
     python -m benchmarks.run --grid discrete --workers 2                          # LunarLander-v3 and Acrobot-v1
     python -m benchmarks.run --settings clip-0.2 kl-fixed-1 --envs Hopper-v5 --seeds 0 --timesteps 100000
     python -m benchmarks.run --random                                             # measure the random policy's score
@@ -69,7 +60,7 @@ import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.utils import LinearSchedule, obs_as_tensor
+from stable_baselines3.common.utils import obs_as_tensor
 
 from benchmarks.common import append_row, read_rows
 from sb3_ppo_kl.common.kl import distribution_params, per_state_kl
@@ -115,9 +106,6 @@ PROTOCOL: dict[str, Any] = dict(
     n_steps=2048, batch_size=64, n_epochs=10, learning_rate=3e-4, gamma=0.99, gae_lambda=0.95, ent_coef=0.0
 )
 
-# kl_target rising linearly from 0.01 at the start to 0.03 at the end (progress_remaining goes from 1 to 0)
-RISING_TARGET = LinearSchedule(0.01, 0.03, 1.0)
-
 # setting name -> (algorithm, arguments on top of the protocol)
 SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "no-clip-no-penalty": ("ppo_kl", dict(kl_coef=0.0, adaptive_kl=False)),
@@ -133,54 +121,34 @@ SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "kl-fixed-10": ("ppo_kl", dict(kl_coef=10.0, adaptive_kl=False)),
     "kl-adaptive-0.01+clip-0.2": ("ppo_kl", dict(kl_target=0.01, clip_range=0.2)),
     "trpo": ("trpo", {}),
-    # issue 11's candidates
-    "kl-meanonly-0.01": ("ppo_kl", dict(kl_target=0.01, kl_penalty_kwargs=dict(variance_weight=0.0))),
-    "kl-meanonly-0.02": ("ppo_kl", dict(kl_target=0.02, kl_penalty_kwargs=dict(variance_weight=0.0))),
-    "kl-perstate-meanonly-0.02": ("ppo_kl", dict(kl_target=0.02, kl_penalty_kwargs=dict(variance_weight=0.0, per_state=True))),
-    "kl-perstate-meanonly-0.03": ("ppo_kl", dict(kl_target=0.03, kl_penalty_kwargs=dict(variance_weight=0.0, per_state=True))),
-    "kl-perstate-0.02": ("ppo_kl", dict(kl_target=0.02, kl_penalty_kwargs=dict(per_state=True))),
-    "kl-meanonly-sched-0.01-0.03": ("ppo_kl", dict(kl_target=RISING_TARGET, kl_penalty_kwargs=dict(variance_weight=0.0))),
 }
 PAPER_SETTINGS = list(SETTINGS)[:11]
-# Candidates of issue 11 that lost stage 1 (HalfCheetah-v5, 300k, 5 seeds): their options were removed from the
-# package, so they can no longer be run; their rows stay in results/table1.csv, and the report lists them.
+# Issue 11's candidates for a PPOKL setting as good as clipping. None qualified; their options were removed from
+# the package, so they can no longer be run (commit CANDIDATES_COMMIT ran them). Their rows stay in
+# results/table1.csv, and the report lists them. "mean-only": the Gaussian KL without its variance term;
+# "per-state": beta * mean_s max(0, KL_s - kl_target), a penalty only where a state's KL passes the target.
 REMOVED: dict[str, str] = {
-    "kl-0.02+cutoff": "PPOKL, kl_target 0.02, plus modular_rl's cutoff 1000 * max(0, mean KL - 2 * kl_target)^2",
-    "kl-sched-0.01-0.03+cutoff": "PPOKL, kl_target rising linearly from 0.01 to 0.03, plus the same cutoff",
-    "kl-proportional-0.02": "PPOKL, kl_target 0.02, Ziegler et al.'s proportional controller (horizon 10,000)",
+    "kl-0.02+cutoff": "PPOKL, kl_target 0.02, plus modular_rl's cutoff 1000 * max(0, mean KL - 2 * kl_target)^2; lost stage 1",
+    "kl-sched-0.01-0.03+cutoff": "PPOKL, kl_target rising linearly from 0.01 to 0.03, plus the same cutoff; lost stage 1",
+    "kl-proportional-0.02": "PPOKL, kl_target 0.02, Ziegler et al.'s proportional controller (horizon 10,000); lost stage 1",
+    "kl-meanonly-0.01": "PPOKL, kl_target 0.01, mean-only KL; lost stage 1",
+    "kl-meanonly-0.02": "PPOKL, kl_target 0.02, mean-only KL; lost stage 1",
+    "kl-perstate-0.02": "PPOKL, kl_target 0.02, per-state penalty on the true KL; lost stage 1",
+    "kl-meanonly-sched-0.01-0.03": "PPOKL, kl_target rising linearly from 0.01 to 0.03, mean-only KL; lost stage 1",
+    "kl-perstate-meanonly-0.02": "PPOKL, kl_target 0.02, per-state penalty on the mean-only KL; second of stage 1, lost stage 2",
+    "kl-perstate-meanonly-0.03": (
+        "PPOKL, kl_target 0.03, per-state penalty on the mean-only KL; best of stages 1 and 2, STAGE3_VERDICT"
+    ),
 }
-CANDIDATES = [s for s in SETTINGS if s.startswith("kl-") and s not in PAPER_SETTINGS and "clip" not in s]
 
 GRIDS: dict[str, dict[str, Any]] = {
     "full": dict(settings=list(SETTINGS), envs=ENVS, seeds=[0, 1, 2], timesteps=1_000_000),
     "paper": dict(settings=PAPER_SETTINGS, envs=ENVS, seeds=[0, 1, 2], timesteps=1_000_000),
     "paper-lite": dict(settings=["clip-0.2", "kl-adaptive-0.01", "kl-fixed-1"], envs=ENVS, seeds=[0, 1, 2], timesteps=300_000),
-    # issue 11, stage 1: the candidates beside clipping and PPO1's defaults on HalfCheetah
-    "stage1": dict(
-        settings=["clip-0.2", "kl-adaptive-0.01", *CANDIDATES],
-        envs=["HalfCheetah-v5"],
-        seeds=[0, 1, 2, 3, 4],
-        timesteps=300_000,
-    ),
-    # stage 2: the best two of stage 1 by mean training score over 5 seeds (clip-0.2 525 ± 77;
-    # kl-perstate-meanonly-0.03 390 ± 61, kl-perstate-meanonly-0.02 381 ± 28; next kl-meanonly-0.02 355 ± 109) on the
-    # 7 tasks; clip-0.2 and kl-adaptive-0.01 keep the paper-lite grid's rows there (seeds 0-2)
-    "stage2": dict(
-        settings=["kl-perstate-meanonly-0.03", "kl-perstate-meanonly-0.02"], envs=ENVS, seeds=[0, 1, 2], timesteps=300_000
-    ),
-    # stage 3: the paper's 1M budget on four tasks. No candidate qualified at 300k; the best of stage 2
-    # (kl-perstate-meanonly-0.03, 0.993 of clip-0.2) runs to see whether the budget changes the verdict
-    "stage3": dict(
-        settings=["clip-0.2", "kl-adaptive-0.01", "kl-perstate-meanonly-0.03"],
-        envs=["HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Swimmer-v5"],
-        seeds=[0, 1, 2],
-        timesteps=1_000_000,
-    ),
-    # the discrete check: the same three settings on two discrete-action tasks. The protocol above is SB3 PPO's
-    # default hyperparameters (n_steps 2048, batch 64, 10 epochs, lr 3e-4, gamma 0.99, lambda 0.95); for a
-    # Categorical policy variance_weight does nothing, so the candidate is the per-state penalty at 0.03
+    # issue 11's discrete check: two discrete-action tasks with the protocol above, which is SB3 PPO's default
+    # hyperparameters (n_steps 2048, batch 64, 10 epochs, lr 3e-4, gamma 0.99, lambda 0.95)
     "discrete": dict(
-        settings=["clip-0.2", "kl-adaptive-0.01", "kl-perstate-meanonly-0.03"],
+        settings=["clip-0.2", "kl-adaptive-0.01"],
         envs=["LunarLander-v3", "Acrobot-v1"],
         seeds=[0, 1, 2],
         timesteps=300_000,

@@ -52,7 +52,7 @@ def assert_takes_every_ppokl_argument(variant) -> None:
     ours = inspect.signature(variant.__init__).parameters
     ppo_kl = inspect.signature(PPOKL.__init__).parameters
     added = set(ppo_kl) - set(inspect.signature(PPO.__init__).parameters)
-    assert {"kl_target", "kl_coef", "kl_penalty_kwargs", "ref_policy"} <= added
+    assert {"kl_target", "kl_coef", "kl_adapt_factor", "ref_policy"} <= added
     assert added <= set(ours), sorted(added - set(ours))
     for name in added:
         assert ours[name].default == ppo_kl[name].default, name

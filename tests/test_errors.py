@@ -39,17 +39,6 @@ class TupleActionEnv(gym.Env):
         (dict(clip_range=0.0), "`clip_range` must be > 0"),
         (dict(target_kl=-0.1), "`target_kl` must be > 0"),
         (dict(kl_target=lambda progress: 0.01 * (1 - progress)), "`kl_target` as a schedule must be finite, > 0 at the start"),
-        (
-            dict(kl_penalty_kwargs=dict(variance_weight=2.0)),
-            r"`kl_penalty_kwargs\['variance_weight'\]` must be a number in \[0, 1\]",
-        ),
-        (dict(kl_penalty_kwargs=dict(per_state="yes")), r"`kl_penalty_kwargs\['per_state'\]` must be True or False"),
-        (
-            dict(kl_penalty_kwargs=dict(variance=0.0)),
-            r"`kl_penalty_kwargs` got unknown keys \['variance'\]; valid keys: variance_weight, per_state",
-        ),
-        # a Gaussian-only option on a discrete policy
-        (dict(kl_penalty_kwargs=dict(variance_weight=0.0)), r"`kl_penalty_kwargs\['variance_weight'\]` applies to Gaussian"),
     ],
 )
 def test_bad_hyperparameters_raise_value_error(kwargs, message):

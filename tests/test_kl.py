@@ -14,7 +14,6 @@ from stable_baselines3.common.distributions import (
 )
 
 from sb3_ppo_kl import KLCoefController, distribution_params, has_analytic_kl, per_state_kl, sampled_kl
-from sb3_ppo_kl.common.kl import KLPenalty
 
 BATCH = 7
 
@@ -374,43 +373,3 @@ def test_kl_target_annealed_to_zero_closes_the_trust_region():
 def test_controller_options_reject_bad_input(kwargs, name):
     with pytest.raises(ValueError, match=f"`{name}`"):
         KLCoefController(**kwargs)
-
-
-def test_weighted_gaussian_kl_closed_form():
-    mean_old, std_old = th.tensor([[0.3, -1.0]]), th.tensor([[0.5, 2.0]])
-    mean_new, std_new = th.tensor([[0.1, -0.5]]), th.tensor([[0.8, 1.5]])
-    new = DiagGaussianDistribution(2)
-    new.proba_distribution(mean_new, th.log(std_new))
-    old_params = th.cat([mean_old, std_old], dim=-1)
-    v, t = (std_old / std_new) ** 2, ((mean_old - mean_new) / std_new) ** 2
-    for weight in (0.0, 0.3, 1.0):
-        expected = 0.5 * (weight * (v - 1 - th.log(v)) + t).sum()
-        assert per_state_kl(old_params, new, variance_weight=weight).item() == pytest.approx(expected.item(), rel=1e-6)
-    assert per_state_kl(old_params, new, 1.0).item() == pytest.approx(per_state_kl(old_params, new).item())
-
-
-def test_penalty_shapes_closed_form():
-    kl = th.tensor([0.0, 0.01, 0.03, 0.08])
-    assert KLPenalty().loss(kl, 2.0, 0.02).item() == pytest.approx(2.0 * 0.03)
-    assert KLPenalty(per_state=True).loss(kl, 2.0, 0.02).item() == pytest.approx(2.0 * (0.01 + 0.06) / 4)
-    assert KLPenalty().is_paper and not KLPenalty(variance_weight=0.0).is_paper
-
-
-@pytest.mark.parametrize(
-    "kwargs, key",
-    [
-        (dict(variance_weight=1.5), "variance_weight"),
-        (dict(variance_weight=-0.1), "variance_weight"),
-        (dict(per_state=1), "per_state"),
-    ],
-)
-def test_penalty_rejects_bad_input(kwargs, key):
-    with pytest.raises(ValueError, match=rf"kl_penalty_kwargs\['{key}'\]"):
-        KLPenalty(**kwargs)
-
-
-def test_unknown_penalty_keys_are_named():
-    with pytest.raises(ValueError, match=r"unknown keys \['cutoff_coef'\]; valid keys: variance_weight, per_state"):
-        KLPenalty.from_kwargs(dict(cutoff_coef=1.0))
-    assert vars(KLPenalty.from_kwargs(None)) == vars(KLPenalty())
-    assert KLPenalty.from_kwargs(dict(per_state=True)).per_state

@@ -124,7 +124,7 @@ def test_kl_is_zero_before_the_first_step(space, rollout):
     # masked outcomes have probability exactly 0 in the snapshot
     masks = th.as_tensor(model.rollout_buffer.action_masks.reshape(snapshot.shape), dtype=th.bool)
     assert (snapshot.exp()[~masks] == 0).all()
-    assert model._rollout_kl() == (0.0, 0.0)
+    assert model._rollout_kl() == (0.0, None)
     for batch in model.rollout_buffer.get(16):
         _, log_prob, _ = model._evaluate_actions(batch.data)
         kl = model._kl_to_old(batch, log_prob)

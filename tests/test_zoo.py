@@ -106,17 +106,15 @@ def test_explicit_conf_file_is_respected(tmp_path):
     assert model.kl_controller.kl_target == 0.05 and model.n_steps == 64
 
 
-def test_kl_target_schedule_and_penalty_options_from_a_yml_file(tmp_path):
-    """``kl_target: lin_0.02`` anneals as RL Zoo's ``clip_range: lin_0.2`` does; ``kl_penalty_kwargs`` passes as a dict."""
+def test_kl_target_schedule_from_a_yml_file(tmp_path):
+    """``kl_target: lin_0.02`` anneals as RL Zoo's ``clip_range: lin_0.2`` does."""
     conf = tmp_path / "mine.yml"
     entry = dict(policy="MlpPolicy", n_timesteps=1000, n_steps=64, batch_size=32, kl_target="lin_0.02")
-    entry["kl_penalty_kwargs"] = dict(variance_weight=0.0, per_state=True)
     conf.write_text(yaml.safe_dump({"Pendulum-v1": entry}))
     register()
     manager = ExperimentManager(argparse.Namespace(), "ppo_kl", "Pendulum-v1", str(tmp_path), n_timesteps=1, config=str(conf))
     model, _ = manager.setup_experiment()
     assert model.kl_controller.target(1.0) == pytest.approx(0.02) and model.kl_controller.target(0.25) == pytest.approx(0.005)
-    assert model.kl_penalty.variance_weight == 0.0 and model.kl_penalty.per_state
     conf.write_text(yaml.safe_dump({"Pendulum-v1": {**entry, "kl_target": "exp_0.02"}}))
     with pytest.raises(ValueError, match="`kl_target` in a hyperparameter file must be a number or 'lin_<start>'"):
         ExperimentManager(

@@ -15,14 +15,11 @@ This module holds the pieces an algorithm needs:
   summed over action dimensions. :func:`sampled_kl` is the fallback for distributions
   without an analytic form.
 - :class:`KLCoefController`: the adaptive coefficient beta.
-- :class:`KLPenalty`: how the KL enters the loss (the paper's ``beta * mean KL`` unless an
-  opt-in shape is chosen with ``kl_penalty_kwargs``).
 """
 
 import math
 import numbers
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch as th
 from sb3_contrib.common.maskable.distributions import MaskableCategoricalDistribution, MaskableMultiCategoricalDistribution
@@ -96,7 +93,7 @@ def distribution_params(distribution: Distribution) -> th.Tensor:
     raise TypeError(f"No analytic KL for {type(distribution).__name__}; use sampled_kl() instead")
 
 
-def per_state_kl(old: th.Tensor | Distribution, new: Distribution, variance_weight: float = 1.0) -> th.Tensor:
+def per_state_kl(old: th.Tensor | Distribution, new: Distribution) -> th.Tensor:
     """
     Analytic ``KL[old(.|s) || new(.|s)]`` for each state of a batch, summed over action dimensions.
 
@@ -119,9 +116,6 @@ def per_state_kl(old: th.Tensor | Distribution, new: Distribution, variance_weig
     :param old: the old policy's distribution, or its :func:`distribution_params` (typically a
         stored, detached snapshot)
     :param new: the current policy's distribution for the same states; gradients flow through it
-    :param variance_weight: Gaussians only: weight ``w`` on the variance part of the KL, which becomes
-        ``0.5 * sum_i w * (v - 1 - log v) + t`` with ``v = (s_old/s_new)^2`` and ``t = ((m_old - m_new)/s_new)^2``.
-        1 (default) is the true KL; 0 keeps only the mean term. Ignored for discrete distributions.
     :return: tensor of shape ``(batch,)``
     """
     old_params = distribution_params(old) if isinstance(old, Distribution) else old
@@ -132,10 +126,7 @@ def per_state_kl(old: th.Tensor | Distribution, new: Distribution, variance_weig
         # fewer tensor operations on the training hot path
         var_ratio = (old_std / normal.scale).pow(2)
         mean_term = ((old_mean - normal.loc) / normal.scale).pow(2)
-        variance_term = var_ratio - 1.0 - var_ratio.log()
-        if variance_weight != 1.0:
-            variance_term = variance_weight * variance_term
-        return 0.5 * (variance_term + mean_term).sum(dim=-1)
+        return 0.5 * (var_ratio + mean_term - 1.0 - var_ratio.log()).sum(dim=-1)
     return (old_params.exp() * (old_params - distribution_params(new))).sum(dim=-1)
 
 
@@ -272,61 +263,3 @@ class KLCoefController:
             f"kl_tolerance={self.kl_tolerance}, kl_adapt_factor={self.kl_adapt_factor}, "
             f"kl_coef_bounds={self.kl_coef_bounds})"
         )
-
-
-class KLPenalty:
-    """
-    How the KL between the rollout policy and the current policy enters the loss.
-
-    With the defaults this is the paper's term, ``beta * mean_s KL_s``. The options are opt-in shapes
-    under study against clipping (``benchmarks/RESULTS.md`` records the comparison, and the candidates that
-    lost it and were removed: a squared cutoff past a multiple of the target, and a proportional controller):
-
-    :param variance_weight: Gaussian policies only: weight on the variance part of the per-state KL
-        (see :func:`per_state_kl`), in ``[0, 1]``. 1 (default) is the true KL; 0 penalises only how far
-        the mean moves, in units of the new std, so the std is free to shrink as it does under clipping.
-        ``d``, the quantity beta adapts to, is taken with the same weight.
-    :param per_state: False (default): ``beta * mean_s KL_s``. True: ``beta * mean_s max(0, KL_s - kl_target)``,
-        a penalty only on the states whose KL exceeds the target (a per-state trust region, after
-        Truly PPO, Wang et al. 2019, https://arxiv.org/abs/1903.07940).
-    """
-
-    def __init__(
-        self,
-        variance_weight: float = 1.0,
-        per_state: bool = False,
-    ):
-        _check_float("kl_penalty_kwargs['variance_weight']", variance_weight, "a number in [0, 1]", 0 <= variance_weight <= 1)
-        if not isinstance(per_state, bool):
-            # ValueError as for every other bad argument: SB3 and RL Zoo's tuner treat bad hyperparameters so
-            raise ValueError(f"`kl_penalty_kwargs['per_state']` must be True or False, got {per_state!r}")  # noqa: TRY004
-        self.variance_weight = float(variance_weight)
-        self.per_state = per_state
-
-    @classmethod
-    def from_kwargs(cls, kl_penalty_kwargs: dict[str, Any] | None) -> "KLPenalty":
-        """The penalty an algorithm's ``kl_penalty_kwargs`` asks for (None: the paper's); ValueError for an unknown key."""
-        kwargs = dict(kl_penalty_kwargs or {})
-        valid = ("variance_weight", "per_state")
-        unknown = sorted(set(kwargs) - set(valid))
-        if unknown:
-            raise ValueError(f"`kl_penalty_kwargs` got unknown keys {unknown}; valid keys: {', '.join(valid)}")
-        return cls(**kwargs)
-
-    @property
-    def is_paper(self) -> bool:
-        """Whether this is the paper's ``beta * mean KL`` (no option set)."""
-        return self.variance_weight == 1.0 and not self.per_state
-
-    def loss(self, kl: th.Tensor, kl_coef: float, kl_target: float) -> th.Tensor:
-        """
-        The penalty term of the loss for one minibatch.
-
-        :param kl: per-state KL of the minibatch's valid rows, taken with ``variance_weight``
-        :param kl_coef: beta for this update
-        :param kl_target: ``d_targ`` for this update
-        """
-        return kl_coef * (F.relu(kl - kl_target).mean() if self.per_state else kl.mean())
-
-    def __repr__(self) -> str:
-        return f"KLPenalty(variance_weight={self.variance_weight}, per_state={self.per_state})"

@@ -16,7 +16,6 @@ from torch.nn import functional as F
 from sb3_ppo_kl.common.buffers import KLBufferMixin, KLDictRolloutBuffer, KLRolloutBatch, KLRolloutBuffer
 from sb3_ppo_kl.common.kl import (
     KLCoefController,
-    KLPenalty,
     _check_float,
     distribution_params,
     has_analytic_kl,
@@ -88,10 +87,6 @@ class PPOKL(OnPolicyAlgorithm):
     :param kl_adapt_factor: Factor by which beta is multiplied or divided, ``> 1``. Default 2.0.
     :param kl_coef_bounds: ``(low, high)``, ``0 <= low <= high``: adapted beta is clamped to this range.
         Default ``(1e-4, 1e4)``.
-    :param kl_penalty_kwargs: Opt-in shapes of the penalty beyond the paper, under study against clipping;
-        None (default) is the paper's PPO1. Keys: ``variance_weight`` (weight of the Gaussian KL's variance
-        term, in [0, 1]) and ``per_state`` (penalise only the states whose KL exceeds the target), see
-        :class:`~sb3_ppo_kl.common.kl.KLPenalty`.
     :param ref_policy: None (default), or a frozen reference policy to stay close to, e.g. a pretrained
         policy being fine-tuned: an SB3 policy (a ``BasePolicy``, copied) or the path of an SB3 model zip
         (PPO, A2C, PPOKL, MaskablePPO...). Its observation and action spaces must be the environment's.
@@ -177,7 +172,6 @@ class PPOKL(OnPolicyAlgorithm):
         kl_tolerance: float = 1.5,
         kl_adapt_factor: float = 2.0,
         kl_coef_bounds: Sequence[float] = (1e-4, 1e4),
-        kl_penalty_kwargs: dict[str, Any] | None = None,
         ref_policy: PolicySource | None = None,
         ref_kl_coef: float = 1.0,
         ref_kl_target: float | None = None,
@@ -209,7 +203,6 @@ class PPOKL(OnPolicyAlgorithm):
             kl_tolerance=kl_tolerance,
             kl_adapt_factor=kl_adapt_factor,
             kl_coef_bounds=kl_coef_bounds,
-            kl_penalty_kwargs=kl_penalty_kwargs,
             n_steps=n_steps,
             batch_size=batch_size,
             n_epochs=n_epochs,
@@ -269,7 +262,6 @@ class PPOKL(OnPolicyAlgorithm):
         kl_tolerance: float,
         kl_adapt_factor: float,
         kl_coef_bounds: Sequence[float],
-        kl_penalty_kwargs: dict[str, Any] | None,
         n_steps: int,
         batch_size: int,
         n_epochs: int,
@@ -285,7 +277,7 @@ class PPOKL(OnPolicyAlgorithm):
     ) -> None:
         """
         Validate the arguments (ValueError naming the parameter) and create ``self.kl_controller``,
-        ``self.kl_penalty``, the reference policy (loaded, frozen; moved to the device and checked against the
+        the reference policy (loaded, frozen; moved to the device and checked against the
         environment's spaces in ``_setup_model``) and ``self.ref_kl_controller``.
 
         Called first in ``__init__`` by PPOKL and its variants: every check runs before an
@@ -299,7 +291,6 @@ class PPOKL(OnPolicyAlgorithm):
             kl_adapt_factor=kl_adapt_factor,
             kl_coef_bounds=kl_coef_bounds,
         )
-        self.kl_penalty = KLPenalty.from_kwargs(kl_penalty_kwargs)
         _check_hyperparameters(n_steps, batch_size, n_epochs, normalize_advantage, clip_range, clip_range_vf, target_kl)
         if rollout_buffer_class is not None and not issubclass(rollout_buffer_class, KLBufferMixin):
             raise ValueError(
@@ -329,11 +320,6 @@ class PPOKL(OnPolicyAlgorithm):
             raise ValueError(  # noqa: TRY004
                 f"{type(self).__name__} does not support the action space {action_space}; "
                 f"supported: {', '.join(space.__name__ for space in self.supported_action_spaces)}"
-            )
-        if self.kl_penalty.variance_weight != 1.0 and not isinstance(action_space, spaces.Box):
-            raise ValueError(
-                "`kl_penalty_kwargs['variance_weight']` applies to Gaussian policies (Box action spaces) only, "
-                f"got the action space {action_space}"
             )
 
     def _check_env(self) -> None:
@@ -554,10 +540,10 @@ class PPOKL(OnPolicyAlgorithm):
         """
         return None
 
-    def _kl_to_old(self, batch: KLRolloutBatch, log_prob: th.Tensor, variance_weight: float = 1.0) -> th.Tensor:
+    def _kl_to_old(self, batch: KLRolloutBatch, log_prob: th.Tensor) -> th.Tensor:
         """Per-sample ``KL[pi_old || pi_theta]`` for a batch just passed through :meth:`_evaluate_actions`."""
         if batch.old_dist_params is not None:
-            return per_state_kl(batch.old_dist_params, self.policy.action_dist, variance_weight)
+            return per_state_kl(batch.old_dist_params, self.policy.action_dist)
         return sampled_kl(batch.data.old_log_prob, log_prob)
 
     def _snapshot_rollout_policy(self) -> None:
@@ -595,22 +581,13 @@ class PPOKL(OnPolicyAlgorithm):
         snapshot[th.cat(indices)] = flat
         return snapshot
 
-    def _rollout_kl(self) -> tuple[float, float]:
+    def _rollout_kl(self) -> tuple[float, float | None]:
         """
-        ``d``: the mean KL over the whole rollout between the rollout policy and the current policy;
-        returned as (the true KL, the KL with the penalty's ``variance_weight``, which beta adapts to).
+        ``d``, the mean KL over the whole rollout between the rollout policy and the current policy, and in the
+        same pass the mean ``KL[pi_ref || pi_theta]`` over the rollout (None without a reference policy).
         """
-        kl_true, kl_weighted, _ = self._rollout_kls()
-        return kl_true, kl_weighted
-
-    def _rollout_kls(self) -> tuple[float, float, float | None]:
-        """
-        :meth:`_rollout_kl`'s two values and, in the same pass, the mean ``KL[pi_ref || pi_theta]`` over the
-        rollout (None without a reference policy).
-        """
-        weight = self.kl_penalty.variance_weight
         with_ref = self.rollout_buffer.ref_dist_params is not None
-        totals, count = th.zeros(3 if with_ref else 2), 0
+        totals, count = th.zeros(2 if with_ref else 1), 0
         with th.no_grad():
             for batch in self.rollout_buffer.get(FULL_PASS_BATCH_SIZE):  # type: ignore[attr-defined]
                 if batch.old_dist_params is None:  # the sampled KL needs the log-probabilities of the rollout's actions
@@ -619,8 +596,7 @@ class PPOKL(OnPolicyAlgorithm):
                     self._action_distribution(batch.data)
                     log_prob = batch.data.old_log_prob  # unused by the analytic KL
                 kl = self._kl_to_old(batch, log_prob)
-                weighted = kl if weight == 1.0 else self._kl_to_old(batch, log_prob, weight)
-                kls = [kl, weighted]
+                kls = [kl]
                 if with_ref:
                     kls.append(per_state_kl(batch.ref_dist_params, self.policy.action_dist))
                 valid = self._valid_samples(batch.data)
@@ -629,7 +605,7 @@ class PPOKL(OnPolicyAlgorithm):
                 totals += th.stack([values.sum() for values in kls]).cpu()
                 count += kl.numel() if valid is None else int(valid.sum())
         means = (totals / count).tolist()
-        return means[0], means[1], means[2] if with_ref else None
+        return means[0], means[1] if with_ref else None
 
     def train(self) -> None:
         """
@@ -656,7 +632,6 @@ class PPOKL(OnPolicyAlgorithm):
         ref_penalties: list[float] = []
         progress = self._current_progress_remaining
         kl_target = self.kl_controller.target(progress)
-        variance_weight = self.kl_penalty.variance_weight
 
         entropy_losses, pg_losses, value_losses, kl_divs, kl_penalties, clip_fractions = [], [], [], [], [], []
         continue_training = True
@@ -682,14 +657,8 @@ class PPOKL(OnPolicyAlgorithm):
                 policy_loss = -_masked_mean(surrogate, valid)
 
                 # The KL penalty: beta * KL[pi_old(.|s) || pi_theta(.|s)], averaged over states
-                # (with kl_penalty_kwargs, the KL's variance term weighted and the penalty reshaped)
-                kl_per_state = self._kl_to_old(batch, log_prob, variance_weight)
-                if valid is not None:
-                    kl_per_state = kl_per_state[valid]
-                kl_div = kl_per_state.mean()
-                kl_penalty = (
-                    kl_coef * kl_div if self.kl_penalty.is_paper else self.kl_penalty.loss(kl_per_state, kl_coef, kl_target)
-                )
+                kl_div = _masked_mean(self._kl_to_old(batch, log_prob), valid)
+                kl_penalty = kl_coef * kl_div
                 # With a reference policy: ref_kl_coef * KL[pi_ref(.|s) || pi_theta(.|s)], averaged over states
                 ref_penalty = None
                 if batch.ref_dist_params is not None:
@@ -767,16 +736,16 @@ class PPOKL(OnPolicyAlgorithm):
         # Adapt beta to d, the KL between the policy before and after this update, over the whole rollout
         # (and ref_kl_coef to the KL to the reference, in the same pass); not during the value warm-up
         self.policy.set_training_mode(False)
-        kl_after = kl_after_weighted = 0.0
+        kl_after = 0.0
         ref_kl_after = None
         if not warmup:
-            kl_after, kl_after_weighted, ref_kl_after = self._rollout_kls()
-            if not np.isfinite(kl_after_weighted):
+            kl_after, ref_kl_after = self._rollout_kl()
+            if not np.isfinite(kl_after):
                 raise NonFiniteError(
                     f"{type(self).__name__}: the KL between the policies before and after the update after "
-                    f"{self.num_timesteps} timesteps is {kl_after_weighted}; beta was left at {self.kl_coef}"
+                    f"{self.num_timesteps} timesteps is {kl_after}; beta was left at {self.kl_coef}"
                 )
-            self.kl_controller.update(kl_after_weighted, progress)
+            self.kl_controller.update(kl_after, progress)
             if ref_kl_after is not None:
                 self.ref_kl_controller.update(ref_kl_after, progress)
 
@@ -798,8 +767,6 @@ class PPOKL(OnPolicyAlgorithm):
         else:
             self.logger.record("train/kl", kl_after)
         self.logger.record("train/kl_target", kl_target)
-        if variance_weight != 1.0 and not warmup:
-            self.logger.record("train/kl_weighted", kl_after_weighted)
         if ref_kl_after is not None:
             self.logger.record("train/ref_kl", ref_kl_after)
             self.logger.record("train/ref_kl_penalty", np.mean(ref_penalties))

@@ -62,8 +62,6 @@ class MaskablePPOKL(PPOKL, MaskablePPO):  # type: ignore[misc]
     :param kl_adapt_factor: Factor by which beta is multiplied or divided, ``> 1``. Default 2.0.
     :param kl_coef_bounds: ``(low, high)``, ``0 <= low <= high``: adapted beta is clamped to this range.
         Default ``(1e-4, 1e4)``.
-    :param kl_penalty_kwargs: Opt-in shapes of the penalty beyond the paper, as PPOKL's;
-        None (default) is the paper's PPO1.
     :param ref_policy: None (default), or a frozen reference policy: ``ref_kl_coef * KL[pi_ref || pi_theta]``
         joins the loss, as in PPOKL (see its docstring for the direction). It must be a maskable policy
         (``MaskableActorCriticPolicy``, or the zip of a MaskablePPO / MaskablePPOKL model), and is masked with the
@@ -123,7 +121,6 @@ class MaskablePPOKL(PPOKL, MaskablePPO):  # type: ignore[misc]
         kl_tolerance: float = 1.5,
         kl_adapt_factor: float = 2.0,
         kl_coef_bounds: Sequence[float] = (1e-4, 1e4),
-        kl_penalty_kwargs: dict[str, Any] | None = None,
         ref_policy: PolicySource | None = None,
         ref_kl_coef: float = 1.0,
         ref_kl_target: float | None = None,
@@ -156,7 +153,6 @@ class MaskablePPOKL(PPOKL, MaskablePPO):  # type: ignore[misc]
             kl_tolerance=kl_tolerance,
             kl_adapt_factor=kl_adapt_factor,
             kl_coef_bounds=kl_coef_bounds,
-            kl_penalty_kwargs=kl_penalty_kwargs,
             n_steps=n_steps,
             batch_size=batch_size,
             n_epochs=n_epochs,

@@ -59,8 +59,6 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
     :param kl_adapt_factor: Factor by which beta is multiplied or divided, ``> 1``. Default 2.0.
     :param kl_coef_bounds: ``(low, high)``, ``0 <= low <= high``: adapted beta is clamped to this range.
         Default ``(1e-4, 1e4)``.
-    :param kl_penalty_kwargs: Opt-in shapes of the penalty beyond the paper, as PPOKL's;
-        None (default) is the paper's PPO1.
     :param ref_policy: Not supported yet: anything but None (default) raises ValueError. A recurrent reference
         would need its own LSTM states for every sample of the rollout, which are not collected.
     :param ref_kl_coef: Unused without ``ref_policy``. Default 1.0.
@@ -117,7 +115,6 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
         kl_tolerance: float = 1.5,
         kl_adapt_factor: float = 2.0,
         kl_coef_bounds: Sequence[float] = (1e-4, 1e4),
-        kl_penalty_kwargs: dict[str, Any] | None = None,
         ref_policy: PolicySource | None = None,
         ref_kl_coef: float = 1.0,
         ref_kl_target: float | None = None,
@@ -147,7 +144,6 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
             kl_tolerance=kl_tolerance,
             kl_adapt_factor=kl_adapt_factor,
             kl_coef_bounds=kl_coef_bounds,
-            kl_penalty_kwargs=kl_penalty_kwargs,
             n_steps=n_steps,
             batch_size=batch_size,
             n_epochs=n_epochs,
