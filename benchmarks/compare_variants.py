@@ -20,11 +20,12 @@ from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
 
 from benchmarks.common import append_row, read_rows
 
 RESULTS = Path(__file__).parent / "results" / "compare_variants.csv"
-FIELDS = ["task", "algo", "seed", "timesteps", "mean_reward", "std_reward", "train_seconds", "final_kl_coef"]
+FIELDS = ["task", "algo", "seed", "timesteps", "mean_reward", "std_reward", "train_seconds", "final_kl_coef", "kl_per_update"]
 # MaskablePPOKL with one argument changed from its defaults (issue 14: why it trails MaskablePPO at 5k steps)
 MASK_VARIANTS = {
     "MaskablePPOKL kl_target=0.03": dict(kl_target=0.03),
@@ -37,6 +38,28 @@ JOBS = {
     "mask-20k": (("MaskablePPO", "MaskablePPOKL"), (32, 0, 1, 2, 3), 20_000),
     "lstm": (("RecurrentPPO", "RecurrentPPOKL", "PPOKL-mlp"), (0, 1, 2), 100_000),
 }
+
+
+class TrainKL(BaseCallback):
+    """``d`` of every update, as our variants log it in ``train/kl`` (read at the next rollout's start and at the end)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: list[float] = []
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _read(self) -> None:
+        if "train/kl" in self.logger.name_to_value:
+            self.values.append(float(self.logger.name_to_value["train/kl"]))
+
+    def _on_rollout_start(self) -> None:
+        if self.model._n_updates > 0:
+            self._read()
+
+    def _on_training_end(self) -> None:
+        self._read()
 
 
 def run_one(job: tuple[str, str, int]) -> dict:
@@ -56,12 +79,13 @@ def run_one(job: tuple[str, str, int]) -> dict:
 
     th.set_num_threads(1)
     timesteps = JOBS[task][2]
+    kl_log = TrainKL()
     if task.startswith("mask"):
         env = InvalidActionEnvDiscrete(dim=70, n_invalid_actions=55)
         cls = MaskablePPO if algo == "MaskablePPO" else MaskablePPOKL
         model = cls("MlpPolicy", env, gamma=0.4, seed=seed, **MASK_VARIANTS.get(algo, {}))
         start = time.perf_counter()
-        model.learn(timesteps)
+        model.learn(timesteps, callback=kl_log)
         seconds = time.perf_counter() - start
         mean, std = maskable_evaluate(model, env, n_eval_episodes=20, warn=False)
     else:
@@ -89,13 +113,14 @@ def run_one(job: tuple[str, str, int]) -> dict:
         else:
             model = PPOKL("MlpPolicy", env, **common)
         start = time.perf_counter()
-        model.learn(timesteps)
+        model.learn(timesteps, callback=kl_log)
         seconds = time.perf_counter() - start
         eval_env = make_vec_env("CartPole-v1", n_envs=1, seed=10_000 + seed, wrapper_class=CartPoleNoVel)
         mean, std = evaluate_policy(model, eval_env, n_eval_episodes=20)
     return dict(task=task, algo=algo, seed=seed, timesteps=timesteps, mean_reward=round(float(mean), 2),
                 std_reward=round(float(std), 2), train_seconds=round(seconds, 1),
-                final_kl_coef=getattr(model, "kl_coef", ""))  # fmt: skip
+                final_kl_coef=getattr(model, "kl_coef", ""),
+                kl_per_update=" ".join(f"{kl:.4f}" for kl in kl_log.values))  # fmt: skip
 
 
 def summary() -> str:
