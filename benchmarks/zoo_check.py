@@ -3,7 +3,9 @@ Check the shipped RL Zoo hyperparameters (sb3_ppo_kl/zoo/hyperparams/ppo_kl.yml)
 
 For each (env, seed): ``python -m sb3_ppo_kl.zoo train`` with the shipped entry and its full
 timestep budget, then ``python -m sb3_ppo_kl.zoo enjoy --deterministic`` for ``--eval-steps``
-steps, as RL Zoo's benchmark does. One CSV row per finished run; a rerun skips finished runs.
+steps, as RL Zoo's benchmark does. One CSV row per finished run, with a fingerprint of the entry it ran
+(``entry``); a rerun skips the runs finished with the entry as it is now, and the summary counts only those
+(rows from before the fingerprint was recorded count while no row of theirs records one).
 
     python -m benchmarks.zoo_check --envs CartPole-v1 Pendulum-v1 --seeds 0 1 2
     python -m benchmarks.zoo_check --algo ppo --envs MountainCarContinuous-v0   # SB3 PPO, RL Zoo's own entry, same seeds
@@ -12,6 +14,8 @@ steps, as RL Zoo's benchmark does. One CSV row per finished run; a rerun skips f
 """
 
 import argparse
+import hashlib
+import json
 import re
 import subprocess
 import sys
@@ -29,7 +33,7 @@ from sb3_ppo_kl.zoo import ALGOS, default_config
 RESULTS = Path(__file__).parent / "results" / "zoo_check.csv"
 # the RL Zoo algorithm each of ours is compared with, on the same seeds
 SB3_COUNTERPART = {"ppo_kl": "ppo", "ppo_kl_lstm": "ppo_lstm", "ppo_kl_mask": "ppo_mask"}
-FIELDS = ["algo", "env", "seed", "n_timesteps", "mean_reward", "std_reward", "episodes", "train_seconds", "params"]
+FIELDS = ["algo", "env", "seed", "n_timesteps", "mean_reward", "std_reward", "episodes", "train_seconds", "params", "entry"]
 
 # RL Zoo's published PPO scores (benchmark.md of rl-baselines3-zoo; MuJoCo rows are -v3, Box2D -v2)
 ZOO_PPO_SCORE = {
@@ -61,6 +65,26 @@ def zoo_entry(algo: str, env: str) -> tuple[str, dict]:
     if env not in entries and env.endswith("-v5") and env[:-1] + "4" in entries:
         return config, entries[env[:-1] + "4"]
     return config, entries[env]
+
+
+def entry_id(entry: dict) -> str:
+    """A short fingerprint of a hyperparameter entry: rows record the entry they ran, so a changed entry's old
+    rows are not mixed with its new ones."""
+    return hashlib.sha1(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def current_rows(rows: list[dict], algo: str, env: str) -> list[dict]:
+    """
+    The rows of ``algo`` on ``env`` with the entry as it is now (no ``--params``). Rows from before the entry
+    was recorded count only where no row records it: they ran some earlier version of the entry.
+    """
+    rows = [r for r in rows if r["algo"] == algo and r["env"] == env and not r["params"]]
+    try:
+        current = entry_id(zoo_entry(algo, env)[1])
+    except KeyError:  # no entry for env (any more): no row is current
+        return []
+    recorded = [r for r in rows if r.get("entry")]
+    return [r for r in recorded if r["entry"] == current] if recorded else rows
 
 
 def run_one(algo: str, env: str, seed: int, eval_steps: int, params: list[str]) -> dict:
@@ -125,6 +149,7 @@ def run_one(algo: str, env: str, seed: int, eval_steps: int, params: list[str]) 
         episodes=episodes,
         train_seconds=round(train_seconds),
         params=" ".join(params),
+        entry=entry_id(entry),
     )
 
 
@@ -147,12 +172,10 @@ def main() -> None:
         with open(default_config(args.algo)) as file:
             shipped = yaml.safe_load(file)
         for env in shipped:
-            sel = [r for r in rows if r["env"] == env and r["algo"] == args.algo and not r["params"]]
+            sel = current_rows(rows, args.algo, env)
             zoo = ZOO_PPO_SCORE.get(env)
             zoo_text = "n/a" if zoo is None else f"{zoo:g}"
-            ppo = np.array(
-                [float(r["mean_reward"]) for r in rows if r["env"] == env and r["algo"] == counterpart and not r["params"]]
-            )
+            ppo = np.array([float(r["mean_reward"]) for r in current_rows(rows, counterpart, env)])
             ppo_text = f"{ppo.mean():.1f} ± {ppo.std():.1f} ({len(ppo)} seed{'s' * (len(ppo) > 1)})" if len(ppo) else "not run"
             if not sel:
                 print(f"| {env} | | not run | | {ppo_text} | {zoo_text} |")
@@ -173,10 +196,18 @@ def main() -> None:
                     f"| {r['env']} | `{r['params']}` | {r['seed']} | {int(r['n_timesteps']):,} | {float(r['mean_reward']):.1f} |"
                 )
         return
-    done = {(r["algo"], r["env"], int(r["seed"]), r["params"]) for r in rows}
+    params = " ".join(args.params)
     for env in args.envs:
+        # done: a row with this seed and --params that records the entry as it is now (a row from before the entry
+        # was recorded does not count: it may have run an earlier version)
+        current = entry_id(zoo_entry(args.algo, env)[1])
+        done = {
+            int(r["seed"])
+            for r in rows
+            if r["algo"] == args.algo and r["env"] == env and r["params"] == params and r.get("entry") == current
+        }
         for seed in args.seeds:
-            if (args.algo, env, seed, " ".join(args.params)) in done:
+            if seed in done:
                 continue
             row = run_one(args.algo, env, seed, args.eval_steps, args.params)
             append_row(RESULTS, FIELDS, row)

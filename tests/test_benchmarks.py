@@ -134,6 +134,14 @@ def test_zoo_check_entries_and_summary(tmp_path, monkeypatch, capsys):
     # the variant is not part of the shipped entry's score; SB3 PPO on the same seeds sits beside it
     assert line == "| Pendulum-v1 | 100,000 | -170.0 ± 0.0 (-170.0) | 1 | -180.0 ± 0.0 (1 seed) | -172.225 |"
 
+    # Rows that record their entry: once one does, only those with the entry as it is now count
+    current = zoo_check.entry_id(zoo_check.zoo_entry("ppo_kl", "Pendulum-v1")[1])
+    append_row(zoo_check.RESULTS, zoo_check.FIELDS, {**row, "seed": 1, "mean_reward": -150.0, "entry": current})
+    append_row(zoo_check.RESULTS, zoo_check.FIELDS, {**row, "seed": 2, "mean_reward": -999.0, "entry": "0123456789"})
+    zoo_check.main()
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| Pendulum-v1 |"))
+    assert line == "| Pendulum-v1 | 100,000 | -150.0 ± 0.0 (-150.0) | 1 | -180.0 ± 0.0 (1 seed) | -172.225 |"
+
 
 def test_finetune_pipeline_resumes_and_summary_renders(tmp_path, monkeypatch, capsys):
     """Expert, behaviour clone and the four fine-tuning methods on a tiny CartPole budget; rerun skips; summary."""
