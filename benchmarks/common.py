@@ -37,3 +37,24 @@ def append_row(path: Path, fields: list[str], row: dict) -> None:
         if new:
             writer.writeheader()
         writer.writerow(row)
+
+
+def replace_row(path: Path, fields: list[str], key: list[str], row: dict) -> dict[str, str]:
+    """
+    Replace the one recorded run whose ``key`` columns equal ``row``'s with ``row``; return the old row.
+    The file is written to a temporary file first and then moved into place, so it is never half-written.
+    """
+    rows = read_rows(path)
+    wanted = {k: str(row[k]) for k in key}
+    matches = [i for i, r in enumerate(rows) if all(r[k] == v for k, v in wanted.items())]
+    if len(matches) != 1:
+        raise ValueError(f"{path}: {len(matches)} rows match {wanted}, expected 1")
+    old = rows[matches[0]]
+    rows[matches[0]] = {k: row.get(k, "") for k in fields}
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+    return old

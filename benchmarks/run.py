@@ -42,6 +42,7 @@ update: timesteps, mean reward of the last 100 episodes, d, the std, and for PPO
     python -m benchmarks.run --grid paper-lite --workers 2                        # 3 settings x 7 envs x 3 seeds x 300k
     python -m benchmarks.run --grid discrete --workers 2                          # LunarLander-v3 and Acrobot-v1
     python -m benchmarks.run --settings clip-0.2 kl-fixed-1 --envs Hopper-v5 --seeds 0 --timesteps 100000
+    python -m benchmarks.run --grid paper-lite --settings clip-0.2 kl-adaptive-0.01 --remeasure   # add eval, d, std to old rows
     python -m benchmarks.run --random                                             # measure the random policy's score
     python -m benchmarks.report                                                   # RESULTS.md and the figures
 """
@@ -62,7 +63,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.utils import obs_as_tensor
 
-from benchmarks.common import append_row, read_rows
+from benchmarks.common import append_row, read_rows, replace_row
 from sb3_ppo_kl.common.kl import distribution_params, per_state_kl
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -294,18 +295,26 @@ def done_runs() -> set[tuple[str, str, int, int]]:
     return {(r["setting"], r["env"], int(r["seed"]), int(r["timesteps"])) for r in read_rows(RESULTS)}
 
 
-def run_grid(settings: list[str], envs: list[str], seeds: list[int], timesteps: int, workers: int) -> None:
+def run_grid(
+    settings: list[str], envs: list[str], seeds: list[int], timesteps: int, workers: int, remeasure: bool = False
+) -> None:
+    """
+    Run the grid's unfinished runs. With ``remeasure``, rerun instead its finished runs that have no deterministic
+    evaluation (rows from before that column existed) and replace their rows: a seeded run reproduces its training
+    score, so this adds the evaluation, ``d`` and std columns, and the curve's ``d`` and std.
+    """
     from tqdm import tqdm
 
-    done = done_runs()
-    jobs = [
-        (setting, env, seed, timesteps)
-        for seed in seeds
-        for env in envs
-        for setting in settings
-        if (setting, env, seed, timesteps) not in done
-    ]
-    print(f"{len(jobs)} runs to do, {len(done)} rows already in {RESULTS}; {workers} workers", flush=True)
+    rows = {(r["setting"], r["env"], int(r["seed"]), int(r["timesteps"])): r for r in read_rows(RESULTS)}
+    grid = [(setting, env, seed, timesteps) for seed in seeds for env in envs for setting in settings]
+    if remeasure:
+        jobs = [job for job in grid if job in rows and rows[job]["eval_score"] == ""]
+    else:
+        jobs = [job for job in grid if job not in rows]
+    print(
+        f"{len(jobs)} runs to {'re-measure' if remeasure else 'do'}, {len(rows)} rows in {RESULTS}; {workers} workers",
+        flush=True,
+    )
     if not jobs:
         return
     progress = mp.Value("q", 0)
@@ -319,9 +328,16 @@ def run_grid(settings: list[str], envs: list[str], seeds: list[int], timesteps: 
             for result in [p for p in pending if p.ready()]:
                 pending.remove(result)
                 row = result.get()  # re-raises a worker's error
-                append_row(RESULTS, FIELDS, row)
+                if remeasure:
+                    old = replace_row(RESULTS, FIELDS, ["setting", "env", "seed", "timesteps"], row)
+                    same = "reproduced" if float(old["score"]) == row["score"] else f"WAS {old['score']}"
+                    tqdm.write(
+                        f"{row['setting']} {row['env']} seed {row['seed']}: {row['score']} ({same}), eval {row['eval_score']}"
+                    )
+                else:
+                    append_row(RESULTS, FIELDS, row)
+                    tqdm.write(f"{row['setting']} {row['env']} seed {row['seed']}: {row['score']} ({row['fps']} fps)")
                 runs_bar.update(1)
-                tqdm.write(f"{row['setting']} {row['env']} seed {row['seed']}: {row['score']} ({row['fps']} fps)")
             steps_bar.update(progress.value - steps_bar.n)
         runs_bar.close()
         steps_bar.close()
@@ -364,6 +380,11 @@ def main() -> None:
     parser.add_argument("--timesteps", type=int)
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="parallel processes")
     parser.add_argument("--random", action="store_true", help="measure the random policy's score on the envs and exit")
+    parser.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="rerun the grid's finished runs that lack a deterministic evaluation, replacing their rows",
+    )
     args = parser.parse_args()
     grid = dict(GRIDS[args.grid])
     for key in ("settings", "envs", "seeds", "timesteps"):
@@ -374,7 +395,7 @@ def main() -> None:
     if args.random:
         measure_random(grid["envs"])
         return
-    run_grid(grid["settings"], grid["envs"], grid["seeds"], grid["timesteps"], args.workers)
+    run_grid(grid["settings"], grid["envs"], grid["seeds"], grid["timesteps"], args.workers, remeasure=args.remeasure)
 
 
 if __name__ == "__main__":

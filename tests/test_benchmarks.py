@@ -1,5 +1,7 @@
 """The Table 1 benchmark runner and report: settings map to the right models, runs resume, the report renders."""
 
+import csv
+
 import pytest
 from sb3_contrib import TRPO
 from stable_baselines3 import PPO
@@ -94,6 +96,22 @@ def test_grid_resumes_and_report_renders(tmp_path, monkeypatch):
 
     run.run_grid(settings, [ENV], seeds=[0], timesteps=4096, workers=2)  # finished rows are skipped
     assert len(read_rows(tmp_path / "table1.csv")) == 2
+
+    # --remeasure: a row from before the evaluation column is rerun and replaced; the seeded run reproduces it
+    before = read_rows(tmp_path / "table1.csv")
+    old = [
+        {**r, "eval_score": "", "eval_episodes": "", "final_kl": "", "final_std": ""} if r["setting"] == "clip-0.2" else r
+        for r in before
+    ]
+    with (tmp_path / "table1.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, run.FIELDS)
+        writer.writeheader()
+        writer.writerows(old)
+    run.run_grid(settings, [ENV], seeds=[0], timesteps=4096, workers=1, remeasure=True)
+    after = read_rows(tmp_path / "table1.csv")
+    assert [r["setting"] for r in after] == [r["setting"] for r in before]  # replaced in place, nothing appended
+    for old_row, new_row in zip(before, after):
+        assert (old_row["score"], old_row["eval_score"]) == (new_row["score"], new_row["eval_score"])
 
     run.measure_random([ENV], episodes=3)
     report.main()
