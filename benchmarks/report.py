@@ -168,10 +168,13 @@ def plot_curves(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
     handles, labels = axes.flat[0].get_legend_handles_labels()
     spare = axes.flat[len(envs)] if len(envs) < axes.size else None
     legend = dict(fontsize=8, title="setting (seeds)\nline: mean, band: min-max", title_fontsize=8)
-    (spare or fig).legend(handles, labels, loc="center" if spare else "lower right", **legend)
+    if spare:
+        spare.legend(handles, labels, loc="center", **legend)
+    else:  # every panel is taken: the legend goes to the right of the figure
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), **legend)
     fig.suptitle(f"Table 1 protocol, {timesteps:,} steps per run", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -235,14 +238,16 @@ def plot_kl(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
     for row, (_, ylabel, _) in enumerate(panels):
         axes[row, 0].set_ylabel(ylabel, fontsize=8)
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=7, loc="upper right", title="setting (seeds)", title_fontsize=7)
+    fig.legend(
+        handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), title="setting (seeds)", title_fontsize=7
+    )
     fig.suptitle(
         f"{timesteps:,} steps per run: mean over seeds of a 10-update trailing mean (dashed: PPOKL's kl_target). "
         "d is measured the same way for every algorithm.",
         fontsize=10,
     )
-    fig.tight_layout(rect=(0, 0, 0.85 if len(envs) < 4 else 0.91, 1))
-    fig.savefig(path, dpi=100)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
