@@ -14,8 +14,8 @@ Settings are named after the rows of Table 1, plus two beyond the paper:
 Issue 11 searched for a PPOKL setting that learns at least as well as clipping: nine candidates in three
 stages and a discrete check (``benchmarks/RESULTS.md``). None qualified, and their options were removed
 from the package; their rows stay in the results, and :data:`REMOVED` describes each. The code that ran
-them is commit 140f512 (``git checkout 140f512``, then ``--grid stage1``, ``stage2``,
-``stage3`` or ``discrete``).
+them is commit fbbd5b7, merged into this history without its changes (``git checkout fbbd5b7``, then
+``--grid stage1``, ``stage2``, ``stage3`` or ``discrete``).
 
 The protocol is the paper's (section 6.1 and table 3): 2x64 tanh MLP for the policy and for the value
 function (no shared layers), state-independent log-std, no entropy bonus, T=2048 steps per update, Adam
@@ -125,7 +125,7 @@ SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 PAPER_SETTINGS = list(SETTINGS)[:11]
 # Issue 11's candidates for a PPOKL setting as good as clipping. None qualified; their options were removed from
-# the package, so they can no longer be run (commit 140f512 ran them). Their rows stay in
+# the package, so they can no longer be run (commit fbbd5b7 ran them). Their rows stay in
 # results/table1.csv, and the report lists them. "mean-only": the Gaussian KL without its variance term;
 # "per-state": beta * mean_s max(0, KL_s - kl_target), a penalty only where a state's KL passes the target.
 REMOVED: dict[str, str] = {
@@ -137,6 +137,7 @@ REMOVED: dict[str, str] = {
     "kl-perstate-0.02": "PPOKL, kl_target 0.02, per-state penalty on the true KL; lost stage 1",
     "kl-meanonly-sched-0.01-0.03": "PPOKL, kl_target rising linearly from 0.01 to 0.03, mean-only KL; lost stage 1",
     "kl-perstate-meanonly-0.02": "PPOKL, kl_target 0.02, per-state penalty on the mean-only KL; second of stage 1, lost stage 2",
+    "kl-perstate-0.03": "PPOKL, kl_target 0.03, per-state penalty: kl-perstate-meanonly-0.03 for discrete actions (discrete check)",
     "kl-perstate-meanonly-0.03": (
         "PPOKL, kl_target 0.03, per-state penalty on the mean-only KL; best of stages 1 and 2; 0.89 of clip-0.2 at 1M (stage 3)"
     ),
