@@ -139,6 +139,8 @@ SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "kl-perstate-meanonly-0.02": ("ppo_kl", dict(kl_target=0.02, kl_penalty_kwargs=dict(variance_weight=0.0, per_state=True))),
     "kl-perstate-meanonly-0.03": ("ppo_kl", dict(kl_target=0.03, kl_penalty_kwargs=dict(variance_weight=0.0, per_state=True))),
     "kl-perstate-0.02": ("ppo_kl", dict(kl_target=0.02, kl_penalty_kwargs=dict(per_state=True))),
+    # kl-perstate-meanonly-0.03 for discrete actions: a Categorical KL has no variance term to drop
+    "kl-perstate-0.03": ("ppo_kl", dict(kl_target=0.03, kl_penalty_kwargs=dict(per_state=True))),
     "kl-meanonly-sched-0.01-0.03": ("ppo_kl", dict(kl_target=RISING_TARGET, kl_penalty_kwargs=dict(variance_weight=0.0))),
 }
 PAPER_SETTINGS = list(SETTINGS)[:11]
@@ -178,9 +180,9 @@ GRIDS: dict[str, dict[str, Any]] = {
     ),
     # the discrete check: the same three settings on two discrete-action tasks. The protocol above is SB3 PPO's
     # default hyperparameters (n_steps 2048, batch 64, 10 epochs, lr 3e-4, gamma 0.99, lambda 0.95); for a
-    # Categorical policy variance_weight does nothing, so the candidate is the per-state penalty at 0.03
+    # Categorical policy there is no variance term (variance_weight is refused), so the candidate is kl-perstate-0.03
     "discrete": dict(
-        settings=["clip-0.2", "kl-adaptive-0.01", "kl-perstate-meanonly-0.03"],
+        settings=["clip-0.2", "kl-adaptive-0.01", "kl-perstate-0.03"],
         envs=["LunarLander-v3", "Acrobot-v1"],
         seeds=[0, 1, 2],
         timesteps=300_000,
