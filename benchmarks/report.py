@@ -68,6 +68,7 @@ COLORS = {
     "kl-perstate-meanonly-0.02": "teal",
     "kl-perstate-meanonly-0.03": "darkviolet",
     "kl-perstate-0.02": "lightseagreen",
+    "kl-perstate-0.03": "orchid",
     "kl-proportional-0.02": "black",
     "kl-meanonly-sched-0.01-0.03": "magenta",
 }
