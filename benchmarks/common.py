@@ -27,11 +27,7 @@ def append_row(path: Path, fields: list[str], row: dict) -> None:
         if header != fields:
             if not set(header) <= set(fields):
                 raise ValueError(f"{path} has columns {sorted(set(header) - set(fields))} that {fields} lacks")
-            rows = read_rows(path)
-            with path.open("w", newline="") as f:
-                writer = csv.DictWriter(f, fields)
-                writer.writeheader()
-                writer.writerows(rows)
+            _write_rows(path, fields, read_rows(path))
     with path.open("a", newline="") as f:
         writer = csv.DictWriter(f, fields)
         if new:
@@ -42,7 +38,6 @@ def append_row(path: Path, fields: list[str], row: dict) -> None:
 def replace_row(path: Path, fields: list[str], key: list[str], row: dict) -> dict[str, str]:
     """
     Replace the one recorded run whose ``key`` columns equal ``row``'s with ``row``; return the old row.
-    The file is written to a temporary file first and then moved into place, so it is never half-written.
     """
     rows = read_rows(path)
     wanted = {k: str(row[k]) for k in key}
@@ -51,10 +46,16 @@ def replace_row(path: Path, fields: list[str], key: list[str], row: dict) -> dic
         raise ValueError(f"{path}: {len(matches)} rows match {wanted}, expected 1")
     old = rows[matches[0]]
     rows[matches[0]] = {k: row.get(k, "") for k in fields}
+    _write_rows(path, fields, rows)
+    return old
+
+
+def _write_rows(path: Path, fields: list[str], rows: list[dict]) -> None:
+    """Rewrite ``path`` with ``rows`` under the header ``fields``: written to a temporary file first and then moved
+    into place, so the file is never half-written."""
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fields)
         writer.writeheader()
         writer.writerows(rows)
     tmp.replace(path)
-    return old

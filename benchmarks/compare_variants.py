@@ -55,8 +55,7 @@ class TrainKL(BaseCallback):
             self.values.append(float(self.logger.name_to_value["train/kl"]))
 
     def _on_rollout_start(self) -> None:
-        if self.model._n_updates > 0:
-            self._read()
+        self._read()  # nothing before the first update: the logger has no train/kl yet
 
     def _on_training_end(self) -> None:
         self._read()

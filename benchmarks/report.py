@@ -446,8 +446,8 @@ def main() -> None:
             stem="discrete",
             intro=(
                 "Issue 11's discrete check: the same hyperparameters as above, which are SB3 PPO's defaults, on two "
-                "discrete-action tasks (Categorical policies). There the Gaussian variance weight does nothing, so "
-                "kl-perstate-meanonly-0.03 is the per-state penalty at kl_target 0.03."
+                "discrete-action tasks (Categorical policies). A Categorical KL has no variance term to drop, so "
+                "kl-perstate-meanonly-0.03 ran there as kl-perstate-0.03, the per-state penalty at kl_target 0.03."
             ),
         )
     if any(r["setting"] in REMOVED for r in rows):

@@ -292,10 +292,6 @@ def _run_in_worker(job: tuple[str, str, int, int]) -> dict[str, Any]:
     return run_one(job, _progress)
 
 
-def done_runs() -> set[tuple[str, str, int, int]]:
-    return {(r["setting"], r["env"], int(r["seed"]), int(r["timesteps"])) for r in read_rows(RESULTS)}
-
-
 def run_grid(
     settings: list[str], envs: list[str], seeds: list[int], timesteps: int, workers: int, remeasure: bool = False
 ) -> None:
