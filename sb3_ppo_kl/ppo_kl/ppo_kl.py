@@ -1,3 +1,4 @@
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
@@ -694,7 +695,7 @@ class PPOKL(OnPolicyAlgorithm):
 
                 pg_losses.append(policy_loss.item())
                 kl_divs.append(kl_div.item())
-                kl_penalties.append(kl_penalty.item())
+                kl_penalties.append(kl_coef * kl_divs[-1])
                 value_losses.append(value_loss.item())
                 entropy_losses.append(entropy_loss.item())
 
@@ -713,7 +714,7 @@ class PPOKL(OnPolicyAlgorithm):
                 for param in actor_params or ():  # warm-up: no gradient, so the optimizer leaves them alone
                     param.grad = None
                 grad_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
-                if not th.isfinite(grad_norm):
+                if not math.isfinite(grad_norm):  # a 0-d tensor: math's check costs less than torch's
                     self.policy.optimizer.zero_grad(set_to_none=True)
                     terms = {
                         "policy loss (ratio * advantage)": policy_loss,
