@@ -7,7 +7,6 @@ For each budget (timesteps per run) found in ``results/table1.csv``:
   ``python -m benchmarks.run --random``) and the setting with the best mean score on that env scores 1; a
   setting's value is the mean over all its runs, beside the paper's number;
 - raw scores per env (mean ± std over seeds);
-- each setting's fps relative to SB3 PPO clip 0.2 in the same grid;
 - ``results/table1_<budget>_curves.png``: reward (mean of the last 100 episodes) against timesteps, per env;
 - ``results/table1_<budget>_kl.png``: d (the KL of each update) and beta over training, for the PPOKL settings.
 
@@ -352,31 +351,6 @@ def budget_section(
             cells.append(f"{_fmt(scores)} ({len(scores)})" if scores else "not run")
         out.append(f"| {_name(s)} | " + " | ".join(cells) + " |")
     out.append("| random policy | " + " | ".join(f"{random[env]:.1f}" for env in envs) + " |")
-    out += [
-        "",
-        f"### Speed relative to SB3 PPO {BASELINE}",
-        "",
-        (
-            "Per env, the setting's mean fps divided by clip-0.2's in the same grid; the geometric mean over envs. The "
-            "runs shared the machine with another worker, so single ratios are noisy by several percent."
-        ),
-        "",
-        "| setting | fps ratio (geo. mean over envs) | mean fps |",
-        "|---|---|---|",
-    ]
-    base = {
-        env: np.mean([float(r["fps"]) for r in rows if r["setting"] == BASELINE and r["env"] == env] or [np.nan])
-        for env in envs
-    }
-    for s in settings:
-        ratios, fps = [], []
-        for env in envs:
-            values = [float(r["fps"]) for r in rows if r["setting"] == s and r["env"] == env]
-            if values and np.isfinite(base[env]):
-                ratios.append(np.mean(values) / base[env])
-            fps += values
-        ratio = f"{np.exp(np.mean(np.log(ratios))):.2f}" if ratios else "n/a"
-        out.append(f"| {_name(s)} | {ratio} | {np.mean(fps):.0f} |")
     curves = f"results/{stem}_{timesteps}_curves.png"
     kl = f"results/{stem}_{timesteps}_kl.png"
     out += ["", f"![learning curves]({curves})", "", f"![KL and beta]({kl})", ""]
