@@ -162,7 +162,7 @@ def test_zoo_check_entries_and_summary(tmp_path, monkeypatch, capsys):
 
 
 def test_finetune_pipeline_resumes_and_summary_renders(tmp_path, monkeypatch, capsys):
-    """Expert, behaviour clone and the four fine-tuning methods on a tiny CartPole budget; rerun skips; summary."""
+    """Expert, behaviour clone and the five fine-tuning methods on a tiny CartPole budget; rerun skips; summary."""
     import dataclasses
 
     from benchmarks import finetune
@@ -205,13 +205,18 @@ def test_finetune_pipeline_resumes_and_summary_renders(tmp_path, monkeypatch, ca
         reached = [int(r["timesteps"]) for r in curve if float(r["return"]) >= float(row["expert_return"])]
         assert row["steps_to_expert"] == (str(reached[0]) if reached else "")
         assert float(row["final_kl_to_clone"]) >= 0 and curve[0]["kl_to_clone"] == ""
-        assert (row["final_ref_kl_coef"] == "0.5") == row["method"].startswith("ppokl-ref")
+        if row["method"] in ("ppokl-ref", "ppokl-ref-warmup"):  # fixed coefficient
+            assert row["final_ref_kl_coef"] == "0.5" and "ref_kl_target=None" in row["params"]
+        elif row["method"] == "ppokl-ref-target":  # adapted toward 0.02
+            assert float(row["final_ref_kl_coef"]) > 0 and "ref_kl_target=0.02" in row["params"]
+        else:
+            assert row["final_ref_kl_coef"] == "" and row["params"] == ""
     warmup = read_rows(tmp_path / "curves" / "CartPole-v1__ppokl-ref-warmup__0.csv")
     # 2 value-only rollouts of 256 steps: the policy is still the clone at step 512
     assert [float(r["kl_to_clone"]) for r in warmup if r["timesteps"] == "512"] == [0.0]
 
     finetune.run(tasks, finetune.METHODS, seeds=[0], options=options, workers=1)  # finished rows are skipped
-    assert len(read_rows(tmp_path / "finetune.csv")) == 4 and len(read_rows(tmp_path / "models.csv")) == 3
+    assert len(read_rows(tmp_path / "finetune.csv")) == len(finetune.METHODS) and len(read_rows(tmp_path / "models.csv")) == 3
     with pytest.raises(ValueError, match="other settings"):
         finetune.run(tasks, ["ppokl-ref"], seeds=[1], options=finetune.MethodOptions(ref_kl_coef=2.0), workers=1)
 
