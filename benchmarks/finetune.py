@@ -729,7 +729,7 @@ def plot_task(task_id: str, rows: list[dict[str, str]], path: Path) -> None:
     ax.set_xlim(left=0)
     ax.set_xlabel("fine-tuning timesteps")
     ax.set_ylabel(f"return, {rows[0]['eval_episodes']} deterministic episodes")
-    ax.set_title(f"{task_id}: fine-tuning a behaviour clone (line: mean, band: min-max over seeds)", fontsize=10)
+    ax.set_title(f"{task_id}: fine-tuning a behaviour clone\n(line: mean over seeds, band: min-max)", fontsize=10)
     ax.legend(fontsize=8, title="method (seeds)", title_fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
