@@ -497,7 +497,7 @@ class EvalCurve(BaseCallback):
 
 
 def measures(curve: list[dict[str, Any]], timesteps: int, expert_return: float) -> dict[str, Any]:
-    """The four measures of a run from its curve: step-0 return, dip (and where), final, lowest, steps to expert."""
+    """The measures of a run from its curve: step-0 return, dip (and where), final, lowest, steps to expert."""
     returns = [float(row["return"]) for row in curve]
     steps = [int(row["timesteps"]) for row in curve]
     early = [i for i, step in enumerate(steps) if step <= DIP_FRACTION * timesteps]
