@@ -162,7 +162,7 @@ def test_zoo_check_entries_and_summary(tmp_path, monkeypatch, capsys):
 
 
 def test_finetune_pipeline_resumes_and_summary_renders(tmp_path, monkeypatch, capsys):
-    """Expert, behaviour clone and the five fine-tuning methods on a tiny CartPole budget; rerun skips; summary."""
+    """Expert, behaviour clone and every fine-tuning method on a tiny CartPole budget; rerun skips; summary."""
     import dataclasses
 
     from benchmarks import finetune
@@ -207,8 +207,9 @@ def test_finetune_pipeline_resumes_and_summary_renders(tmp_path, monkeypatch, ca
         assert float(row["final_kl_to_clone"]) >= 0 and curve[0]["kl_to_clone"] == ""
         if row["method"] in ("ppokl-ref", "ppokl-ref-warmup"):  # fixed coefficient
             assert row["final_ref_kl_coef"] == "0.5" and "ref_kl_target=None" in row["params"]
-        elif row["method"] == "ppokl-ref-target":  # adapted toward 0.02
-            assert float(row["final_ref_kl_coef"]) > 0 and "ref_kl_target=0.02" in row["params"]
+        elif row["method"] in finetune.ADAPTED_TARGETS:  # adapted toward the method's target
+            target = finetune.ADAPTED_TARGETS[row["method"]]
+            assert float(row["final_ref_kl_coef"]) > 0 and f"ref_kl_target={target}" in row["params"]
         else:
             assert row["final_ref_kl_coef"] == "" and row["params"] == ""
     warmup = read_rows(tmp_path / "curves" / "CartPole-v1__ppokl-ref-warmup__0.csv")
