@@ -1,0 +1,89 @@
+"""The report's statistics: the paper's normalisation, rliable's inputs, beta's band and the recommendation's conditions."""
+
+import numpy as np
+import pytest
+
+from benchmarks import report
+
+ENVS = ["HalfCheetah-v5", "Hopper-v5"]
+RANDOM = {"HalfCheetah-v5": -300.0, "Hopper-v5": 20.0}
+
+
+def rows_of(scores: dict[str, dict[str, list[float]]], timesteps: int = 300_000) -> list[dict[str, str]]:
+    """CSV-like rows (strings, as read back) from setting -> env -> the scores of seeds 0, 1, 2..."""
+    return [
+        dict(setting=setting, env=env, seed=str(seed), timesteps=str(timesteps), score=str(score))
+        for setting, by_env in scores.items()
+        for env, values in by_env.items()
+        for seed, score in enumerate(values)
+    ]
+
+
+def test_paper_normalisation_takes_the_best_of_the_papers_settings():
+    rows = rows_of(
+        {
+            "clip-0.2": {"HalfCheetah-v5": [700.0, 500.0, 600.0], "Hopper-v5": [1020.0, 1020.0, 1020.0]},
+            "kl-adaptive-0.01": {"HalfCheetah-v5": [100.0, 200.0, 300.0], "Hopper-v5": [520.0, 520.0, 520.0]},
+            # outside the paper's 11: scored against the same two points, never the 1
+            "trpo": {"HalfCheetah-v5": [1700.0, 1700.0, 1700.0], "Hopper-v5": [20.0, 20.0, 20.0]},
+        }
+    )
+    norm = report.normalised(rows, RANDOM)
+    assert norm["clip-0.2"]["HalfCheetah-v5"] == pytest.approx({0: 1.0 / 0.9, 1: 0.8 / 0.9, 2: 1.0})  # best mean 600 is the 1
+    assert norm["kl-adaptive-0.01"]["Hopper-v5"] == {0: 0.5, 1: 0.5, 2: 0.5}
+    assert norm["trpo"]["HalfCheetah-v5"][0] == pytest.approx(2.0 / 0.9)
+    assert norm["trpo"]["Hopper-v5"][0] == 0.0  # the random policy's score
+
+    matrices, envs, seeds = report.score_matrices(norm)
+    assert envs == ENVS and seeds == [0, 1, 2]
+    assert matrices["kl-adaptive-0.01"].shape == (3, 2)  # (runs, envs), rliable's layout
+    np.testing.assert_allclose(matrices["kl-adaptive-0.01"][:, 1], 0.5)
+
+    # a setting without every run of clip-0.2's envs and seeds is left out of rliable's statistics
+    partial = report.normalised(rows + rows_of({"clip-0.1": {"HalfCheetah-v5": [600.0]}}), RANDOM)
+    assert "clip-0.1" not in report.score_matrices(partial)[0]
+
+    points, intervals = report.aggregates(matrices)
+    iqm, mean = points["kl-adaptive-0.01"]
+    # 6 runs, 25% cut from each end (one each): 4/9 and 6/9 go, three Hopper runs at 0.5 and 5/9 stay
+    assert iqm == pytest.approx((3 * 0.5 + 5 / 9) / 4)
+    assert mean == pytest.approx(np.mean(matrices["kl-adaptive-0.01"]))
+    assert intervals["kl-adaptive-0.01"][0][1] <= mean <= intervals["kl-adaptive-0.01"][1][1]
+
+    poi, _ = report.improvement_over_baseline(matrices)
+    assert set(poi) == {"kl-adaptive-0.01"}  # PPOKL settings only: not TRPO, not clip-0.2 itself
+    assert float(poi["kl-adaptive-0.01"]) == 0.0  # every run below every clip-0.2 run on both envs
+
+
+def test_spearman_against_the_paper():
+    same = {s: value for s, value in report.PAPER_TABLE1.items()}
+    rho, n, sentence = report.spearman(same)
+    assert (rho, n) == (pytest.approx(1.0), 11) and sentence == "the two orderings are the same"
+    reversed_order = {s: -value for s, value in report.PAPER_TABLE1.items()}
+    rho, _, sentence = report.spearman(reversed_order)
+    assert rho == pytest.approx(-1.0) and "no-clip-no-penalty (ours 1, paper 11 of 11)" in sentence
+    assert np.isnan(report.spearman({"clip-0.2": 1.0, "clip-0.1": 0.5})[0])
+
+
+def test_band_shares_and_targets():
+    d = np.array([0.001, 0.006, 0.007, 0.01, 0.015, 0.016, np.nan])  # the band for 0.01 is [0.00667, 0.015]
+    below, inside, above = report.band_shares(d, 0.01)
+    assert (below, inside, above) == pytest.approx((2 / 6, 3 / 6, 1 / 6))
+    assert report.adaptive_target("kl-adaptive-0.003") == 0.003
+    assert report.adaptive_target("kl-adaptive-0.03+clip-0.2") == 0.03
+    assert report.adaptive_target("kl-fixed-1") is None and report.adaptive_target("clip-0.2") is None
+
+
+def test_decision_conditions():
+    clip = {env: [1000.0, 1100.0, 1200.0] for env in report.ENVS}
+    random = dict.fromkeys(report.ENVS, 0.0)
+    better = {env: [1100.0, 1100.0, 1100.0] for env in report.ENVS}  # relative 1.0 everywhere, within one s.e.
+    text = "\n".join(report.decision(rows_of({"clip-0.2": clip, "kl-adaptive-0.03+clip-0.2": better}), random))
+    assert "| kl-adaptive-0.03+clip-0.2 | 300,000 | 1.00: met | 1100.0 ± 0.0 vs 1100.0 ± 57.7: met |" in text
+    assert "| kl-adaptive-0.03+clip-0.2 | 1,000,000 | pending (0 of 21 runs) |" in text
+    assert "| kl-adaptive-0.01+clip-0.2 | 300,000 | pending (0 of 21 runs) | pending (0 of 3 seeds) |" in text
+    worse = {env: [550.0, 550.0, 550.0] for env in report.ENVS}
+    text = "\n".join(report.decision(rows_of({"clip-0.2": clip, "kl-adaptive-0.01+clip-0.2": worse}), random))
+    assert (
+        "| kl-adaptive-0.01+clip-0.2 | 300,000 | 0.50: short by 0.50 | 550.0 ± 0.0 vs 1100.0 ± 57.7: short by 492.3 |" in text
+    )
