@@ -42,6 +42,7 @@ update: timesteps, mean reward of the last 100 episodes, d, the std, and for PPO
 
     python -m benchmarks.run --workers 2                                          # the full grid: 11+3 settings x 7 envs x 3 seeds x 1M
     python -m benchmarks.run --grid paper-lite --workers 2                        # 3 settings x 7 envs x 3 seeds x 300k
+    python -m benchmarks.run --grid table1-300k --workers 2                       # the other 11 settings at 300k
     python -m benchmarks.run --grid discrete --workers 2                          # LunarLander-v3 and Acrobot-v1
     python -m benchmarks.run --settings clip-0.2 kl-fixed-1 --envs Hopper-v5 --seeds 0 --timesteps 100000
     python -m benchmarks.run --grid paper-lite --settings clip-0.2 kl-adaptive-0.01 --remeasure   # add eval, d, std to old rows
@@ -150,6 +151,19 @@ GRIDS: dict[str, dict[str, Any]] = {
     "full": dict(settings=list(SETTINGS), envs=ENVS, seeds=[0, 1, 2], timesteps=1_000_000),
     "paper": dict(settings=PAPER_SETTINGS, envs=ENVS, seeds=[0, 1, 2], timesteps=1_000_000),
     "paper-lite": dict(settings=["clip-0.2", "kl-adaptive-0.01", "kl-fixed-1"], envs=ENVS, seeds=[0, 1, 2], timesteps=300_000),
+    # issue 20: every setting at 300k, the two clip + penalty settings first (they decide a recommendation), then
+    # the paper's other settings, then TRPO; rows already in the results are skipped
+    "table1-300k": dict(
+        settings=[
+            "kl-adaptive-0.01+clip-0.2",
+            "kl-adaptive-0.03+clip-0.2",
+            *[s for s in PAPER_SETTINGS if s not in ("clip-0.2", "kl-adaptive-0.01", "kl-fixed-1")],
+            "trpo",
+        ],
+        envs=ENVS,
+        seeds=[0, 1, 2],
+        timesteps=300_000,
+    ),
     # issue 11's discrete check: two discrete-action tasks with the protocol above, which is SB3 PPO's default
     # hyperparameters (n_steps 2048, batch 64, 10 epochs, lr 3e-4, gamma 0.99, lambda 0.95)
     "discrete": dict(
