@@ -21,29 +21,84 @@ class TupleActionEnv(gym.Env):
         return self.observation_space.sample(), 0.0, False, False, {}
 
 
+# One case per line: (constructor arguments, the error, what its message must say). A new argument joins in one line.
+# A wrong type is a TypeError, a wrong value a ValueError; both name the argument and what it accepts.
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "kwargs, error, message",
     [
-        (dict(kl_target=0.0), "`kl_target` must be a finite number > 0"),
-        (dict(kl_target=-1.0), "`kl_target` must be a finite number > 0"),
-        (dict(kl_coef=-0.5), "`kl_coef` must be a finite number >= 0"),
-        (dict(kl_tolerance=1.0), "`kl_tolerance` must be a finite number > 1"),
-        (dict(kl_adapt_factor=0.5), "`kl_adapt_factor` must be a finite number > 1"),
-        (dict(kl_coef_bounds=(2.0, 1.0)), r"`kl_coef_bounds` must be a pair \(low, high\) with 0 <= low <= high"),
-        (dict(kl_coef_bounds=(-1.0, 1.0)), r"`kl_coef_bounds` must be a pair"),
-        (dict(kl_coef=5.0, kl_coef_bounds=(0.1, 2.0)), "`kl_coef` .* must lie within kl_coef_bounds"),
-        (dict(n_steps=1), r"`n_steps \* n_envs` must be > 1 when normalize_advantage=True, got n_steps=1 and n_envs=1"),
-        (dict(batch_size=1), "`batch_size` must be an integer >= 2 when normalize_advantage=True"),
-        (dict(n_steps=0), "`n_steps` must be an integer >= 1"),
-        (dict(n_epochs=0), "`n_epochs` must be an integer >= 1"),
-        (dict(clip_range=0.0), "`clip_range` must be > 0"),
-        (dict(target_kl=-0.1), "`target_kl` must be > 0"),
-        (dict(kl_target=lambda progress: 0.01 * (1 - progress)), "`kl_target` as a schedule must be finite, > 0 at the start"),
+        (dict(kl_target=0.0), ValueError, "`kl_target` must be a finite number > 0"),
+        (dict(kl_target=-1.0), ValueError, "`kl_target` must be a finite number > 0"),
+        (dict(kl_target=float("nan")), ValueError, "`kl_target` must be a finite number > 0"),
+        (dict(kl_target="0.01"), TypeError, r"`kl_target` must be a finite number > 0 or a schedule .*got '0.01' \(str\)"),
+        (dict(kl_target=True), TypeError, r"`kl_target` must be a finite number > 0 .*got True \(bool\)"),
+        (dict(kl_target=None), TypeError, r"`kl_target` must be a finite number > 0 .*got None"),
+        (dict(kl_target=lambda progress: 0.01 * (1 - progress)), ValueError, "`kl_target` as a schedule must be finite, > 0"),
+        (dict(kl_target=lambda progress: "0.01"), ValueError, "`kl_target` as a schedule must be finite"),
+        (dict(kl_coef=-0.5), ValueError, "`kl_coef` must be a finite number >= 0"),
+        (dict(kl_coef="1.0"), TypeError, r"`kl_coef` must be a finite number >= 0, got '1.0' \(str\)"),
+        (dict(kl_coef=True), TypeError, r"`kl_coef` must be a finite number >= 0, got True \(bool\)"),
+        (dict(kl_coef=float("inf"), adaptive_kl=False), ValueError, "`kl_coef` must be a finite number >= 0"),
+        (dict(kl_coef=0.0), ValueError, "`kl_coef` .* must lie within kl_coef_bounds.* adaptive beta of 0 would stay 0"),
+        (dict(kl_coef=5.0, kl_coef_bounds=(0.1, 2.0)), ValueError, "`kl_coef` .* must lie within kl_coef_bounds"),
+        (dict(adaptive_kl="yes"), TypeError, r"`adaptive_kl` must be a bool \(True or False\), got 'yes' \(str\)"),
+        (dict(adaptive_kl="False"), TypeError, "`adaptive_kl` must be a bool"),
+        (dict(adaptive_kl=1), TypeError, r"`adaptive_kl` must be a bool \(True or False\), got 1 \(int\)"),
+        (dict(adaptive_kl=None), TypeError, "`adaptive_kl` must be a bool"),
+        (dict(kl_tolerance=1.0), ValueError, "`kl_tolerance` must be a finite number > 1"),
+        (dict(kl_tolerance="1.5"), TypeError, "`kl_tolerance` must be a finite number > 1, got '1.5'"),
+        (dict(kl_adapt_factor=0.5), ValueError, "`kl_adapt_factor` must be a finite number > 1"),
+        (dict(kl_adapt_factor=None), TypeError, "`kl_adapt_factor` must be a finite number > 1, got None"),
+        (dict(kl_coef_bounds=(2.0, 1.0)), ValueError, r"`kl_coef_bounds` must be a pair \(low, high\) of real numbers"),
+        (dict(kl_coef_bounds=(-1.0, 1.0)), ValueError, r"`kl_coef_bounds` must be a pair .* with 0 <= low <= high"),
+        (dict(kl_coef_bounds=(0.1,)), ValueError, r"`kl_coef_bounds` must be a pair"),
+        (dict(kl_coef_bounds=(0.1, float("nan"))), ValueError, r"`kl_coef_bounds` must be a pair"),
+        (dict(kl_coef_bounds="0.1, 10"), TypeError, r"`kl_coef_bounds` must be a pair \(low, high\) of real numbers"),
+        (dict(kl_coef_bounds=0.1), TypeError, r"`kl_coef_bounds` must be a pair \(low, high\) of real numbers"),
+        (dict(kl_coef_bounds=("0.1", "10")), TypeError, r"`kl_coef_bounds` must be a pair \(low, high\) of real numbers"),
+        (dict(kl_coef_bounds=(True, 10)), TypeError, r"`kl_coef_bounds` must be a pair \(low, high\) of real numbers"),
+        # an adaptive beta needs a lower bound above 0: a beta of 0 would stay 0 (0 * kl_adapt_factor is 0)
+        (dict(kl_coef_bounds=(0, 1)), ValueError, "`kl_coef_bounds` must have low > 0 when the coefficient adapts"),
+        (dict(kl_coef=0.0, kl_coef_bounds=(0.0, 1.0)), ValueError, "`kl_coef_bounds` must have low > 0"),
+        (dict(value_warmup_rollouts=-1), ValueError, "`value_warmup_rollouts` must be an integer >= 0, got -1"),
+        (dict(value_warmup_rollouts="2"), TypeError, r"`value_warmup_rollouts` must be an integer >= 0, got '2' \(str\)"),
+        (dict(value_warmup_rollouts=2.0), TypeError, r"`value_warmup_rollouts` must be an integer >= 0, got 2.0 \(float\)"),
+        (dict(value_warmup_rollouts=True), TypeError, r"`value_warmup_rollouts` must be an integer >= 0, got True \(bool\)"),
+        (dict(n_steps=1), ValueError, r"`n_steps \* n_envs` must be > 1 when normalize_advantage=True, got n_steps=1"),
+        (dict(batch_size=1), ValueError, "`batch_size` must be an integer >= 2 when normalize_advantage=True"),
+        (dict(n_steps=0), ValueError, "`n_steps` must be an integer >= 1"),
+        (dict(n_epochs=0), ValueError, "`n_epochs` must be an integer >= 1"),
+        (dict(clip_range=0.0), ValueError, "`clip_range` must be > 0"),
+        (dict(target_kl=-0.1), ValueError, "`target_kl` must be > 0"),
     ],
 )
-def test_bad_hyperparameters_raise_value_error(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_hyperparameters_raise_an_error_naming_them(kwargs, error, message):
+    with pytest.raises(error, match=message):
         PPOKL("MlpPolicy", "CartPole-v1", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(kl_coef=0.0, adaptive_kl=False),  # no penalty at all (benchmarks.run's no-clip-no-penalty)
+        dict(kl_coef=0.0, adaptive_kl=False, kl_coef_bounds=(0.0, 1.0)),  # a fixed beta ignores its bounds
+        dict(kl_coef=np.float32(0.5), kl_target=np.float64(0.02), adaptive_kl=np.bool_(1), value_warmup_rollouts=np.int8(1)),
+        dict(kl_coef=2, kl_target=1, kl_tolerance=2, kl_adapt_factor=3, kl_coef_bounds=[1, 10]),  # ints are numbers
+    ],
+)
+def test_good_hyperparameters_of_every_numeric_type_are_accepted(kwargs):
+    model = PPOKL("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, **kwargs)
+    assert model.kl_coef == float(kwargs["kl_coef"])
+    assert isinstance(model.kl_coef, float) and isinstance(model.kl_controller.adaptive_kl, bool)
+
+
+def test_kl_coef_setter_names_the_parameter():
+    model = PPOKL("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32)
+    with pytest.raises(TypeError, match="`kl_coef` must be a finite number >= 0, got '2'"):
+        model.kl_coef = "2"
+    with pytest.raises(ValueError, match="`kl_coef` must be a finite number >= 0, got -1"):
+        model.kl_coef = -1
+    model.kl_coef = 2
+    assert model.kl_coef == 2.0
 
 
 def test_unsupported_action_space():

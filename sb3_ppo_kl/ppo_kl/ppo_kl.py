@@ -18,6 +18,8 @@ from sb3_ppo_kl.common.buffers import KLBufferMixin, KLDictRolloutBuffer, KLRoll
 from sb3_ppo_kl.common.kl import (
     KLCoefController,
     _check_float,
+    check_int,
+    check_real,
     distribution_params,
     has_analytic_kl,
     per_state_kl,
@@ -80,14 +82,16 @@ class PPOKL(OnPolicyAlgorithm):
     :param gae_lambda: GAE lambda. Default 0.95.
     :param kl_target: Target KL ``d_targ`` between consecutive policies, nats per state, ``> 0``, or a
         schedule of the progress remaining (1 to 0), as ``clip_range``. Default 0.01.
-    :param kl_coef: Initial KL coefficient beta, ``>= 0``. Default 1.0.
+    :param kl_coef: Initial KL coefficient beta, ``>= 0``. Default 1.0. An adaptive beta starts inside
+        ``kl_coef_bounds``, so ``> 0``: ``kl_coef=0`` (no penalty) needs ``adaptive_kl=False``.
     :param adaptive_kl: Adapt beta toward ``kl_target`` after every update (True, default), or keep
         ``kl_coef`` fixed (False, the paper's "fixed KL").
     :param kl_tolerance: Beta is left alone while ``kl_target / kl_tolerance <= d <= kl_target * kl_tolerance``,
         ``> 1``. Default 1.5.
     :param kl_adapt_factor: Factor by which beta is multiplied or divided, ``> 1``. Default 2.0.
-    :param kl_coef_bounds: ``(low, high)``, ``0 <= low <= high``: adapted beta is clamped to this range.
-        Default ``(1e-4, 1e4)``.
+    :param kl_coef_bounds: ``(low, high)``, two real numbers with ``0 <= low <= high``: adapted beta is clamped
+        to this range. Default ``(1e-4, 1e4)``. With ``adaptive_kl=True``, ``low`` must be ``> 0``: a beta of 0
+        would stay 0 for good (0 times ``kl_adapt_factor`` is 0).
     :param ref_policy: None (default), or a frozen reference policy to stay close to, e.g. a pretrained
         policy being fine-tuned: an SB3 policy (a ``BasePolicy``, copied) or the path of an SB3 model zip
         (PPO, A2C, PPOKL, MaskablePPO...). Its observation and action spaces must be the environment's.
@@ -135,6 +139,11 @@ class PPOKL(OnPolicyAlgorithm):
     :param seed: Seed for the pseudo random generators.
     :param device: Device (cpu, cuda, auto).
     :param _init_setup_model: Whether to build the network at the creation of the instance.
+
+    Every argument of this package's own (``kl_*``, ``adaptive_kl``, ``ref_*``, ``value_warmup_rollouts``) is
+    checked before an environment is made or a network built: a wrong type raises TypeError (a string such as
+    ``"0.01"`` from a config file; a bool where a number is expected; anything but a bool for ``adaptive_kl``), a
+    value out of range ValueError, each naming the argument and what it accepts.
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -277,7 +286,8 @@ class PPOKL(OnPolicyAlgorithm):
         value_warmup_rollouts: int = 0,
     ) -> None:
         """
-        Validate the arguments (ValueError naming the parameter) and create ``self.kl_controller``,
+        Validate the arguments (TypeError for a wrong type, ValueError for a wrong value, naming the parameter and
+        what it accepts) and create ``self.kl_controller``,
         the reference policy (loaded, frozen; moved to the device and checked against the
         environment's spaces in ``_setup_model``) and ``self.ref_kl_controller``.
 
@@ -301,13 +311,9 @@ class PPOKL(OnPolicyAlgorithm):
         action_space = getattr(env, "action_space", None)
         if isinstance(action_space, spaces.Space):
             self._check_action_space(action_space)
-        if not (
-            isinstance(value_warmup_rollouts, (int, np.integer))
-            and not isinstance(value_warmup_rollouts, bool)
-            and value_warmup_rollouts >= 0
-        ):
-            raise ValueError(f"`value_warmup_rollouts` must be an integer >= 0, got {value_warmup_rollouts!r}")
-        self.value_warmup_rollouts = int(value_warmup_rollouts)
+        self.value_warmup_rollouts = check_int(
+            "value_warmup_rollouts", value_warmup_rollouts, "an integer >= 0", lambda value: value >= 0
+        )
         self._n_rollouts_trained = 0  # train() calls so far: the first value_warmup_rollouts train the value function only
         if ref_policy is None and ref_kl_target is not None:
             raise ValueError(
@@ -366,9 +372,7 @@ class PPOKL(OnPolicyAlgorithm):
 
     @kl_coef.setter
     def kl_coef(self, value: float) -> None:
-        if not value >= 0:
-            raise ValueError(f"`kl_coef` must be >= 0, got {value}")
-        self.kl_controller.kl_coef = float(value)
+        self.kl_controller.kl_coef = check_real("kl_coef", value, "a finite number >= 0", lambda value: value >= 0)
 
     @property
     def ref_kl_coef(self) -> float:
