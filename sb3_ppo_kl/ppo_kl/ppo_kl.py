@@ -1,6 +1,9 @@
+import io
 import math
+import os
+import pathlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -14,6 +17,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from stable_baselines3.common.utils import FloatSchedule, explained_variance
 from torch.nn import functional as F
 
+from sb3_ppo_kl.common.atomic import atomic_write, save_target
 from sb3_ppo_kl.common.buffers import KLBufferMixin, KLDictRolloutBuffer, KLRolloutBatch, KLRolloutBuffer
 from sb3_ppo_kl.common.kl import (
     KLCoefController,
@@ -802,6 +806,33 @@ class PPOKL(OnPolicyAlgorithm):
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
         )
+
+    def save(
+        self,
+        path: str | pathlib.Path | io.BufferedIOBase,
+        exclude: Iterable[str] | None = None,
+        include: Iterable[str] | None = None,
+    ) -> None:
+        """
+        Save all the attributes of the object and the model parameters in a zip-file, atomically.
+
+        The zip is SB3's, written to the file SB3 would write (``".zip"`` appended to a path without a suffix),
+        but through a temporary file in the same directory, flushed to disk and renamed over the target with
+        ``os.replace`` (see :func:`sb3_ppo_kl.common.atomic.atomic_write`). Whenever the process dies (a kill, an
+        out-of-memory kill, a pre-empted node) and whatever fails (a full disk), the path holds either the old
+        model or the new one, whole; a save that raises leaves the old file untouched. SB3's callbacks that save
+        (``CheckpointCallback``, ``EvalCallback``'s best model) get this too. A file object is written as SB3
+        writes it.
+
+        :param path: path to the file where the rl agent should be saved, or a binary file object
+        :param exclude: name of parameters that should be excluded in addition to the default ones
+        :param include: name of parameters that might be excluded but should be included anyway
+        """
+        if not isinstance(path, (str, os.PathLike)):
+            super().save(path, exclude=exclude, include=include)
+            return
+        with atomic_write(save_target(path)) as file:
+            super().save(file, exclude=exclude, include=include)  # type: ignore[arg-type]
 
 
 class NonFiniteError(FloatingPointError, ValueError):
