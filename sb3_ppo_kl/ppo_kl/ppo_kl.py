@@ -10,6 +10,7 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, BasePolicy, MultiInputActorCriticPolicy
@@ -19,6 +20,7 @@ from torch.nn import functional as F
 
 from sb3_ppo_kl.common.atomic import atomic_write, save_target
 from sb3_ppo_kl.common.buffers import KLBufferMixin, KLDictRolloutBuffer, KLRolloutBatch, KLRolloutBuffer
+from sb3_ppo_kl.common.finite import CheckFiniteCallback, NonFiniteError
 from sb3_ppo_kl.common.kl import (
     KLCoefController,
     _check_float,
@@ -169,6 +171,10 @@ class PPOKL(OnPolicyAlgorithm):
     rollout_buffer: KLBufferMixin  # type: ignore[assignment]
     # Whether ref_policy is supported (RecurrentPPOKL: not yet)
     supports_ref_policy: ClassVar[bool] = True
+    #: Check every observation and reward the environment returns during ``learn()``, and raise
+    #: :class:`~sb3_ppo_kl.NonFiniteError` naming the env and the step at the first non-finite one (see
+    #: :class:`~sb3_ppo_kl.common.finite.CheckFiniteCallback`). Set ``model.check_finite_env = False`` to skip it.
+    check_finite_env: bool = True
 
     def __init__(
         self,
@@ -807,6 +813,24 @@ class PPOKL(OnPolicyAlgorithm):
             progress_bar=progress_bar,
         )
 
+    def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
+        """
+        SB3's callback for ``learn()`` (the user's, a list made one, the progress bar), wrapped in a
+        :class:`~sb3_ppo_kl.common.finite.CheckFiniteCallback` when ``check_finite_env`` is True: a non-finite
+        observation or reward from the environment raises :class:`~sb3_ppo_kl.NonFiniteError` naming the env and the
+        step, before it enters the rollout buffer or reaches the policy.
+
+        :param callback: Callback(s) called at every step with state of the algorithm.
+        :param progress_bar: Display a progress bar using tqdm and rich.
+        :return: A hybrid callback calling `callback` and performing evaluation.
+        """
+        callback = super()._init_callback(callback, progress_bar)
+        if not self.check_finite_env:
+            return callback
+        checked = CheckFiniteCallback(callback)
+        checked.init_callback(self)
+        return checked
+
     def save(
         self,
         path: str | pathlib.Path | io.BufferedIOBase,
@@ -833,15 +857,6 @@ class PPOKL(OnPolicyAlgorithm):
             return
         with atomic_write(save_target(path)) as file:
             super().save(file, exclude=exclude, include=include)  # type: ignore[arg-type]
-
-
-class NonFiniteError(FloatingPointError, ValueError):
-    """
-    A non-finite loss term, KL or gradient in a policy update; the step was not applied.
-
-    Also a ValueError, so that RL Zoo's tuner prunes such a trial (as it does for the ValueError
-    torch raises when SB3 PPO's distribution turns NaN) instead of stopping the study.
-    """
 
 
 def _masked_mean(x: th.Tensor, valid: th.Tensor | None) -> th.Tensor:
