@@ -199,7 +199,8 @@ def kill_while_saving(path: pathlib.Path, kills: int, in_place: bool = False, se
     kill check what ``path`` holds.
 
     ``path`` must hold version A of a PPOKL model with ``kl_coef=1.0``; version B has every policy parameter + 1 and
-    ``kl_coef=2.0``. Every saver starts from version A. ``in_place`` saves with SB3's own ``save`` instead of the package's (to see the test fail).
+    ``kl_coef=2.0``. Every saver starts from version A. ``in_place`` saves with SB3's own ``save`` instead of the
+    package's (to see the test fail).
 
     :return: how many kills left version A, version B, a file that does not load or holds neither, and how many
         left a temporary file (a kill in the middle of a save)

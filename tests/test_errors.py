@@ -171,7 +171,8 @@ def test_a_non_finite_value_from_the_env_is_named_before_it_enters_the_rollout(t
     # env 1 of 2 returns the NaN at its 45th step: after one update (32 steps per rollout), 12 steps into the next
     model = PPOKL("MlpPolicy", _two_envs("Pendulum-v1", 45, what), n_steps=32, batch_size=64, n_epochs=1, seed=0)
     value = "nan at index \\(1,\\)" if "observation" in what else "nan"
-    message = rf"PPOKL: env 1 \(of 2\) returned a non-finite {what} \({value}\), at step 45 of this learn\(\) call \(num_timesteps=90\)"
+    message = rf"PPOKL: env 1 \(of 2\) returned a non-finite {what} \({value}\), at step 45 of this learn\(\) call"
+    message += r" \(num_timesteps=90\)"
     with pytest.raises(NonFiniteError, match=message):
         model.learn(256)
     buffer = model.rollout_buffer
