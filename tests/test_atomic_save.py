@@ -72,6 +72,18 @@ def test_save_keeps_the_permission_bits_of_the_file_it_replaces(tmp_path):
     assert (tmp_path / "model.zip").stat().st_mode & 0o777 == 0o640
 
 
+@posix_only
+def test_save_through_a_symbolic_link_replaces_the_file_it_points_to(tmp_path):
+    model = _models()["PPOKL"]
+    (tmp_path / "runs").mkdir()
+    model.save(tmp_path / "runs" / "run_1.zip")
+    (tmp_path / "latest.zip").symlink_to(tmp_path / "runs" / "run_1.zip")
+    model.kl_coef = 3.0
+    model.save(tmp_path / "latest")  # as SB3 writes through the link
+    assert (tmp_path / "latest.zip").is_symlink() and _files(tmp_path / "runs") == ["run_1.zip"]
+    assert PPOKL.load(tmp_path / "runs" / "run_1.zip").kl_coef == 3.0
+
+
 def test_save_to_a_file_object_is_sb3s(tmp_path):
     model = _models()["PPOKL"]
     buffer = io.BytesIO()

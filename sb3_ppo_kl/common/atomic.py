@@ -23,7 +23,9 @@ def save_target(path: str | os.PathLike[str]) -> pathlib.Path:
     The file SB3's ``save(path)`` writes to (``stable_baselines3.common.save_util.open_path`` with ``suffix="zip"``).
 
     - ``".zip"`` is appended when the path has no suffix (``"model"`` -> ``"model.zip"``);
-    - a path that is an existing directory becomes ``<path>_2`` (with SB3's warning), repeatedly.
+    - a path that is an existing directory becomes ``<path>_2`` (with SB3's warning), repeatedly;
+    - a symbolic link stands for the file it points to: SB3 writes through the link, so the file is replaced
+      and the link kept.
 
     :param path: the path given to ``save()``
     :return: the path of the file to write
@@ -31,6 +33,8 @@ def save_target(path: str | os.PathLike[str]) -> pathlib.Path:
     target = pathlib.Path(path)
     if target.suffix == "":
         target = pathlib.Path(f"{target}.zip")
+    if target.is_symlink():
+        target = pathlib.Path(os.path.realpath(target))
     while target.is_dir():
         warnings.warn(f"Path '{target}' is a folder. Will save instead to {target}_2", stacklevel=3)
         target = pathlib.Path(f"{target}_2")
