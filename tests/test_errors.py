@@ -229,11 +229,17 @@ def test_the_check_can_be_turned_off():
 
 def test_finite_values_whose_sum_overflows_are_not_reported():
     # the per-step check sums the values (NaN and inf propagate); an overflowing sum is sorted out exactly
-    big = np.full((2, 3), np.finfo(np.float32).max, dtype=np.float32)
+    big = np.full((2, 300), np.finfo(np.float32).max, dtype=np.float32)
     with pytest.warns(RuntimeWarning, match="overflow"):
         assert not _all_finite(big)
     assert _non_finite(big, "observation", per_env=True) == []
     assert _all_finite(np.full((2, 100), 60000, dtype=np.float16))  # float16 adds up in float32
+    assert _all_finite(np.full((2, 3), 60000, dtype=np.float16))  # a small array adds up in Python floats
+    for size in (3, 300):  # summed in Python, and by NumPy
+        values = np.zeros((2, size), dtype=np.float32)
+        assert _all_finite(values)
+        values[1, -1] = np.nan
+        assert not _all_finite(values) and _non_finite(values, "reward", per_env=True)[0][0] == 1
     big[1, 2] = -np.inf
     assert _non_finite(big, "observation", per_env=True) == [(1, "a non-finite observation (-inf at index (2,))")]
 

@@ -26,6 +26,10 @@ class NonFiniteError(FloatingPointError, ValueError):
     """
 
 
+# Arrays up to this size are summed in Python: for a few numbers that costs a fraction of NumPy's reduction
+_PYTHON_SUM_SIZE = 64
+
+
 def _all_finite(values: Any) -> bool:
     """
     Whether every entry of an observation, a Dict observation or a reward array is finite: the fast check of every
@@ -35,10 +39,12 @@ def _all_finite(values: Any) -> bool:
     if isinstance(values, dict):
         return all(_all_finite(value) for value in values.values())
     dtype = values.dtype
-    if dtype.kind == "f":
-        # float16 sums overflow soon (65504): they add up in float32
-        return math.isfinite(np.add.reduce(values, axis=None, dtype=np.float32 if dtype.itemsize < 4 else None))
-    return dtype.kind != "c" or bool(np.isfinite(values).all())  # integers and bools (images, discrete) are finite
+    if dtype.kind != "f":
+        return dtype.kind != "c" or bool(np.isfinite(values).all())  # integers and bools (images, discrete) are finite
+    if values.size <= _PYTHON_SUM_SIZE:
+        return math.isfinite(sum(values.ravel().tolist()))  # Python floats: float16 and float32 entries never overflow
+    # float16 sums overflow soon (65504): they add up in float32
+    return math.isfinite(np.add.reduce(values, axis=None, dtype=np.float32 if dtype.itemsize < 4 else None))
 
 
 def _non_finite(values: Any, name: str, per_env: bool) -> list[tuple[int, str]]:
@@ -111,15 +117,11 @@ class CheckFiniteCallback(BaseCallback):
                 _non_finite(step["new_obs"], "observation", per_env=True)
                 + _non_finite(step["rewards"], "reward", per_env=True)
             )
-        dones = step["dones"]
-        if dones.any():
-            for env in np.flatnonzero(dones):
-                terminal = step["infos"][env].get("terminal_observation")
-                if terminal is None:
-                    continue
-                terminal = _as_arrays(terminal)
+        for env, info in enumerate(step["infos"]):  # a terminal observation comes with an episode's end
+            if "terminal_observation" in info and info["terminal_observation"] is not None:
+                terminal = _as_arrays(info["terminal_observation"])
                 if not _all_finite(terminal):
-                    self._raise([(int(env), text) for _, text in _non_finite(terminal, "terminal observation", per_env=False)])
+                    self._raise([(env, text) for _, text in _non_finite(terminal, "terminal observation", per_env=False)])
         return self.callback.on_step()
 
     def _on_rollout_end(self) -> None:
