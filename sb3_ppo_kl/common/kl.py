@@ -246,15 +246,8 @@ def check_coef_bounds(name: str, bounds: Any, adaptive: bool) -> tuple[float, fl
 
 
 def _check_float(name: str, value: float, valid: str, ok: bool) -> None:
-    """TypeError naming ``name`` unless ``value`` is a real number; ValueError unless it is finite and ``ok``."""
-    if not _is_real(value):
-        raise TypeError(f"`{name}` must be {valid}, got {_got(value)}")
-    if not (math.isfinite(value) and ok):
+    if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and ok):
         raise ValueError(f"`{name}` must be {valid}, got {value!r}")
-
-
-def _positive(value: float) -> bool:
-    return value > 0
 
 
 def _check_kl_target(kl_target: float | Callable[[float], float]) -> None:
@@ -263,13 +256,12 @@ def _check_kl_target(kl_target: float | Callable[[float], float]) -> None:
     to 0 doubles beta after every late update: the trust region closes, as ``clip_range`` annealed to 0 does).
     """
     if not callable(kl_target):
-        check_real(
-            "kl_target", kl_target, "a finite number > 0 or a schedule (a callable of the progress remaining)", _positive
-        )
+        valid = "a finite number > 0 or a schedule (a callable of the progress remaining)"
+        check_real("kl_target", kl_target, valid, lambda value: value > 0)
         return
     for progress, valid in ((1.0, "> 0 at the start (progress_remaining=1)"), (0.0, ">= 0 at the end (progress_remaining=0)")):
         value = kl_target(progress)
-        ok = _is_real(value) and math.isfinite(value) and (value > 0 if progress == 1.0 else value >= 0)
+        ok = isinstance(value, numbers.Real) and math.isfinite(value) and (value > 0 if progress == 1.0 else value >= 0)
         if not ok:
             raise ValueError(f"`kl_target` as a schedule must be finite, {valid}, got {value!r}")
 

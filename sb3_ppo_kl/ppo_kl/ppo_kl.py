@@ -146,10 +146,11 @@ class PPOKL(OnPolicyAlgorithm):
     :param device: Device (cpu, cuda, auto).
     :param _init_setup_model: Whether to build the network at the creation of the instance.
 
-    Every argument of this package's own (``kl_*``, ``adaptive_kl``, ``ref_*``, ``value_warmup_rollouts``) is
-    checked before an environment is made or a network built: a wrong type raises TypeError (a string such as
-    ``"0.01"`` from a config file; a bool where a number is expected; anything but a bool for ``adaptive_kl``), a
-    value out of range ValueError, each naming the argument and what it accepts.
+    The arguments of this package's own are checked before an environment is made or a network built, and an
+    error names the argument and what it accepts. For ``kl_target``, ``kl_coef``, ``adaptive_kl``,
+    ``kl_tolerance``, ``kl_adapt_factor``, ``kl_coef_bounds`` and ``value_warmup_rollouts`` a wrong type raises
+    TypeError (a string such as ``"0.01"`` from a config file; a bool where a number is expected; anything but a
+    bool for ``adaptive_kl``), a value out of range ValueError.
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
