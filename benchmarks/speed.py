@@ -12,10 +12,14 @@ faster). The pairs:
 - ``mask``: MaskablePPOKL against MaskablePPO on sb3-contrib's ``InvalidActionEnvDiscrete`` (10 actions,
   4 masked), MaskablePPO's defaults, one env;
 - ``lstm``: RecurrentPPOKL against RecurrentPPO on CartPole-v1 with 8 envs, n_steps 128, batch_size 256,
-  10 epochs, lr 7e-4, LSTM 64.
+  10 epochs, lr 7e-4, LSTM 64;
+- ``finite_check``: the cost of PPOKL's check of the environment's observations and rewards
+  (``check_finite_env``): PPOKL with it against PPOKL without it, on CartPole-v1 (the cheapest step, so the
+  largest share), one env, SB3 PPO's defaults. Not in the default set of pairs.
 
     python -m benchmarks.speed --rounds 5
     python -m benchmarks.speed --rounds 5 --pairs lstm mask --timesteps 8192
+    python -m benchmarks.speed --rounds 10 --pairs finite_check
 """
 
 import argparse
@@ -42,6 +46,19 @@ def _ppo(clip: bool | None) -> Callable[[str, int], Any]:
         if clip is None:
             return PPO("MlpPolicy", env, seed=seed, device="cpu")
         return PPOKL("MlpPolicy", env, seed=seed, device="cpu", clip_range=0.2 if clip else None)
+
+    return make
+
+
+def _finite_check(check: bool) -> Callable[[str, int], Any]:
+    def make(env_id: str, seed: int) -> Any:
+        from stable_baselines3.common.env_util import make_vec_env
+
+        from sb3_ppo_kl import PPOKL
+
+        model = PPOKL("MlpPolicy", make_vec_env(env_id, n_envs=1, seed=seed), seed=seed, device="cpu")
+        model.check_finite_env = check
+        return model
 
     return make
 
@@ -80,6 +97,7 @@ PAIRS: dict[str, tuple[str, dict[str, Callable[[str, int], Any]]]] = {
     "Pendulum-v1": ("Pendulum-v1", {"ppo": _ppo(None), "ppo_kl": _ppo(False), "ppo_kl_clip": _ppo(True)}),
     "mask": ("InvalidActionEnvDiscrete", {"maskable_ppo": _maskable(False), "maskable_ppo_kl": _maskable(True)}),
     "lstm": ("CartPole-v1", {"recurrent_ppo": _recurrent(False), "recurrent_ppo_kl": _recurrent(True)}),
+    "finite_check": ("CartPole-v1", {"ppo_kl_unchecked": _finite_check(False), "ppo_kl": _finite_check(True)}),
 }
 
 
@@ -111,7 +129,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--timesteps", type=int, default=16_384)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--pairs", nargs="+", choices=list(PAIRS), default=list(PAIRS))
+    parser.add_argument("--pairs", nargs="+", choices=list(PAIRS), default=[pair for pair in PAIRS if pair != "finite_check"])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "speed.json")
     args = parser.parse_args()
     th.set_num_threads(args.threads)

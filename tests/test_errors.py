@@ -1,12 +1,16 @@
-"""Bad input is rejected at construction; non-finite values never reach the parameters."""
+"""Bad input is rejected at construction; non-finite values from the env or an update never reach the parameters."""
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from sb3_contrib.common.wrappers import ActionMasker
+from stable_baselines3.common.envs import SimpleMultiObsEnv
+from stable_baselines3.common.vec_env import DummyVecEnv
 
-from sb3_ppo_kl import PPOKL, NonFiniteError
+from sb3_ppo_kl import PPOKL, MaskablePPOKL, NonFiniteError, RecurrentPPOKL
+from sb3_ppo_kl.common.finite import _all_finite, _non_finite
 
 
 class TupleActionEnv(gym.Env):
@@ -21,29 +25,84 @@ class TupleActionEnv(gym.Env):
         return self.observation_space.sample(), 0.0, False, False, {}
 
 
+# One case per line: (constructor arguments, the error, what its message must say). A new argument joins in one line.
+# A wrong type is a TypeError, a wrong value a ValueError; both name the argument and what it accepts.
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "kwargs, error, message",
     [
-        (dict(kl_target=0.0), "`kl_target` must be a finite number > 0"),
-        (dict(kl_target=-1.0), "`kl_target` must be a finite number > 0"),
-        (dict(kl_coef=-0.5), "`kl_coef` must be a finite number >= 0"),
-        (dict(kl_tolerance=1.0), "`kl_tolerance` must be a finite number > 1"),
-        (dict(kl_adapt_factor=0.5), "`kl_adapt_factor` must be a finite number > 1"),
-        (dict(kl_coef_bounds=(2.0, 1.0)), r"`kl_coef_bounds` must be a pair \(low, high\) with 0 <= low <= high"),
-        (dict(kl_coef_bounds=(-1.0, 1.0)), r"`kl_coef_bounds` must be a pair"),
-        (dict(kl_coef=5.0, kl_coef_bounds=(0.1, 2.0)), "`kl_coef` .* must lie within kl_coef_bounds"),
-        (dict(n_steps=1), r"`n_steps \* n_envs` must be > 1 when normalize_advantage=True, got n_steps=1 and n_envs=1"),
-        (dict(batch_size=1), "`batch_size` must be an integer >= 2 when normalize_advantage=True"),
-        (dict(n_steps=0), "`n_steps` must be an integer >= 1"),
-        (dict(n_epochs=0), "`n_epochs` must be an integer >= 1"),
-        (dict(clip_range=0.0), "`clip_range` must be > 0"),
-        (dict(target_kl=-0.1), "`target_kl` must be > 0"),
-        (dict(kl_target=lambda progress: 0.01 * (1 - progress)), "`kl_target` as a schedule must be finite, > 0 at the start"),
+        (dict(kl_target=0.0), ValueError, "`kl_target` must be a finite number > 0"),
+        (dict(kl_target=-1.0), ValueError, "`kl_target` must be a finite number > 0"),
+        (dict(kl_target=float("nan")), ValueError, "`kl_target` must be a finite number > 0"),
+        (dict(kl_target="0.01"), TypeError, r"`kl_target` must be a finite number > 0 or a schedule .*got '0.01' \(str\)"),
+        (dict(kl_target=True), TypeError, r"`kl_target` must be a finite number > 0 .*got True \(bool\)"),
+        (dict(kl_target=None), TypeError, r"`kl_target` must be a finite number > 0 .*got None"),
+        (dict(kl_target=lambda progress: 0.01 * (1 - progress)), ValueError, "`kl_target` as a schedule must be finite, > 0"),
+        (dict(kl_target=lambda progress: "0.01"), ValueError, "`kl_target` as a schedule must be finite"),
+        (dict(kl_coef=-0.5), ValueError, "`kl_coef` must be a finite number >= 0"),
+        (dict(kl_coef="1.0"), TypeError, r"`kl_coef` must be a finite number >= 0, got '1.0' \(str\)"),
+        (dict(kl_coef=True), TypeError, r"`kl_coef` must be a finite number >= 0, got True \(bool\)"),
+        (dict(kl_coef=float("inf"), adaptive_kl=False), ValueError, "`kl_coef` must be a finite number >= 0"),
+        (dict(kl_coef=0.0), ValueError, "`kl_coef` .* must lie within kl_coef_bounds.* adaptive beta of 0 would stay 0"),
+        (dict(kl_coef=5.0, kl_coef_bounds=(0.1, 2.0)), ValueError, "`kl_coef` .* must lie within kl_coef_bounds"),
+        (dict(adaptive_kl="yes"), TypeError, r"`adaptive_kl` must be a bool \(True or False\), got 'yes' \(str\)"),
+        (dict(adaptive_kl="False"), TypeError, "`adaptive_kl` must be a bool"),
+        (dict(adaptive_kl=1), TypeError, r"`adaptive_kl` must be a bool \(True or False\), got 1 \(int\)"),
+        (dict(adaptive_kl=None), TypeError, "`adaptive_kl` must be a bool"),
+        (dict(kl_tolerance=1.0), ValueError, "`kl_tolerance` must be a finite number > 1"),
+        (dict(kl_tolerance="1.5"), TypeError, "`kl_tolerance` must be a finite number > 1, got '1.5'"),
+        (dict(kl_adapt_factor=0.5), ValueError, "`kl_adapt_factor` must be a finite number > 1"),
+        (dict(kl_adapt_factor=None), TypeError, "`kl_adapt_factor` must be a finite number > 1, got None"),
+        (dict(kl_coef_bounds=(2.0, 1.0)), ValueError, r"`kl_coef_bounds` must be a pair \(low, high\) of real numbers"),
+        (dict(kl_coef_bounds=(-1.0, 1.0)), ValueError, r"`kl_coef_bounds` must be a pair .* with 0 <= low <= high"),
+        (dict(kl_coef_bounds=(0.1,)), ValueError, r"`kl_coef_bounds` must be a pair"),
+        (dict(kl_coef_bounds=(0.1, float("nan"))), ValueError, r"`kl_coef_bounds` must be a pair"),
+        (dict(kl_coef_bounds="0.1, 10"), TypeError, r"`kl_coef_bounds` must be a pair \(low, high\) of real numbers"),
+        (dict(kl_coef_bounds=0.1), TypeError, r"`kl_coef_bounds` must be a pair \(low, high\) of real numbers"),
+        (dict(kl_coef_bounds=("0.1", "10")), TypeError, r"`kl_coef_bounds` must be a pair \(low, high\) of real numbers"),
+        (dict(kl_coef_bounds=(True, 10)), TypeError, r"`kl_coef_bounds` must be a pair \(low, high\) of real numbers"),
+        # an adaptive beta needs a lower bound above 0: a beta of 0 would stay 0 (0 * kl_adapt_factor is 0)
+        (dict(kl_coef_bounds=(0, 1)), ValueError, "`kl_coef_bounds` must have low > 0 when the coefficient adapts"),
+        (dict(kl_coef=0.0, kl_coef_bounds=(0.0, 1.0)), ValueError, "`kl_coef_bounds` must have low > 0"),
+        (dict(value_warmup_rollouts=-1), ValueError, "`value_warmup_rollouts` must be an integer >= 0, got -1"),
+        (dict(value_warmup_rollouts="2"), TypeError, r"`value_warmup_rollouts` must be an integer >= 0, got '2' \(str\)"),
+        (dict(value_warmup_rollouts=2.0), TypeError, r"`value_warmup_rollouts` must be an integer >= 0, got 2.0 \(float\)"),
+        (dict(value_warmup_rollouts=True), TypeError, r"`value_warmup_rollouts` must be an integer >= 0, got True \(bool\)"),
+        (dict(n_steps=1), ValueError, r"`n_steps \* n_envs` must be > 1 when normalize_advantage=True, got n_steps=1"),
+        (dict(batch_size=1), ValueError, "`batch_size` must be an integer >= 2 when normalize_advantage=True"),
+        (dict(n_steps=0), ValueError, "`n_steps` must be an integer >= 1"),
+        (dict(n_epochs=0), ValueError, "`n_epochs` must be an integer >= 1"),
+        (dict(clip_range=0.0), ValueError, "`clip_range` must be > 0"),
+        (dict(target_kl=-0.1), ValueError, "`target_kl` must be > 0"),
     ],
 )
-def test_bad_hyperparameters_raise_value_error(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_hyperparameters_raise_an_error_naming_them(kwargs, error, message):
+    with pytest.raises(error, match=message):
         PPOKL("MlpPolicy", "CartPole-v1", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(kl_coef=0.0, adaptive_kl=False),  # no penalty at all (benchmarks.run's no-clip-no-penalty)
+        dict(kl_coef=0.0, adaptive_kl=False, kl_coef_bounds=(0.0, 1.0)),  # a fixed beta ignores its bounds
+        dict(kl_coef=np.float32(0.5), kl_target=np.float64(0.02), adaptive_kl=np.bool_(1), value_warmup_rollouts=np.int8(1)),
+        dict(kl_coef=2, kl_target=1, kl_tolerance=2, kl_adapt_factor=3, kl_coef_bounds=[1, 10]),  # ints are numbers
+    ],
+)
+def test_good_hyperparameters_of_every_numeric_type_are_accepted(kwargs):
+    model = PPOKL("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, **kwargs)
+    assert model.kl_coef == float(kwargs["kl_coef"])
+    assert isinstance(model.kl_coef, float) and isinstance(model.kl_controller.adaptive_kl, bool)
+
+
+def test_kl_coef_setter_names_the_parameter():
+    model = PPOKL("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32)
+    with pytest.raises(TypeError, match="`kl_coef` must be a finite number >= 0, got '2'"):
+        model.kl_coef = "2"
+    with pytest.raises(ValueError, match="`kl_coef` must be a finite number >= 0, got -1"):
+        model.kl_coef = -1
+    model.kl_coef = 2
+    assert model.kl_coef == 2.0
 
 
 def test_unsupported_action_space():
@@ -58,46 +117,131 @@ def test_rollout_buffer_class_without_the_mixin():
         PPOKL("MlpPolicy", "CartPole-v1", rollout_buffer_class=RolloutBuffer)
 
 
-class NaNAfter(gym.Wrapper):
-    """Emits a NaN reward or observation from step `after` on (a broken simulator or reward function)."""
+class NaNAt(gym.Wrapper):
+    """
+    Returns a NaN at its `at`-th step (1-based) in the observation, the reward or the terminal observation (the
+    episode is then truncated there), or in the observation of its first reset: a broken simulator or reward function.
+    """
 
-    def __init__(self, env, after: int, what: str):
+    def __init__(self, env, at: int, what: str, key: str | None = None):
         super().__init__(env)
-        self.after, self.what, self.steps = after, what, 0
+        self.at, self.what, self.key, self.steps, self.resets = at, what, key, 0, 0
+
+    def _poison(self, obs):
+        if self.key is not None:  # one key of a Dict observation
+            return {**obs, self.key: np.full_like(obs[self.key], np.nan)}
+        obs = np.array(obs)
+        obs[1] = np.nan
+        return obs
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self.resets += 1
+        return (self._poison(obs) if self.what == "reset observation" and self.resets == 1 else obs), info
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
         self.steps += 1
-        if self.steps >= self.after:
+        if self.steps == self.at:
             if self.what == "reward":
                 reward = float("nan")
-            else:
-                obs = np.full_like(obs, np.nan)
+            elif self.what in ("observation", "terminal observation"):
+                obs = self._poison(obs)
+                truncated = truncated or self.what == "terminal observation"
         return obs, reward, terminated, truncated, info
 
 
-@pytest.mark.parametrize(
-    "what, error, message",
-    [
-        # Our guard: the NaN reaches the advantages, the loss is non-finite, the step is refused.
-        # NonFiniteError is a FloatingPointError and a ValueError (RL Zoo's tuner prunes on ValueError).
-        ("reward", NonFiniteError, "non-finite policy loss .*value loss.* after 256 timesteps .*epoch 1/2, minibatch 1"),
-        # A NaN observation is already refused by torch while the rollout is collected, before any update.
-        ("observation", ValueError, "invalid values"),
-    ],
-)
-def test_non_finite_values_stop_training_and_leave_a_saveable_model(tmp_path, what, error, message):
-    env = NaNAfter(gym.make("Pendulum-v1"), after=200, what=what)
-    model = PPOKL("MlpPolicy", env, n_steps=128, batch_size=32, n_epochs=2, seed=0)
-    with pytest.raises(error, match=message):
-        model.learn(1024)
+def _two_envs(env_id: str, at: int, what: str, **kwargs) -> DummyVecEnv:
+    """Two envs, the second (env 1) returning a NaN at its `at`-th step."""
+    return DummyVecEnv([lambda: gym.make(env_id), lambda: NaNAt(gym.make(env_id), at, what, **kwargs)])
+
+
+def _assert_saveable_with_finite_parameters(model, path) -> None:
     for param in model.policy.parameters():
         assert th.isfinite(param).all()
     assert np.isfinite(model.kl_coef)
-    model.save(tmp_path / "last_good")
-    loaded = PPOKL.load(tmp_path / "last_good")
+    model.save(path)
+    loaded = type(model).load(path)
     for a, b in zip(model.policy.parameters(), loaded.policy.parameters()):
         assert th.equal(a, b)
+
+
+@pytest.mark.parametrize("what", ["observation", "reward", "terminal observation"])
+def test_a_non_finite_value_from_the_env_is_named_before_it_enters_the_rollout(tmp_path, what):
+    # env 1 of 2 returns the NaN at its 45th step: after one update (32 steps per rollout), 12 steps into the next
+    model = PPOKL("MlpPolicy", _two_envs("Pendulum-v1", 45, what), n_steps=32, batch_size=64, n_epochs=1, seed=0)
+    value = "nan at index \\(1,\\)" if "observation" in what else "nan"
+    message = rf"PPOKL: env 1 \(of 2\) returned a non-finite {what} \({value}\), at step 45 of this learn\(\) call"
+    message += r" \(num_timesteps=90\)"
+    with pytest.raises(NonFiniteError, match=message):
+        model.learn(256)
+    buffer = model.rollout_buffer
+    assert buffer.pos == 12  # steps 33 to 44: the 45th never entered the buffer
+    assert np.isfinite(buffer.observations[: buffer.pos]).all() and np.isfinite(buffer.rewards[: buffer.pos]).all()
+    _assert_saveable_with_finite_parameters(model, tmp_path / "last_good")
+
+
+def test_a_non_finite_first_observation_is_named(tmp_path):
+    model = PPOKL("MlpPolicy", _two_envs("Pendulum-v1", 0, "reset observation"), n_steps=32, batch_size=64, seed=0)
+    message = r"env 1 \(of 2\) returned a non-finite observation \(nan at index \(1,\)\), in the first observation of learn"
+    with pytest.raises(NonFiniteError, match=message):
+        model.learn(64)
+    _assert_saveable_with_finite_parameters(model, tmp_path / "model")
+
+
+def test_a_non_finite_dict_observation_names_its_key():
+    env = DummyVecEnv([SimpleMultiObsEnv, lambda: NaNAt(SimpleMultiObsEnv(), 7, "observation", key="vec")])
+    model = PPOKL("MultiInputPolicy", env, n_steps=16, batch_size=32, seed=0)
+    with pytest.raises(
+        NonFiniteError, match=r"env 1 \(of 2\) returned a non-finite observation\['vec'\] \(nan at index \(0,\)\), at step 7"
+    ):
+        model.learn(64)
+
+
+@pytest.mark.parametrize("algo", [MaskablePPOKL, RecurrentPPOKL])
+def test_the_variants_name_a_non_finite_observation(tmp_path, algo):
+    def make(at):
+        env = NaNAt(gym.make("CartPole-v1"), at, "observation")
+        return ActionMasker(env, lambda env: np.ones(2, dtype=bool)) if algo is MaskablePPOKL else env
+
+    model = algo(
+        "MlpLstmPolicy" if algo is RecurrentPPOKL else "MlpPolicy",
+        DummyVecEnv([lambda: make(0), lambda: make(20)]),
+        n_steps=16,
+        batch_size=32,
+        n_epochs=1,
+        seed=0,
+    )
+    message = rf"{algo.__name__}: env 1 \(of 2\) returned a non-finite observation \(nan at index \(1,\)\), at step 20 of"
+    with pytest.raises(NonFiniteError, match=message):
+        model.learn(128)
+    _assert_saveable_with_finite_parameters(model, tmp_path / "model")
+
+
+def test_the_check_can_be_turned_off():
+    """Without it, a NaN observation reaches the policy, where torch refuses it (SB3's own behaviour)."""
+    model = PPOKL("MlpPolicy", _two_envs("Pendulum-v1", 5, "observation"), n_steps=32, batch_size=64, seed=0)
+    model.check_finite_env = False
+    with pytest.raises(ValueError, match="Expected parameter loc") as error:
+        model.learn(64)
+    assert not isinstance(error.value, NonFiniteError)
+
+
+def test_finite_values_whose_sum_overflows_are_not_reported():
+    # the per-step check sums the values (NaN and inf propagate); an overflowing sum is sorted out exactly
+    big = np.full((2, 300), np.finfo(np.float32).max, dtype=np.float32)
+    with pytest.warns(RuntimeWarning, match="overflow"):
+        assert not _all_finite(big)
+    assert _non_finite(big, "observation", per_env=True) == []
+    assert _all_finite(np.full((2, 100), 60000, dtype=np.float16))  # float16 adds up in float32
+    assert _all_finite(np.full((2, 3), 60000, dtype=np.float16))  # a small array adds up in Python floats
+    for size in (3, 300):  # summed in Python, and by NumPy
+        values = np.zeros((2, size), dtype=np.float32)
+        assert _all_finite(values)
+        values[1, -1] = np.nan
+        assert not _all_finite(values) and _non_finite(values, "reward", per_env=True)[0][0] == 1
+    big[1, 2] = -np.inf
+    assert _non_finite(big, "observation", per_env=True) == [(1, "a non-finite observation (-inf at index (2,))")]
 
 
 def test_non_finite_kl_is_named(rollout):

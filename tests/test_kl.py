@@ -70,11 +70,17 @@ def test_fixed_beta_never_changes():
         assert controller.update(kl) == 3.0
 
 
-def test_zero_low_bound_lets_beta_reach_zero_only_by_halving():
-    controller = KLCoefController(kl_coef=1.0, kl_coef_bounds=(0.0, 10.0))
-    for _ in range(2000):
-        controller.update(0.0)
-    assert controller.kl_coef == 0.0  # underflows to exactly 0, never negative
+def test_zero_low_bound_is_refused_for_an_adaptive_beta_only():
+    # halving would take an adaptive beta to exactly 0, where doubling leaves it for good
+    with pytest.raises(ValueError, match="`kl_coef_bounds` must have low > 0 when the coefficient adapts"):
+        KLCoefController(kl_coef=1.0, kl_coef_bounds=(0.0, 10.0))
+    assert KLCoefController(kl_coef=0.0, adaptive_kl=False, kl_coef_bounds=(0.0, 10.0)).update(0.0) == 0.0
+
+
+def test_beta_at_the_lower_bound_rises_again():
+    controller = KLCoefController(kl_coef=1e-4, kl_coef_bounds=(1e-4, 1e4))
+    assert controller.update(0.0) == 1e-4
+    assert controller.update(1.0) == 2e-4
 
 
 @pytest.mark.parametrize(
@@ -91,6 +97,7 @@ def test_zero_low_bound_lets_beta_reach_zero_only_by_halving():
         (dict(kl_coef_bounds=(-0.1, 1.0)), "kl_coef_bounds"),
         (dict(kl_coef_bounds=(0.1,)), "kl_coef_bounds"),
         (dict(kl_coef=100.0, kl_coef_bounds=(0.1, 10.0)), "kl_coef"),
+        (dict(kl_coef_bounds=(0.0, 10.0)), "kl_coef_bounds"),
     ],
 )
 def test_controller_rejects_bad_input(kwargs, name):

@@ -19,8 +19,10 @@ This module holds the pieces an algorithm needs:
 
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
+import numpy as np
 import torch as th
 from sb3_contrib.common.maskable.distributions import MaskableCategoricalDistribution, MaskableMultiCategoricalDistribution
 from stable_baselines3.common.distributions import (
@@ -146,6 +148,103 @@ def sampled_kl(old_log_prob: th.Tensor, new_log_prob: th.Tensor) -> th.Tensor:
     return th.expm1(log_ratio) - log_ratio
 
 
+def _is_real(value: Any) -> bool:
+    """A real number: an int, a float or a NumPy number; not a bool (``True`` is not a coefficient)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _got(value: Any) -> str:
+    """``value`` as an error message shows it: its repr and, for a wrong type, the type's name."""
+    return f"{value!r} ({type(value).__name__})"
+
+
+def check_real(name: str, value: Any, valid: str, condition: Callable[[float], bool] | None = None) -> float:
+    """
+    Validate a numeric argument and return it as a float.
+
+    :param name: the argument's name, for the error message
+    :param value: the value given
+    :param valid: what the argument accepts, in words (``"a finite number > 0"``): the messages say
+        "`name` must be <valid>, got ..."
+    :param condition: the range the value must lie in (``lambda v: v > 0``); None: any finite number
+    :return: ``float(value)``
+    :raises TypeError: if ``value`` is not a real number (an int, a float or a NumPy number): a string, as a
+        config file easily gives, None, or a bool (a bool is a bool, never a number)
+    :raises ValueError: if ``value`` is not finite or fails ``condition``
+    """
+    if not _is_real(value):
+        raise TypeError(f"`{name}` must be {valid}, got {_got(value)}")
+    if not (math.isfinite(value) and (condition is None or condition(value))):
+        raise ValueError(f"`{name}` must be {valid}, got {value!r}")
+    return float(value)
+
+
+def check_int(name: str, value: Any, valid: str, condition: Callable[[int], bool] | None = None) -> int:
+    """
+    Validate an integer argument (a Python or NumPy integer, not a bool) and return it as an int.
+
+    :param name: the argument's name, for the error message
+    :param value: the value given
+    :param valid: what the argument accepts, in words (``"an integer >= 0"``)
+    :param condition: the range the value must lie in; None: any integer
+    :return: ``int(value)``
+    :raises TypeError: if ``value`` is not an integer (a float such as ``2.0``, a string, a bool)
+    :raises ValueError: if it fails ``condition``
+    """
+    if not (isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))):
+        raise TypeError(f"`{name}` must be {valid}, got {_got(value)}")
+    if condition is not None and not condition(value):  # type: ignore[arg-type]
+        raise ValueError(f"`{name}` must be {valid}, got {value!r}")
+    return int(value)  # type: ignore[arg-type]
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """
+    Validate a flag: ``True`` or ``False`` (or a NumPy bool), nothing else.
+
+    :param name: the argument's name, for the error message
+    :param value: the value given
+    :return: ``bool(value)``
+    :raises TypeError: for anything but a bool: ``"yes"``, ``"False"`` (a true string) or ``1`` would otherwise be read
+        as True in silence
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be a bool (True or False), got {_got(value)}")
+    return bool(value)
+
+
+def check_coef_bounds(name: str, bounds: Any, adaptive: bool) -> tuple[float, float]:
+    """
+    Validate the bounds of an adaptive KL coefficient and return them as ``(low, high)`` floats.
+
+    :param name: the argument's name, for the error message
+    :param bounds: ``(low, high)``, a pair of real numbers with ``0 <= low <= high`` (``high`` may be ``inf``)
+    :param adaptive: whether the coefficient adapts. An adaptive coefficient needs ``low > 0``: the rule multiplies
+        and divides the coefficient, so a coefficient of 0 would stay 0 for good (0 times any factor is 0) and the
+        penalty would be off in silence. A fixed coefficient never reads the bounds, and may be 0.
+    :return: ``(low, high)``
+    :raises TypeError: if ``bounds`` is not a pair of real numbers (a string, None, a pair with a string or a bool)
+    :raises ValueError: for a pair of the wrong length, a NaN, ``low < 0``, ``low > high``, or ``low == 0`` when
+        ``adaptive``
+    """
+    valid = "a pair (low, high) of real numbers with 0 <= low <= high"
+    if isinstance(bounds, (str, bytes)) or not isinstance(bounds, Iterable):
+        raise TypeError(f"`{name}` must be {valid}, got {_got(bounds)}")
+    pair = tuple(bounds)
+    if not all(_is_real(bound) for bound in pair):
+        raise TypeError(f"`{name}` must be {valid}, got {bounds!r}")
+    if not (len(pair) == 2 and not any(math.isnan(bound) for bound in pair) and 0 <= pair[0] <= pair[1]):
+        raise ValueError(f"`{name}` must be {valid}, got {bounds!r}")
+    low, high = float(pair[0]), float(pair[1])
+    if adaptive and low == 0:
+        raise ValueError(
+            f"`{name}` must have low > 0 when the coefficient adapts (adaptive_kl=True): a coefficient of 0 would stay 0 "
+            f"(0 times kl_adapt_factor is 0) and the penalty would be off for good, got {bounds!r}. For no penalty, use "
+            "kl_coef=0 with adaptive_kl=False"
+        )
+    return low, high
+
+
 def _check_float(name: str, value: float, valid: str, ok: bool) -> None:
     if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and ok):
         raise ValueError(f"`{name}` must be {valid}, got {value!r}")
@@ -157,7 +256,8 @@ def _check_kl_target(kl_target: float | Callable[[float], float]) -> None:
     to 0 doubles beta after every late update: the trust region closes, as ``clip_range`` annealed to 0 does).
     """
     if not callable(kl_target):
-        _check_float("kl_target", kl_target, "a finite number > 0 or a schedule", kl_target > 0)  # type: ignore[operator]
+        valid = "a finite number > 0 or a schedule (a callable of the progress remaining)"
+        check_real("kl_target", kl_target, valid, lambda value: value > 0)
         return
     for progress, valid in ((1.0, "> 0 at the start (progress_remaining=1)"), (0.0, ">= 0 at the end (progress_remaining=0)")):
         value = kl_target(progress)
@@ -179,20 +279,27 @@ class KLCoefController:
 
     With ``adaptive_kl=False`` beta never changes (the paper's "fixed KL" setting).
 
-    :param kl_coef: initial beta, dimensionless, ``>= 0``. Default 1.0 (the paper's start value).
+    Every argument is checked at construction: a wrong type raises TypeError (a string such as ``"0.01"``,
+    as a config file easily gives, or a bool where a number is expected, or anything but a bool for
+    ``adaptive_kl``), a wrong value ValueError; both name the argument and what it accepts.
+
+    :param kl_coef: initial beta, dimensionless, ``>= 0``. Default 1.0 (the paper's start value). An adaptive
+        beta must start inside ``kl_coef_bounds``, hence ``> 0``; ``kl_coef=0`` (no penalty) needs
+        ``adaptive_kl=False``.
     :param kl_target: target KL ``d_targ`` in nats per state, ``> 0``, or a schedule: a callable of the
         progress remaining (1 at the start of training, 0 at the end), as SB3's ``clip_range``, that starts
         ``> 0`` and stays ``>= 0``. Default 0.01.
-    :param adaptive_kl: adapt beta (True, default) or keep it fixed (False).
+    :param adaptive_kl: adapt beta (True, default) or keep it fixed (False). A bool, nothing else.
     :param kl_tolerance: the band around ``kl_target`` where beta is left alone, ``> 1``.
         Default 1.5 (the paper's).
     :param kl_adapt_factor: factor by which beta is multiplied or divided, ``> 1``. Default 2.0
         (the paper's).
-    :param kl_coef_bounds: ``(low, high)`` with ``0 <= low <= high``: adapted values of beta are
-        clamped to this range so that beta can neither vanish nor overflow. Default
+    :param kl_coef_bounds: ``(low, high)``, a pair of real numbers with ``0 <= low <= high``: adapted values
+        of beta are clamped to this range so that beta can neither vanish nor overflow. Default
         ``(1e-4, 1e4)``: 13 halvings or doublings away from the paper's start value of 1, wider
-        than beta travels in normal training. When ``adaptive_kl`` is True the initial
-        ``kl_coef`` must lie inside the bounds.
+        than beta travels in normal training. When ``adaptive_kl`` is True, ``low`` must be ``> 0``
+        (a beta of 0 would stay 0 for good: 0 times ``kl_adapt_factor`` is 0) and the initial
+        ``kl_coef`` must lie inside the bounds. A fixed beta ignores them.
     """
 
     def __init__(
@@ -204,22 +311,17 @@ class KLCoefController:
         kl_adapt_factor: float = 2.0,
         kl_coef_bounds: Sequence[float] = (1e-4, 1e4),
     ):
-        _check_float("kl_coef", kl_coef, "a finite number >= 0", kl_coef >= 0)
+        kl_coef = check_real("kl_coef", kl_coef, "a finite number >= 0", lambda value: value >= 0)
         _check_kl_target(kl_target)
-        _check_float("kl_tolerance", kl_tolerance, "a finite number > 1", kl_tolerance > 1)
-        _check_float("kl_adapt_factor", kl_adapt_factor, "a finite number > 1", kl_adapt_factor > 1)
-        bounds = tuple(kl_coef_bounds)
-        if not (
-            len(bounds) == 2
-            and all(isinstance(b, numbers.Real) and not math.isnan(b) for b in bounds)
-            and 0 <= bounds[0] <= bounds[1]
-        ):
-            raise ValueError(f"`kl_coef_bounds` must be a pair (low, high) with 0 <= low <= high, got {kl_coef_bounds!r}")
-        low, high = float(bounds[0]), float(bounds[1])
+        adaptive_kl = check_bool("adaptive_kl", adaptive_kl)
+        check_real("kl_tolerance", kl_tolerance, "a finite number > 1", lambda value: value > 1)
+        check_real("kl_adapt_factor", kl_adapt_factor, "a finite number > 1", lambda value: value > 1)
+        low, high = check_coef_bounds("kl_coef_bounds", kl_coef_bounds, adaptive_kl)
         if adaptive_kl and not low <= kl_coef <= high:
             raise ValueError(
                 f"`kl_coef` (the initial beta) must lie within kl_coef_bounds=[{low}, {high}] when adaptive_kl=True, "
                 f"got {kl_coef}"
+                + (" (an adaptive beta of 0 would stay 0; use adaptive_kl=False for no penalty)" if kl_coef == 0 else "")
             )
         self.kl_coef = float(kl_coef)
         self.kl_target = kl_target if callable(kl_target) else float(kl_target)

@@ -1,12 +1,16 @@
+import io
 import math
+import os
+import pathlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, BasePolicy, MultiInputActorCriticPolicy
@@ -14,10 +18,14 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from stable_baselines3.common.utils import FloatSchedule, explained_variance
 from torch.nn import functional as F
 
+from sb3_ppo_kl.common.atomic import atomic_write, save_target
 from sb3_ppo_kl.common.buffers import KLBufferMixin, KLDictRolloutBuffer, KLRolloutBatch, KLRolloutBuffer
+from sb3_ppo_kl.common.finite import CheckFiniteCallback, NonFiniteError
 from sb3_ppo_kl.common.kl import (
     KLCoefController,
     _check_float,
+    check_int,
+    check_real,
     distribution_params,
     has_analytic_kl,
     per_state_kl,
@@ -80,14 +88,16 @@ class PPOKL(OnPolicyAlgorithm):
     :param gae_lambda: GAE lambda. Default 0.95.
     :param kl_target: Target KL ``d_targ`` between consecutive policies, nats per state, ``> 0``, or a
         schedule of the progress remaining (1 to 0), as ``clip_range``. Default 0.01.
-    :param kl_coef: Initial KL coefficient beta, ``>= 0``. Default 1.0.
+    :param kl_coef: Initial KL coefficient beta, ``>= 0``. Default 1.0. An adaptive beta starts inside
+        ``kl_coef_bounds``, so ``> 0``: ``kl_coef=0`` (no penalty) needs ``adaptive_kl=False``.
     :param adaptive_kl: Adapt beta toward ``kl_target`` after every update (True, default), or keep
         ``kl_coef`` fixed (False, the paper's "fixed KL").
     :param kl_tolerance: Beta is left alone while ``kl_target / kl_tolerance <= d <= kl_target * kl_tolerance``,
         ``> 1``. Default 1.5.
     :param kl_adapt_factor: Factor by which beta is multiplied or divided, ``> 1``. Default 2.0.
-    :param kl_coef_bounds: ``(low, high)``, ``0 <= low <= high``: adapted beta is clamped to this range.
-        Default ``(1e-4, 1e4)``.
+    :param kl_coef_bounds: ``(low, high)``, two real numbers with ``0 <= low <= high``: adapted beta is clamped
+        to this range. Default ``(1e-4, 1e4)``. With ``adaptive_kl=True``, ``low`` must be ``> 0``: a beta of 0
+        would stay 0 for good (0 times ``kl_adapt_factor`` is 0).
     :param ref_policy: None (default), or a frozen reference policy to stay close to, e.g. a pretrained
         policy being fine-tuned: an SB3 policy (a ``BasePolicy``, copied) or the path of an SB3 model zip
         (PPO, A2C, PPOKL, MaskablePPO...). Its observation and action spaces must be the environment's.
@@ -135,6 +145,12 @@ class PPOKL(OnPolicyAlgorithm):
     :param seed: Seed for the pseudo random generators.
     :param device: Device (cpu, cuda, auto).
     :param _init_setup_model: Whether to build the network at the creation of the instance.
+
+    The arguments of this package's own are checked before an environment is made or a network built, and an
+    error names the argument and what it accepts. For ``kl_target``, ``kl_coef``, ``adaptive_kl``,
+    ``kl_tolerance``, ``kl_adapt_factor``, ``kl_coef_bounds`` and ``value_warmup_rollouts`` a wrong type raises
+    TypeError (a string such as ``"0.01"`` from a config file; a bool where a number is expected; anything but a
+    bool for ``adaptive_kl``), a value out of range ValueError.
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -156,6 +172,10 @@ class PPOKL(OnPolicyAlgorithm):
     rollout_buffer: KLBufferMixin  # type: ignore[assignment]
     # Whether ref_policy is supported (RecurrentPPOKL: not yet)
     supports_ref_policy: ClassVar[bool] = True
+    #: Check every observation and reward the environment returns during ``learn()``, and raise
+    #: :class:`~sb3_ppo_kl.NonFiniteError` naming the env and the step at the first non-finite one (see
+    #: :class:`~sb3_ppo_kl.common.finite.CheckFiniteCallback`). Set ``model.check_finite_env = False`` to skip it.
+    check_finite_env: bool = True
 
     def __init__(
         self,
@@ -277,7 +297,8 @@ class PPOKL(OnPolicyAlgorithm):
         value_warmup_rollouts: int = 0,
     ) -> None:
         """
-        Validate the arguments (ValueError naming the parameter) and create ``self.kl_controller``,
+        Validate the arguments (TypeError for a wrong type, ValueError for a wrong value, naming the parameter and
+        what it accepts) and create ``self.kl_controller``,
         the reference policy (loaded, frozen; moved to the device and checked against the
         environment's spaces in ``_setup_model``) and ``self.ref_kl_controller``.
 
@@ -301,13 +322,9 @@ class PPOKL(OnPolicyAlgorithm):
         action_space = getattr(env, "action_space", None)
         if isinstance(action_space, spaces.Space):
             self._check_action_space(action_space)
-        if not (
-            isinstance(value_warmup_rollouts, (int, np.integer))
-            and not isinstance(value_warmup_rollouts, bool)
-            and value_warmup_rollouts >= 0
-        ):
-            raise ValueError(f"`value_warmup_rollouts` must be an integer >= 0, got {value_warmup_rollouts!r}")
-        self.value_warmup_rollouts = int(value_warmup_rollouts)
+        self.value_warmup_rollouts = check_int(
+            "value_warmup_rollouts", value_warmup_rollouts, "an integer >= 0", lambda value: value >= 0
+        )
         self._n_rollouts_trained = 0  # train() calls so far: the first value_warmup_rollouts train the value function only
         if ref_policy is None and ref_kl_target is not None:
             raise ValueError(
@@ -366,9 +383,7 @@ class PPOKL(OnPolicyAlgorithm):
 
     @kl_coef.setter
     def kl_coef(self, value: float) -> None:
-        if not value >= 0:
-            raise ValueError(f"`kl_coef` must be >= 0, got {value}")
-        self.kl_controller.kl_coef = float(value)
+        self.kl_controller.kl_coef = check_real("kl_coef", value, "a finite number >= 0", lambda value: value >= 0)
 
     @property
     def ref_kl_coef(self) -> float:
@@ -799,14 +814,50 @@ class PPOKL(OnPolicyAlgorithm):
             progress_bar=progress_bar,
         )
 
+    def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
+        """
+        SB3's callback for ``learn()`` (the user's, a list made one, the progress bar), wrapped in a
+        :class:`~sb3_ppo_kl.common.finite.CheckFiniteCallback` when ``check_finite_env`` is True: a non-finite
+        observation or reward from the environment raises :class:`~sb3_ppo_kl.NonFiniteError` naming the env and the
+        step, before it enters the rollout buffer or reaches the policy.
 
-class NonFiniteError(FloatingPointError, ValueError):
-    """
-    A non-finite loss term, KL or gradient in a policy update; the step was not applied.
+        :param callback: Callback(s) called at every step with state of the algorithm.
+        :param progress_bar: Display a progress bar using tqdm and rich.
+        :return: A hybrid callback calling `callback` and performing evaluation.
+        """
+        callback = super()._init_callback(callback, progress_bar)
+        if not self.check_finite_env:
+            return callback
+        checked = CheckFiniteCallback(callback)
+        checked.init_callback(self)
+        return checked
 
-    Also a ValueError, so that RL Zoo's tuner prunes such a trial (as it does for the ValueError
-    torch raises when SB3 PPO's distribution turns NaN) instead of stopping the study.
-    """
+    def save(
+        self,
+        path: str | pathlib.Path | io.BufferedIOBase,
+        exclude: Iterable[str] | None = None,
+        include: Iterable[str] | None = None,
+    ) -> None:
+        """
+        Save all the attributes of the object and the model parameters in a zip-file, atomically.
+
+        The zip is SB3's, written to the file SB3 would write (``".zip"`` appended to a path without a suffix),
+        but through a temporary file in the same directory, flushed to disk and renamed over the target with
+        ``os.replace`` (see :func:`sb3_ppo_kl.common.atomic.atomic_write`). Whenever the process dies (a kill, an
+        out-of-memory kill, a pre-empted node) and whatever fails (a full disk), the path holds either the old
+        model or the new one, whole; a save that raises leaves the old file untouched. SB3's callbacks that save
+        (``CheckpointCallback``, ``EvalCallback``'s best model) get this too. A file object is written as SB3
+        writes it.
+
+        :param path: path to the file where the rl agent should be saved, or a binary file object
+        :param exclude: name of parameters that should be excluded in addition to the default ones
+        :param include: name of parameters that might be excluded but should be included anyway
+        """
+        if not isinstance(path, (str, os.PathLike)):
+            super().save(path, exclude=exclude, include=include)
+            return
+        with atomic_write(save_target(path)) as file:
+            super().save(file, exclude=exclude, include=include)  # type: ignore[arg-type]
 
 
 def _masked_mean(x: th.Tensor, valid: th.Tensor | None) -> th.Tensor:

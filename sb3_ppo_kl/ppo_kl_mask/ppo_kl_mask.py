@@ -54,14 +54,16 @@ class MaskablePPOKL(PPOKL, MaskablePPO):  # type: ignore[misc]
     :param gae_lambda: GAE lambda. Default 0.95.
     :param kl_target: Target KL ``d_targ`` between consecutive policies, nats per state, ``> 0``, or a
         schedule of the progress remaining (1 to 0), as ``clip_range``. Default 0.01.
-    :param kl_coef: Initial KL coefficient beta, ``>= 0``. Default 1.0.
+    :param kl_coef: Initial KL coefficient beta, ``>= 0``. Default 1.0. An adaptive beta starts inside
+        ``kl_coef_bounds``, so ``> 0``: ``kl_coef=0`` (no penalty) needs ``adaptive_kl=False``.
     :param adaptive_kl: Adapt beta toward ``kl_target`` after every update (True, default), or keep
         ``kl_coef`` fixed (False).
     :param kl_tolerance: Beta is left alone while ``kl_target / kl_tolerance <= d <= kl_target * kl_tolerance``,
         ``> 1``. Default 1.5.
     :param kl_adapt_factor: Factor by which beta is multiplied or divided, ``> 1``. Default 2.0.
-    :param kl_coef_bounds: ``(low, high)``, ``0 <= low <= high``: adapted beta is clamped to this range.
-        Default ``(1e-4, 1e4)``.
+    :param kl_coef_bounds: ``(low, high)``, two real numbers with ``0 <= low <= high``: adapted beta is clamped
+        to this range. Default ``(1e-4, 1e4)``. With ``adaptive_kl=True``, ``low`` must be ``> 0``: a beta of 0
+        would stay 0 for good (0 times ``kl_adapt_factor`` is 0).
     :param ref_policy: None (default), or a frozen reference policy: ``ref_kl_coef * KL[pi_ref || pi_theta]``
         joins the loss, as in PPOKL (see its docstring for the direction). It must be a maskable policy
         (``MaskableActorCriticPolicy``, or the zip of a MaskablePPO / MaskablePPOKL model), and is masked with the

@@ -1,0 +1,152 @@
+"""
+Non-finite values, from the environment or from an update, stop training with :class:`NonFiniteError`.
+
+:class:`CheckFiniteCallback` checks what the environment returns at every step of the rollout (observations,
+rewards, the terminal observations SB3 bootstraps truncated episodes through) and the first observation of
+``learn()``. SB3's ``collect_rollouts`` (and sb3-contrib's, for MaskablePPO and RecurrentPPO) calls the callback
+right after ``env.step()``, before the step enters the rollout buffer and before the policy's next forward pass, so
+a NaN is reported with the environment and the step that produced it, instead of surfacing later as a torch error
+(``Expected parameter loc ...``) or a non-finite loss.
+"""
+
+import math
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+
+
+class NonFiniteError(FloatingPointError, ValueError):
+    """
+    A non-finite value stopped training: an observation or a reward from the environment (before it entered the
+    rollout buffer), or a loss term, KL or gradient of a policy update (the step was not applied).
+
+    Also a ValueError, so that RL Zoo's tuner prunes such a trial (as it does for the ValueError
+    torch raises when SB3 PPO's distribution turns NaN) instead of stopping the study.
+    """
+
+
+# Arrays up to this size are summed in Python: for a few numbers that costs a fraction of NumPy's reduction
+_PYTHON_SUM_SIZE = 64
+
+
+def _all_finite(values: Any) -> bool:
+    """
+    Whether every entry of an observation, a Dict observation or a reward array is finite: the fast check of every
+    step. NaN and inf propagate through a sum, so a finite sum proves every entry finite; a non-finite sum may also
+    be the overflow of large finite entries, which :func:`_non_finite` (exact) tells apart.
+    """
+    if isinstance(values, dict):
+        return all(_all_finite(value) for value in values.values())
+    dtype = values.dtype
+    if dtype.kind != "f":
+        return dtype.kind != "c" or bool(np.isfinite(values).all())  # integers and bools (images, discrete) are finite
+    if values.size <= _PYTHON_SUM_SIZE:
+        return math.isfinite(sum(values.ravel().tolist()))  # Python floats: float16 and float32 entries never overflow
+    # float16 sums overflow soon (65504): they add up in float32
+    return math.isfinite(np.add.reduce(values, axis=None, dtype=np.float32 if dtype.itemsize < 4 else None))
+
+
+def _non_finite(values: Any, name: str, per_env: bool) -> list[tuple[int, str]]:
+    """
+    Every env that returned a non-finite entry, with a description: the exact search, once :func:`_all_finite` failed.
+
+    :param values: an array (or a dict of arrays) of shape ``(n_envs, ...)`` when ``per_env``, else one env's
+    :param name: what the values are (``"reward"``, ``"observation"``, ``"observation['position']"``...)
+    :param per_env: whether the first axis is the env index
+    :return: ``(env index, description)`` pairs, the env index 0 when not ``per_env``; empty when all are finite
+    """
+    if isinstance(values, dict):
+        return [found for key, value in values.items() for found in _non_finite(value, f"{name}[{key!r}]", per_env)]
+    values = np.asarray(values)
+    if values.dtype.kind not in "fc":
+        return []
+    found = []
+    bad = ~np.isfinite(values)
+    for env in np.flatnonzero(bad.reshape(len(values), -1).any(axis=1)) if per_env else ([0] if bad.any() else []):
+        env_values, env_bad = (values[env], bad[env]) if per_env else (values, bad)
+        index = tuple(int(i) for i in np.argwhere(env_bad)[0]) if env_bad.ndim else ()
+        where = f" at index {index}" if index else ""
+        found.append((int(env), f"a non-finite {name} ({env_values[index]}{where})"))
+    return found
+
+
+class CheckFiniteCallback(BaseCallback):
+    """
+    Raise :class:`NonFiniteError`, naming the env, the step and the value, as soon as the environment returns a
+    non-finite observation or reward; then call the user's callback.
+
+    It wraps the callback ``learn()`` runs (the user's, after SB3 made one of it, see
+    :meth:`~sb3_ppo_kl.PPOKL._init_callback`), and checks:
+
+    - at the start of ``learn()``: the first observation (from ``reset()``);
+    - after every ``env.step()``: the new observations (every key of a Dict observation), the rewards, and the
+      ``terminal_observation`` of every env whose episode ended (SB3 bootstraps a truncated episode through it).
+
+    The check runs before the step enters the rollout buffer and before the next forward pass of the policy. Its
+    cost is a sum over the observations and one over the rewards per step (see the speed guide in the docs).
+
+    :param callback: the callback to call after the checks, already initialised (``init_callback`` called)
+    """
+
+    def __init__(self, callback: BaseCallback):
+        super().__init__()
+        self.callback = callback
+        self._step_locals: dict[str, Any] = {}
+
+    def update_locals(self, locals_: dict[str, Any]) -> None:
+        # Keep the rollout's locals by reference (the check reads them at once), and pass them on
+        self._step_locals = locals_
+        self.callback.update_locals(locals_)
+
+    def _on_training_start(self) -> None:
+        last_obs = self.model._last_obs
+        if last_obs is not None and not _all_finite(last_obs):
+            self._raise(
+                _non_finite(last_obs, "observation", per_env=True), "in the first observation of learn() (from reset())"
+            )
+        self.callback.on_training_start(self.locals, self.globals)
+
+    def _on_rollout_start(self) -> None:
+        self.callback.on_rollout_start()
+
+    def _on_step(self) -> bool:
+        step = self._step_locals
+        if not (_all_finite(step["new_obs"]) and _all_finite(step["rewards"])):
+            self._raise(
+                _non_finite(step["new_obs"], "observation", per_env=True)
+                + _non_finite(step["rewards"], "reward", per_env=True)
+            )
+        for env, info in enumerate(step["infos"]):  # a terminal observation comes with an episode's end
+            if "terminal_observation" in info and info["terminal_observation"] is not None:
+                terminal = _as_arrays(info["terminal_observation"])
+                if not _all_finite(terminal):
+                    self._raise([(env, text) for _, text in _non_finite(terminal, "terminal observation", per_env=False)])
+        return self.callback.on_step()
+
+    def _on_rollout_end(self) -> None:
+        self.callback.on_rollout_end()
+
+    def _on_training_end(self) -> None:
+        self.callback.on_training_end()
+
+    def _raise(self, found: list[tuple[int, str]], when: str | None = None) -> None:
+        """Raise NonFiniteError for what was found; nothing when it is empty (finite entries whose sum overflowed)."""
+        if not found:
+            return
+        n_envs = self.training_env.num_envs
+        when = when or f"at step {self.n_calls} of this learn() call (num_timesteps={self.model.num_timesteps})"
+        returned = "; ".join(f"env {env} (of {n_envs}) returned {text}" for env, text in found)
+        raise NonFiniteError(
+            f"{type(self.model).__name__}: {returned}, {when}. Training stopped before it entered the rollout buffer "
+            "or reached the policy; the model's parameters are those of the last update and it can be saved. Look for "
+            "the cause in the environment and its wrappers (SB3's VecCheckNan wrapper also names the action that led to "
+            "it)."
+        )
+
+
+def _as_arrays(observation: Any) -> Any:
+    """A terminal observation (one env's, as the env returned it) as an array, or a dict of arrays."""
+    if isinstance(observation, dict):
+        return {key: np.asarray(value) for key, value in observation.items()}
+    return np.asarray(observation)
