@@ -12,12 +12,13 @@ from sb3_contrib import MaskablePPO, RecurrentPPO
 from sb3_contrib.common.envs import InvalidActionEnvDiscrete, InvalidActionEnvMultiBinary
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch.nn import functional as F
 
-from sb3_ppo_kl import PPOKL, MaskablePPOKL, RecurrentPPOKL, distribution_params
+from sb3_ppo_kl import PPOKL, HoldThenLinearSchedule, MaskablePPOKL, RecurrentPPOKL, distribution_params
 
 LR, BETA, REF_COEF, VF_COEF, N_STEPS = 0.05, 0.7, 0.4, 0.5, 32
 SGD = dict(optimizer_class=th.optim.SGD, optimizer_kwargs={})
@@ -102,11 +103,18 @@ def _entropy(dist, discrete):
 
 
 @pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
-@pytest.mark.parametrize("ref_kl_target", [None, 1e-3])
+@pytest.mark.parametrize("ref_kl_target", [None, 1e-3, "schedule"])
 def test_train_matches_hand_written_loss_with_reference(env_id, ref_kl_target):
-    """Two SGD epochs on one minibatch by learn() and by a written-out loss with the KL to the reference agree."""
+    """
+    Two SGD epochs on one minibatch by learn() and by a written-out loss with the KL to the reference agree.
+    "schedule": ref_kl_coef is a schedule whose value is REF_COEF where the update happens (progress_remaining 0,
+    after the one rollout of the budget) and 1.0 at the start: the update must use the value at its progress.
+    """
     discrete = env_id == "CartPole-v1"
     ref = _other_policy(env_id, seed=7)
+    ref_kl_coef = REF_COEF
+    if ref_kl_target == "schedule":
+        ref_kl_coef, ref_kl_target = HoldThenLinearSchedule(1.0, REF_COEF, hold_fraction=0.2, end_fraction=0.9), None
     model = PPOKL(
         "MlpPolicy",
         env_id,
@@ -116,7 +124,7 @@ def test_train_matches_hand_written_loss_with_reference(env_id, ref_kl_target):
         learning_rate=LR,
         kl_coef=BETA,
         ref_policy=ref,
-        ref_kl_coef=REF_COEF,
+        ref_kl_coef=ref_kl_coef,
         ref_kl_target=ref_kl_target,
         ent_coef=0.01,
         vf_coef=VF_COEF,
@@ -262,12 +270,30 @@ def test_space_mismatch_names_both_spaces(zips):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(ref_kl_coef=-1.0), r"`ref_kl_coef` must be a finite number >= 0, got -1.0"),
+        (dict(ref_kl_coef=-1.0), r"`ref_kl_coef` must be a finite number >= 0 or a schedule, got -1.0"),
         (dict(ref_kl_coef=float("nan")), "`ref_kl_coef` must be a finite number >= 0"),
         (dict(ref_kl_coef="1"), "`ref_kl_coef` must be a finite number >= 0"),
+        (dict(ref_kl_coef=lambda p: p - 0.5), r"`ref_kl_coef` as a schedule must give finite numbers >= 0, got -0.5"),
+        (
+            dict(ref_kl_coef=HoldThenLinearSchedule(1.0), ref_kl_target=0.02),
+            "`ref_kl_coef` is a schedule and `ref_kl_target` is set: the coefficient cannot follow both",
+        ),
         (dict(ref_kl_target=0.0), r"`ref_kl_target` must be None or a finite number > 0, got 0.0"),
         (dict(ref_kl_target=-0.1), "`ref_kl_target` must be None or a finite number > 0"),
-        (dict(ref_kl_target=0.01, ref_kl_coef=0.0), r"`ref_kl_coef` must lie within kl_coef_bounds=\[0.0001, 10000.0\]"),
+        (
+            dict(ref_kl_target=0.01, ref_kl_coef=0.0),
+            r"`ref_kl_coef` must lie within ref_kl_coef_bounds=\[0.0001, 10000.0\] when ref_kl_target is set",
+        ),
+        (
+            dict(ref_kl_target=0.01, ref_kl_coef=0.5, ref_kl_coef_bounds=(1.0, 1e4)),
+            r"`ref_kl_coef` must lie within ref_kl_coef_bounds=\[1.0, 10000.0\]",
+        ),
+        (dict(ref_kl_coef_bounds=(2.0, 1.0)), r"`ref_kl_coef_bounds` must be a pair \(low, high\) with 0 <= low <= high"),
+        (dict(ref_kl_coef_bounds=(-1.0, 1.0)), "`ref_kl_coef_bounds` must be a pair"),
+        (dict(ref_kl_coef_bounds=(1.0,)), "`ref_kl_coef_bounds` must be a pair"),
+        (dict(ref_kl_coef_bounds=1.0), "`ref_kl_coef_bounds` must be a pair"),
+        (dict(ref_kl_coef_bounds="12"), "`ref_kl_coef_bounds` must be a pair"),
+        (dict(ref_kl_coef_bounds=(True, 2.0)), "`ref_kl_coef_bounds` must be a pair"),
         (dict(ref_policy=None, ref_kl_target=0.01), "`ref_kl_target` applies to a reference policy; give `ref_policy`"),
         (dict(ref_policy=42), r"`ref_policy` must be an SB3 policy \(a BasePolicy\) or the path of an SB3 model zip"),
         (dict(ref_policy="no/such/model.zip"), "`ref_policy`: no SB3 model zip at 'no/such/model.zip'"),
@@ -291,6 +317,115 @@ def test_ref_kl_coef_setter():
     assert model.ref_kl_controller.kl_coef == 2.0
     with pytest.raises(ValueError, match="ref_kl_coef"):
         model.ref_kl_coef = -1.0
+    model.ref_kl_coef = HoldThenLinearSchedule(0.8, 0.2)  # a schedule replaces the number, and a number the schedule
+    model._current_progress_remaining = 0.5
+    assert model.ref_kl_coef == pytest.approx(0.5)
+    model.ref_kl_coef = 0.1
+    assert model.ref_kl_coef == 0.1 and model._ref_kl_coef_schedule is None
+    with pytest.raises(ValueError, match="`ref_kl_coef` as a schedule must give finite numbers >= 0"):
+        model.ref_kl_coef = lambda progress: -1.0
+    adapted = PPOKL("MlpPolicy", "CartPole-v1", ref_policy=_other_policy("CartPole-v1", 0), ref_kl_target=0.01)
+    with pytest.raises(ValueError, match="`ref_kl_coef` cannot be a schedule while it is adapted toward `ref_kl_target`"):
+        adapted.ref_kl_coef = HoldThenLinearSchedule(1.0)
+
+
+class _PerUpdate(BaseCallback):
+    """The reference logs of every update: read at the next rollout's start (before SB3 dumps them) and at the end."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = []
+
+    def _read(self):
+        values = self.logger.name_to_value
+        if "train/ref_kl_coef" in values:
+            self.rows.append({key: values.get(f"train/{key}") for key in ("ref_kl", "ref_kl_coef", "ref_kl_penalty")})
+
+    def _on_rollout_start(self):
+        self._read()
+
+    def _on_step(self):
+        return True
+
+    def _on_training_end(self):
+        self._read()
+
+
+def test_ref_kl_coef_schedule_follows_the_progress():
+    """Held, then linear to 0: each update uses, and logs, the schedule's value at its progress remaining."""
+    schedule = HoldThenLinearSchedule(1.0, 0.0, hold_fraction=0.25, end_fraction=0.75)
+    model = PPOKL(
+        "MlpPolicy",
+        "CartPole-v1",
+        n_steps=32,
+        batch_size=32,
+        n_epochs=1,
+        ref_policy=_other_policy("CartPole-v1", 2),
+        ref_kl_coef=schedule,
+        seed=0,
+    )
+    assert model.ref_kl_coef == 1.0 and not model.ref_kl_controller.adaptive_kl
+    updates = _PerUpdate()
+    model.learn(4 * 32, callback=updates)
+    # updates after 32, 64, 96, 128 of 128 steps: 25%, 50%, 75%, 100% of training done
+    assert [row["ref_kl_coef"] for row in updates.rows] == pytest.approx([1.0, 0.5, 0.0, 0.0])
+    assert all(row["ref_kl"] > 0 for row in updates.rows)
+    assert updates.rows[0]["ref_kl_penalty"] > 0 and updates.rows[3]["ref_kl_penalty"] == 0.0
+    assert model.ref_kl_coef == 0.0
+
+
+def test_ref_kl_coef_bounds_floor_the_adapted_coefficient():
+    """
+    ref_kl_coef=1.0, ref_kl_target=0.02, ref_kl_coef_bounds=(1.0, 1e4): the coefficient doubles while the KL to the
+    reference is above 0.02 * 1.5 and never falls below 1.0 when it is below 0.02 / 1.5, where the default bounds
+    let it halve.
+    """
+    kwargs = dict(n_steps=64, batch_size=64, n_epochs=2, ref_kl_coef=1.0, ref_kl_target=0.02, seed=0)
+
+    def coefficients(ref_policy, bounds):
+        model = PPOKL.from_pretrained(
+            PPO("MlpPolicy", "CartPole-v1", seed=1).policy,
+            "CartPole-v1",
+            ref_kl_coef_bounds=bounds,
+            **kwargs,
+            **({} if ref_policy is None else dict(ref_policy=ref_policy)),
+        )
+        assert model.ref_kl_controller.kl_coef_bounds == (bounds or model.kl_controller.kl_coef_bounds)
+        updates = _PerUpdate()
+        model.learn(3 * 64, callback=updates)
+        previous = 1.0
+        for row in updates.rows:  # the controller's rule, clamped to the bounds, update by update
+            low, high = bounds or (1e-4, 1e4)
+            wanted = previous * 2 if row["ref_kl"] > 0.03 else previous / 2 if row["ref_kl"] < 0.02 / 1.5 else previous
+            assert row["ref_kl_coef"] == min(max(wanted, low), high)
+            previous = row["ref_kl_coef"]
+        return [row["ref_kl"] for row in updates.rows], [row["ref_kl_coef"] for row in updates.rows]
+
+    # the reference is the starting policy: the first updates barely move from it
+    kls, floored = coefficients(None, (1.0, 1e4))
+    assert max(kls) < 0.02 / 1.5 and floored == [1.0, 1.0, 1.0]
+    assert coefficients(None, None)[1] == [0.5, 0.25, 0.125]  # what the floor prevents
+    # a reference far from the policy: the KL is too high, and the coefficient rises
+    kls, raised = coefficients(_other_policy("CartPole-v1", 3), (1.0, 1e4))
+    assert min(kls) > 0.03 and raised == [2.0, 4.0, 8.0]
+
+
+@pytest.mark.parametrize("schedule", [HoldThenLinearSchedule(0.9, 0.1, hold_fraction=0.3), lambda progress: 0.2 + progress])
+def test_save_load_keeps_the_ref_kl_coef_schedule(tmp_path, schedule):
+    """The schedule is pickled with the model (cloudpickle, as SB3 pickles clip_range): the loaded model continues it."""
+    env = make_vec_env("CartPole-v1", n_envs=1, seed=0)
+    kwargs = dict(n_steps=32, batch_size=32, n_epochs=1, ref_policy=_other_policy("CartPole-v1", 5), seed=0)
+    model = PPOKL("MlpPolicy", env, ref_kl_coef=schedule, **kwargs)
+    model.learn(64)
+    model.save(tmp_path / "model")
+    loaded = PPOKL.load(tmp_path / "model", env=env)
+    assert loaded.ref_kl_coef == model.ref_kl_coef == pytest.approx(schedule(0.0))
+    for progress in np.linspace(0, 1, 11):
+        assert loaded._ref_kl_coef_schedule(progress) == schedule(progress)
+    assert not loaded.ref_kl_controller.adaptive_kl
+    updates = _PerUpdate()
+    loaded.learn(3 * 32, callback=updates)  # a new budget: progress 1 -> 0 again
+    assert [row["ref_kl_coef"] for row in updates.rows] == pytest.approx([schedule(2 / 3), schedule(1 / 3), schedule(0.0)])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -166,6 +166,37 @@ def _check_kl_target(kl_target: float | Callable[[float], float]) -> None:
             raise ValueError(f"`kl_target` as a schedule must be finite, {valid}, got {value!r}")
 
 
+def _check_coef_bounds(name: str, bounds: Sequence[float]) -> tuple[float, float]:
+    """``bounds`` as a ``(low, high)`` pair of floats with ``0 <= low <= high``; ValueError naming ``name`` otherwise."""
+    try:
+        pair = () if isinstance(bounds, (str, bytes)) else tuple(bounds)
+    except TypeError:  # not iterable
+        pair = ()
+    if not (
+        len(pair) == 2
+        and all(isinstance(b, numbers.Real) and not isinstance(b, bool) and not math.isnan(b) for b in pair)
+        and 0 <= pair[0] <= pair[1]
+    ):
+        raise ValueError(f"`{name}` must be a pair (low, high) with 0 <= low <= high, got {bounds!r}")
+    return float(pair[0]), float(pair[1])
+
+
+def _check_schedule(name: str, schedule: Callable[[float], float]) -> None:
+    """A schedule of the progress remaining must give finite values ``>= 0`` at the start and at the end of training."""
+    for progress in (1.0, 0.0):
+        _scheduled(name, schedule, progress)
+
+
+def _scheduled(name: str, schedule: Callable[[float], float], progress_remaining: float) -> float:
+    """``schedule(progress_remaining)`` as a float; ValueError naming ``name`` unless it is finite and ``>= 0``."""
+    value = schedule(progress_remaining)
+    if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value >= 0):
+        raise ValueError(
+            f"`{name}` as a schedule must give finite numbers >= 0, got {value!r} at progress_remaining={progress_remaining}"
+        )
+    return float(value)
+
+
 class KLCoefController:
     """
     The adaptive KL coefficient beta of PPO1 (Schulman et al. 2017, section 4,

@@ -17,7 +17,10 @@ from torch.nn import functional as F
 from sb3_ppo_kl.common.buffers import KLBufferMixin, KLDictRolloutBuffer, KLRolloutBatch, KLRolloutBuffer
 from sb3_ppo_kl.common.kl import (
     KLCoefController,
+    _check_coef_bounds,
     _check_float,
+    _check_schedule,
+    _scheduled,
     distribution_params,
     has_analytic_kl,
     per_state_kl,
@@ -100,13 +103,20 @@ class PPOKL(OnPolicyAlgorithm):
         for the whole rollout (MaskablePPOKL masks it with the stored action masks). It is kept frozen
         (eval mode, no gradients, never optimised) as ``model.ref_policy``, and saved and loaded with the model.
         See :meth:`from_pretrained` to start from the same policy.
-    :param ref_kl_coef: Coefficient of the KL to the reference, ``>= 0``; only used with ``ref_policy``.
+    :param ref_kl_coef: Coefficient of the KL to the reference, ``>= 0``, or a schedule of the progress remaining
+        (1 to 0), as ``clip_range``, giving values ``>= 0``: e.g. :class:`~sb3_ppo_kl.HoldThenLinearSchedule` to hold
+        the pretrained behaviour early and release it later. Only used with ``ref_policy``.
         Default 1.0 (beta's default start: the KL to the reference weighs as much as the PPO1 term at first).
-        ``model.ref_kl_coef`` is its current value, logged as ``train/ref_kl_coef``.
-    :param ref_kl_target: None (default): ``ref_kl_coef`` stays fixed. A float ``> 0``: after each update
-        ``ref_kl_coef`` is adapted toward it by a second :class:`~sb3_ppo_kl.KLCoefController` with beta's
-        rule, ``kl_tolerance``, ``kl_adapt_factor`` and ``kl_coef_bounds``, to the mean KL to the reference over
-        the rollout after the update (logged as ``train/ref_kl``).
+        ``model.ref_kl_coef`` is its current value (a schedule's at the current progress), logged as
+        ``train/ref_kl_coef``.
+    :param ref_kl_target: None (default): ``ref_kl_coef`` stays fixed (or follows its schedule). A float ``> 0``:
+        after each update ``ref_kl_coef`` (then a number) is adapted toward it by a second
+        :class:`~sb3_ppo_kl.KLCoefController` with beta's rule, ``kl_tolerance`` and ``kl_adapt_factor``, clamped to
+        ``ref_kl_coef_bounds``, to the mean KL to the reference over the rollout after the update (logged as
+        ``train/ref_kl``). A schedule for ``ref_kl_coef`` with a ``ref_kl_target`` is refused.
+    :param ref_kl_coef_bounds: ``(low, high)``, ``0 <= low <= high``: the adapted ``ref_kl_coef`` is clamped to this
+        range, and must start in it. None (default): ``kl_coef_bounds``. ``(ref_kl_coef, 1e4)`` makes the start a
+        floor: the coefficient rises while the KL to the reference is too high and never falls below its start.
     :param value_warmup_rollouts: For the first N rollouts (N calls to ``train()``) train only the value
         function: the loss is ``vf_coef * value_loss`` and every parameter the action distribution depends on
         (shared layers included) is left unchanged; beta and ``ref_kl_coef`` are not adapted. Useful when
@@ -174,8 +184,9 @@ class PPOKL(OnPolicyAlgorithm):
         kl_adapt_factor: float = 2.0,
         kl_coef_bounds: Sequence[float] = (1e-4, 1e4),
         ref_policy: PolicySource | None = None,
-        ref_kl_coef: float = 1.0,
+        ref_kl_coef: float | Schedule = 1.0,
         ref_kl_target: float | None = None,
+        ref_kl_coef_bounds: Sequence[float] | None = None,
         value_warmup_rollouts: int = 0,
         clip_range: float | Schedule | None = None,
         clip_range_vf: float | Schedule | None = None,
@@ -215,6 +226,7 @@ class PPOKL(OnPolicyAlgorithm):
             ref_policy=ref_policy,
             ref_kl_coef=ref_kl_coef,
             ref_kl_target=ref_kl_target,
+            ref_kl_coef_bounds=ref_kl_coef_bounds,
             value_warmup_rollouts=value_warmup_rollouts,
         )
 
@@ -272,8 +284,9 @@ class PPOKL(OnPolicyAlgorithm):
         target_kl: float | None,
         rollout_buffer_class: type[RolloutBuffer] | None = None,
         ref_policy: PolicySource | None = None,
-        ref_kl_coef: float = 1.0,
+        ref_kl_coef: float | Schedule = 1.0,
         ref_kl_target: float | None = None,
+        ref_kl_coef_bounds: Sequence[float] | None = None,
         value_warmup_rollouts: int = 0,
     ) -> None:
         """
@@ -313,7 +326,7 @@ class PPOKL(OnPolicyAlgorithm):
             raise ValueError(
                 f"`ref_kl_target` applies to a reference policy; give `ref_policy`, got ref_kl_target={ref_kl_target!r}"
             )
-        self._make_ref_policy(ref_policy, ref_kl_coef, ref_kl_target)
+        self._make_ref_policy(ref_policy, ref_kl_coef, ref_kl_target, ref_kl_coef_bounds)
 
     def _check_action_space(self, action_space: spaces.Space) -> None:
         if not isinstance(action_space, self.supported_action_spaces):
@@ -370,43 +383,86 @@ class PPOKL(OnPolicyAlgorithm):
             raise ValueError(f"`kl_coef` must be >= 0, got {value}")
         self.kl_controller.kl_coef = float(value)
 
+    # ref_kl_coef as a schedule of the progress remaining, or None when it is a number (in ref_kl_controller).
+    # A class attribute too, for models saved before schedules were accepted.
+    _ref_kl_coef_schedule: Schedule | None = None
+
     @property
     def ref_kl_coef(self) -> float:
-        """The current coefficient of the KL to the reference policy (the value the next update uses)."""
+        """
+        The current coefficient of the KL to the reference policy (the value the next update uses): the adapted
+        or fixed value, or the schedule's value at the current progress remaining.
+        """
+        if self._ref_kl_coef_schedule is not None:
+            return _scheduled("ref_kl_coef", self._ref_kl_coef_schedule, self._current_progress_remaining)
         return self.ref_kl_controller.kl_coef
 
     @ref_kl_coef.setter
-    def ref_kl_coef(self, value: float) -> None:
-        if not value >= 0:
-            raise ValueError(f"`ref_kl_coef` must be >= 0, got {value}")
+    def ref_kl_coef(self, value: float | Schedule) -> None:
+        """A number (fixed, or the adapted coefficient's new value) or, unless it is adapted, a schedule."""
+        if callable(value):
+            if self.ref_kl_controller.adaptive_kl:
+                raise ValueError("`ref_kl_coef` cannot be a schedule while it is adapted toward `ref_kl_target`")
+            _check_schedule("ref_kl_coef", value)
+            self._ref_kl_coef_schedule = value
+            self.ref_kl_controller.kl_coef = _scheduled("ref_kl_coef", value, 1.0)
+            return
+        _check_float("ref_kl_coef", value, "a finite number >= 0 or a schedule", is_real(value) and value >= 0)
+        self._ref_kl_coef_schedule = None
         self.ref_kl_controller.kl_coef = float(value)
 
-    def _make_ref_policy(self, ref_policy: PolicySource | None, ref_kl_coef: float, ref_kl_target: float | None) -> None:
+    def _make_ref_policy(
+        self,
+        ref_policy: PolicySource | None,
+        ref_kl_coef: float | Schedule,
+        ref_kl_target: float | None,
+        ref_kl_coef_bounds: Sequence[float] | None = None,
+    ) -> None:
         """
-        Validate the reference arguments, create ``self.ref_kl_controller`` and load the reference policy,
-        frozen, on the CPU, into ``self.ref_policy`` (with ``self._ref_policy_spec``, what rebuilds it on load).
+        Validate the reference arguments, create ``self.ref_kl_controller`` (and ``self._ref_kl_coef_schedule``)
+        and load the reference policy, frozen, on the CPU, into ``self.ref_policy`` (with ``self._ref_policy_spec``,
+        what rebuilds it on load).
         """
-        _check_float("ref_kl_coef", ref_kl_coef, "a finite number >= 0", is_real(ref_kl_coef) and ref_kl_coef >= 0)
+        schedule: Schedule | None = None
+        if callable(ref_kl_coef):
+            schedule = ref_kl_coef
+            if ref_kl_target is not None:
+                raise ValueError(
+                    "`ref_kl_coef` is a schedule and `ref_kl_target` is set: the coefficient cannot follow both. Give "
+                    f"ref_kl_target=None to follow the schedule, or a number ref_kl_coef to adapt it; got ref_kl_target={ref_kl_target!r}"
+                )
+            _check_schedule("ref_kl_coef", schedule)
+            start = _scheduled("ref_kl_coef", schedule, 1.0)
+        else:
+            _check_float(
+                "ref_kl_coef", ref_kl_coef, "a finite number >= 0 or a schedule", is_real(ref_kl_coef) and ref_kl_coef >= 0
+            )
+            start = float(ref_kl_coef)
+        if ref_kl_coef_bounds is None:
+            bounds = self.kl_controller.kl_coef_bounds
+        else:
+            bounds = _check_coef_bounds("ref_kl_coef_bounds", ref_kl_coef_bounds)
         if ref_kl_target is not None:
             _check_float(
                 "ref_kl_target", ref_kl_target, "None or a finite number > 0", is_real(ref_kl_target) and ref_kl_target > 0
             )
-            low, high = self.kl_controller.kl_coef_bounds
-            if not low <= ref_kl_coef <= high:
+            low, high = bounds
+            if not low <= start <= high:
                 raise ValueError(
-                    f"`ref_kl_coef` must lie within kl_coef_bounds=[{low}, {high}] when ref_kl_target is set "
-                    f"(it is then adapted), got {ref_kl_coef}"
+                    f"`ref_kl_coef` must lie within ref_kl_coef_bounds=[{low}, {high}] when ref_kl_target is set "
+                    f"(it is then adapted; ref_kl_coef_bounds defaults to kl_coef_bounds), got {start}"
                 )
         # A second controller of the same kind as beta's: fixed unless ref_kl_target is given, then the step rule
-        # with beta's tolerance, factor and bounds
+        # with beta's tolerance and factor, and its own bounds
         self.ref_kl_controller = KLCoefController(
-            kl_coef=ref_kl_coef,
+            kl_coef=start,
             kl_target=1.0 if ref_kl_target is None else ref_kl_target,
             adaptive_kl=ref_kl_target is not None,
             kl_tolerance=self.kl_controller.kl_tolerance,
             kl_adapt_factor=self.kl_controller.kl_adapt_factor,
-            kl_coef_bounds=self.kl_controller.kl_coef_bounds,
+            kl_coef_bounds=bounds,
         )
+        self._ref_kl_coef_schedule = schedule
         self.ref_policy: BasePolicy | None = None
         self._ref_policy_spec: dict[str, Any] | None = None
         if ref_policy is None:
@@ -482,11 +538,17 @@ class PPOKL(OnPolicyAlgorithm):
         if "use_sde" not in kwargs and getattr(source, "use_sde", False) and accepts(cls, "use_sde"):
             kwargs["use_sde"] = True
         default_reference = "ref_policy" not in kwargs
-        ref_kwargs = {key: kwargs.pop(key) for key in ("ref_kl_coef", "ref_kl_target") if default_reference and key in kwargs}
+        ref_keys = ("ref_kl_coef", "ref_kl_target", "ref_kl_coef_bounds")
+        ref_kwargs = {key: kwargs.pop(key) for key in ref_keys if default_reference and key in kwargs}
         model = cls(policy, env, **kwargs)  # type: ignore[arg-type]
         copy_weights(source, model.policy, "pretrained")
         if default_reference:
-            model._make_ref_policy(model.policy, ref_kwargs.get("ref_kl_coef", 1.0), ref_kwargs.get("ref_kl_target"))
+            model._make_ref_policy(
+                model.policy,
+                ref_kwargs.get("ref_kl_coef", 1.0),
+                ref_kwargs.get("ref_kl_target"),
+                ref_kwargs.get("ref_kl_coef_bounds"),
+            )
             model._setup_ref_policy()
         return model
 

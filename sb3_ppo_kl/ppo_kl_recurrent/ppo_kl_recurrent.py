@@ -63,6 +63,7 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
         would need its own LSTM states for every sample of the rollout, which are not collected.
     :param ref_kl_coef: Unused without ``ref_policy``. Default 1.0.
     :param ref_kl_target: Unused without ``ref_policy``; must be None. Default None.
+    :param ref_kl_coef_bounds: Unused without ``ref_policy``. Default None.
     :param value_warmup_rollouts: Train only the value function for the first N rollouts, ``>= 0``. Default 0.
     :param clip_range: None (default) for pure PPO1. A float or schedule adds PPO2's ratio clipping on
         top of the penalty.
@@ -116,8 +117,9 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
         kl_adapt_factor: float = 2.0,
         kl_coef_bounds: Sequence[float] = (1e-4, 1e4),
         ref_policy: PolicySource | None = None,
-        ref_kl_coef: float = 1.0,
+        ref_kl_coef: float | Schedule = 1.0,
         ref_kl_target: float | None = None,
+        ref_kl_coef_bounds: Sequence[float] | None = None,
         value_warmup_rollouts: int = 0,
         clip_range: float | Schedule | None = None,
         clip_range_vf: float | Schedule | None = None,
@@ -154,6 +156,7 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
             ref_policy=ref_policy,
             ref_kl_coef=ref_kl_coef,
             ref_kl_target=ref_kl_target,
+            ref_kl_coef_bounds=ref_kl_coef_bounds,
             value_warmup_rollouts=value_warmup_rollouts,
         )
         # RecurrentPPO's __init__ (not PPOKL's, which passes buffer arguments RecurrentPPO does not take);
