@@ -566,11 +566,202 @@ def test_maskable_from_pretrained_converts_a_maskable_zip_and_rejects_an_unmaske
     assert th.equal(model.ref_policy.action_net.weight, unmasked.action_net.weight)
 
 
-def test_recurrent_rejects_a_reference_clearly(zips):
-    with pytest.raises(ValueError, match="`ref_policy` is not supported by RecurrentPPOKL yet"):
+def test_a_reference_of_another_architecture_is_refused(zips):
+    """Feed-forward and recurrent policies do not mix, in either direction; from_pretrained needs the same LSTM."""
+    with pytest.raises(ValueError, match=r"`ref_policy` is a feed-forward policy \(ActorCriticPolicy\); RecurrentPPOKL takes"):
         RecurrentPPOKL("MlpLstmPolicy", "CartPole-v1", ref_policy=_other_policy("CartPole-v1", 0))
-    with pytest.raises(ValueError, match="`ref_policy` is a recurrent policy"):
+    with pytest.raises(ValueError, match="`ref_policy` is a recurrent policy .*; PPOKL takes feed-forward reference"):
         PPOKL("MlpPolicy", "CartPole-v1", ref_policy=zips["recurrent"])
+    with pytest.raises(ValueError, match=r"`pretrained` \(RecurrentActorCriticPolicy\) has a different architecture"):
+        RecurrentPPOKL.from_pretrained(zips["recurrent"], "CartPole-v1", policy_kwargs=dict(lstm_hidden_size=16))
+    with pytest.raises(ValueError, match="`pretrained` is a ActorCriticPolicy; RecurrentPPOKL fine-tunes the policies"):
+        RecurrentPPOKL.from_pretrained(zips["ppo_cartpole"], "CartPole-v1")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# RecurrentPPOKL's reference: its own LSTM states
+
+LSTM = dict(lstm_hidden_size=8, net_arch=dict(pi=[8], vf=[8]))
+
+
+def _recurrent_other_policy(seed):
+    """A recurrent reference the new policies differ from clearly: shifted logits."""
+    policy = RecurrentPPO("MlpLstmPolicy", "CartPole-v1", seed=seed, device="cpu", policy_kwargs=LSTM).policy
+    with th.no_grad():
+        policy.action_net.bias += th.linspace(-1.0, 1.0, policy.action_net.bias.numel())
+    return policy
+
+
+def _run_lstm(lstm, features, starts, state):
+    """``lstm`` step by step over ``features`` (T, d), zeroing the state where an episode starts; outputs and last state."""
+    outputs = []
+    for x, start in zip(features, starts):
+        state = tuple(part * (1.0 - start) for part in state)
+        out, state = lstm(x.view(1, 1, -1), state)
+        outputs.append(out.view(-1))
+    return th.stack(outputs), state
+
+
+def _zeros(lstm, n=1):
+    return (th.zeros(lstm.num_layers, n, lstm.hidden_size), th.zeros(lstm.num_layers, n, lstm.hidden_size))
+
+
+def _recurrent_log_probs(policy, obs, starts, state=None):
+    """The log-probabilities of CartPole's 2 actions at every step of one environment's rollout, and the last state."""
+    latent, state = _run_lstm(policy.lstm_actor, policy.extract_features(obs), starts, state or _zeros(policy.lstm_actor))
+    return th.log_softmax(policy.action_net(policy.mlp_extractor.forward_actor(latent)), dim=-1), state
+
+
+def _recurrent_values(policy, obs, starts):
+    latent, _ = _run_lstm(policy.lstm_critic, policy.extract_features(obs), starts, _zeros(policy.lstm_critic))
+    return policy.value_net(policy.mlp_extractor.forward_critic(latent)).flatten()
+
+
+def test_recurrent_train_matches_hand_written_loss_with_reference(monkeypatch):
+    """
+    RecurrentPPOKL with a recurrent reference: two SGD epochs on one minibatch by learn() and by a written-out loss
+    agree. One environment, the rollout cut only where episodes start (the buffer's random cut point pinned to 0):
+    every sequence then starts from a zero state, and every policy is run by hand step by step over the rollout.
+    """
+    ref = _recurrent_other_policy(7)
+    model = RecurrentPPOKL(
+        "MlpLstmPolicy",
+        "CartPole-v1",
+        n_steps=N_STEPS,
+        batch_size=N_STEPS,
+        n_epochs=2,
+        learning_rate=LR,
+        kl_coef=BETA,
+        ref_policy=ref,
+        ref_kl_coef=REF_COEF,
+        ent_coef=0.01,
+        vf_coef=VF_COEF,
+        max_grad_norm=1e9,
+        policy_kwargs=dict(**LSTM, **SGD),
+        seed=0,
+    )
+    hand = copy.deepcopy(model.policy)
+    monkeypatch.setattr(np.random, "randint", lambda *args, **kwargs: 0)
+    model.learn(N_STEPS)
+
+    obs, actions, old_log_prob, advantages, returns = rollout_tensors(model)
+    starts = th.as_tensor(model.rollout_buffer.episode_starts).flatten()
+    assert starts[1:].any(), "the rollout should cross an episode boundary"
+    with th.no_grad():
+        old_dist, _ = _recurrent_log_probs(hand, obs, starts)
+        ref_dist, _ = _recurrent_log_probs(ref, obs, starts)
+    assert th.allclose(model.rollout_buffer.ref_dist_params, ref_dist, atol=1e-5)
+
+    def loss():
+        dist = _recurrent_log_probs(hand, obs, starts)[0]
+        ratio = th.exp(_log_prob(dist, actions, True) - old_log_prob)
+        return (
+            -(ratio * advantages).mean()
+            + BETA * _kl(old_dist, dist, True).mean()
+            + REF_COEF * _kl(ref_dist, dist, True).mean()  # KL[pi_ref || pi_theta]
+            + VF_COEF * F.mse_loss(returns, _recurrent_values(hand, obs, starts))
+            - 0.01 * _entropy(dist, True).mean()
+        )
+
+    sgd_by_hand(hand, loss, steps=2, lr=LR)
+    for (name, ours), theirs in zip(model.policy.named_parameters(), hand.parameters()):
+        assert th.allclose(ours, theirs, atol=1e-5), name
+    with th.no_grad():
+        ref_kl = _kl(ref_dist, _recurrent_log_probs(hand, obs, starts)[0], True).mean().item()
+    assert model.logger.name_to_value["train/ref_kl"] == pytest.approx(ref_kl, rel=1e-4)
+
+
+def test_recurrent_reference_keeps_its_own_lstm_states_across_rollouts(monkeypatch):
+    """
+    Two environments, three rollouts, the pass cut into chunks of 3 steps: the stored reference distribution is,
+    for every sample, the reference run step by step over each environment's whole history from a zero state.
+    """
+    import sb3_ppo_kl.ppo_kl_recurrent.ppo_kl_recurrent as recurrent_module
+
+    monkeypatch.setattr(recurrent_module, "FULL_PASS_BATCH_SIZE", 6)
+    ref = _recurrent_other_policy(3)
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=1)
+    model = RecurrentPPOKL(
+        "MlpLstmPolicy", env, n_steps=20, batch_size=16, n_epochs=1, ref_policy=ref, policy_kwargs=LSTM, seed=0
+    )
+    snapshots = []
+    snapshot = model._snapshot_ref_policy
+
+    def recording():
+        snapshot()
+        buffer = model.rollout_buffer  # flattened, environment-major, by the rollout policy's snapshot
+        snapshots.append((buffer.observations.copy(), buffer.episode_starts.copy(), buffer.ref_dist_params.clone()))
+
+    monkeypatch.setattr(model, "_snapshot_ref_policy", recording)
+    model.learn(3 * 40)
+    assert len(snapshots) == 3
+    states = [_zeros(ref.lstm_actor), _zeros(ref.lstm_actor)]
+    with th.no_grad():
+        for observations, episode_starts, stored in snapshots:
+            for env_index in range(2):
+                rows = slice(env_index * 20, (env_index + 1) * 20)
+                expected, states[env_index] = _recurrent_log_probs(
+                    ref, th.as_tensor(observations[rows]), th.as_tensor(episode_starts[rows]).flatten(), states[env_index]
+                )
+                assert th.allclose(stored[rows], expected, atol=1e-5)
+    assert all(th.equal(a, b[:, i : i + 1]) for i in range(2) for a, b in zip(states[i], model._ref_lstm_states))
+
+
+def test_recurrent_ppo_kl_fine_tunes_a_pretrained_recurrent_ppo(zips):
+    """from_pretrained with a RecurrentPPO zip: the policy and the reference start as it; the first update's KL to the
+    reference is its KL to the rollout policy, each evaluated with its own LSTM states (the same, from zeros)."""
+    expert = RecurrentPPO.load(zips["recurrent"], device="cpu")
+    model = RecurrentPPOKL.from_pretrained(zips["recurrent"], "CartPole-v1", n_steps=32, batch_size=16, seed=0)
+    assert type(model.ref_policy) is type(expert.policy) and model.ref_policy is not model.policy
+    for name, policy in (("policy", model.policy), ("ref_policy", model.ref_policy)):
+        for key, value in expert.policy.state_dict().items():
+            assert th.equal(policy.state_dict()[key], value), (name, key)
+    model.learn(32)
+    values = model.logger.name_to_value
+    assert 0 < values["train/ref_kl"] == pytest.approx(values["train/kl"], rel=1e-4)
+    model.learn(64, reset_num_timesteps=False)
+    assert model.logger.name_to_value["train/ref_kl"] > 0 and model._ref_lstm_states is not None
+
+
+def test_recurrent_save_load_with_the_reference_continues_identically(tmp_path):
+    """
+    A loaded model, given the same transient state as the saved one (environment, last observation, its own and the
+    reference's LSTM states, which RecurrentPPO does not save), continues exactly as the saved one.
+    """
+    from stable_baselines3.common.utils import set_random_seed
+
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    model = RecurrentPPOKL(
+        "MlpLstmPolicy",
+        env,
+        n_steps=16,
+        batch_size=16,
+        n_epochs=2,
+        ref_policy=_recurrent_other_policy(5),
+        ref_kl_coef=0.5,
+        ref_kl_target=1e-3,
+        policy_kwargs=LSTM,
+        seed=0,
+    )
+    model.learn(64)
+    assert model.ref_kl_coef != 0.5  # adapted
+    model.save(tmp_path / "model")
+    loaded = RecurrentPPOKL.load(tmp_path / "model", env=copy.deepcopy(model.env))
+    assert loaded._ref_lstm_states is None  # as RecurrentPPO's own states: zeros after loading
+    assert vars(loaded.ref_kl_controller) == vars(model.ref_kl_controller)
+    for key, value in model.ref_policy.state_dict().items():
+        assert th.equal(loaded.ref_policy.state_dict()[key], value), key
+    assert not loaded.ref_policy.training and not any(p.requires_grad for p in loaded.ref_policy.parameters())
+    loaded._last_lstm_states = copy.deepcopy(model._last_lstm_states)
+    loaded._ref_lstm_states = copy.deepcopy(model._ref_lstm_states)
+    loaded._last_obs, loaded._last_episode_starts = model._last_obs.copy(), model._last_episode_starts.copy()
+    for continued in (model, loaded):
+        set_random_seed(1)
+        continued.learn(64, reset_num_timesteps=False)
+    for (name, a), b in zip(model.policy.named_parameters(), loaded.policy.parameters()):
+        assert th.equal(a, b), name
+    assert loaded.ref_kl_coef == model.ref_kl_coef
+    assert th.equal(loaded.rollout_buffer.ref_dist_params, model.rollout_buffer.ref_dist_params)
 
 
 # ---------------------------------------------------------------------------------------------------------------

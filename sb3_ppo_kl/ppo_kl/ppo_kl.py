@@ -17,27 +17,12 @@ from torch.nn import functional as F
 from sb3_ppo_kl.common.buffers import KLBufferMixin, KLDictRolloutBuffer, KLRolloutBatch, KLRolloutBuffer
 from sb3_ppo_kl.common.kl import (
     KLCoefController,
-    _check_coef_bounds,
-    _check_float,
-    _check_schedule,
-    _scheduled,
     distribution_params,
     has_analytic_kl,
     per_state_kl,
     sampled_kl,
 )
-from sb3_ppo_kl.common.reference import (
-    PolicySource,
-    accepts,
-    build_policy,
-    check_reference,
-    copy_weights,
-    freeze,
-    is_real,
-    load_policy,
-    policy_kwargs_for,
-    policy_spec,
-)
+from sb3_ppo_kl.common.reference import PolicySource, ReferencePolicyMixin
 
 SelfPPOKL = TypeVar("SelfPPOKL", bound="PPOKL")
 
@@ -45,7 +30,7 @@ SelfPPOKL = TypeVar("SelfPPOKL", bound="PPOKL")
 FULL_PASS_BATCH_SIZE = 4096
 
 
-class PPOKL(OnPolicyAlgorithm):
+class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
     """
     Proximal Policy Optimization with an adaptive KL penalty ("PPO1").
 
@@ -164,8 +149,6 @@ class PPOKL(OnPolicyAlgorithm):
         KLDictRolloutBuffer,
     )
     rollout_buffer: KLBufferMixin  # type: ignore[assignment]
-    # Whether ref_policy is supported (RecurrentPPOKL: not yet)
-    supports_ref_policy: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -383,175 +366,6 @@ class PPOKL(OnPolicyAlgorithm):
             raise ValueError(f"`kl_coef` must be >= 0, got {value}")
         self.kl_controller.kl_coef = float(value)
 
-    # ref_kl_coef as a schedule of the progress remaining, or None when it is a number (in ref_kl_controller).
-    # A class attribute too, for models saved before schedules were accepted.
-    _ref_kl_coef_schedule: Schedule | None = None
-
-    @property
-    def ref_kl_coef(self) -> float:
-        """
-        The current coefficient of the KL to the reference policy (the value the next update uses): the adapted
-        or fixed value, or the schedule's value at the current progress remaining.
-        """
-        if self._ref_kl_coef_schedule is not None:
-            return _scheduled("ref_kl_coef", self._ref_kl_coef_schedule, self._current_progress_remaining)
-        return self.ref_kl_controller.kl_coef
-
-    @ref_kl_coef.setter
-    def ref_kl_coef(self, value: float | Schedule) -> None:
-        """A number (fixed, or the adapted coefficient's new value) or, unless it is adapted, a schedule."""
-        if callable(value):
-            if self.ref_kl_controller.adaptive_kl:
-                raise ValueError("`ref_kl_coef` cannot be a schedule while it is adapted toward `ref_kl_target`")
-            _check_schedule("ref_kl_coef", value)
-            self._ref_kl_coef_schedule = value
-            self.ref_kl_controller.kl_coef = _scheduled("ref_kl_coef", value, 1.0)
-            return
-        _check_float("ref_kl_coef", value, "a finite number >= 0 or a schedule", is_real(value) and value >= 0)
-        self._ref_kl_coef_schedule = None
-        self.ref_kl_controller.kl_coef = float(value)
-
-    def _make_ref_policy(
-        self,
-        ref_policy: PolicySource | None,
-        ref_kl_coef: float | Schedule,
-        ref_kl_target: float | None,
-        ref_kl_coef_bounds: Sequence[float] | None = None,
-    ) -> None:
-        """
-        Validate the reference arguments, create ``self.ref_kl_controller`` (and ``self._ref_kl_coef_schedule``)
-        and load the reference policy, frozen, on the CPU, into ``self.ref_policy`` (with ``self._ref_policy_spec``,
-        what rebuilds it on load).
-        """
-        schedule: Schedule | None = None
-        if callable(ref_kl_coef):
-            schedule = ref_kl_coef
-            if ref_kl_target is not None:
-                raise ValueError(
-                    "`ref_kl_coef` is a schedule and `ref_kl_target` is set: the coefficient cannot follow both. Give "
-                    f"ref_kl_target=None to follow the schedule, or a number ref_kl_coef to adapt it; got ref_kl_target={ref_kl_target!r}"
-                )
-            _check_schedule("ref_kl_coef", schedule)
-            start = _scheduled("ref_kl_coef", schedule, 1.0)
-        else:
-            _check_float(
-                "ref_kl_coef", ref_kl_coef, "a finite number >= 0 or a schedule", is_real(ref_kl_coef) and ref_kl_coef >= 0
-            )
-            start = float(ref_kl_coef)
-        if ref_kl_coef_bounds is None:
-            bounds = self.kl_controller.kl_coef_bounds
-        else:
-            bounds = _check_coef_bounds("ref_kl_coef_bounds", ref_kl_coef_bounds)
-        if ref_kl_target is not None:
-            _check_float(
-                "ref_kl_target", ref_kl_target, "None or a finite number > 0", is_real(ref_kl_target) and ref_kl_target > 0
-            )
-            low, high = bounds
-            if not low <= start <= high:
-                raise ValueError(
-                    f"`ref_kl_coef` must lie within ref_kl_coef_bounds=[{low}, {high}] when ref_kl_target is set "
-                    f"(it is then adapted; ref_kl_coef_bounds defaults to kl_coef_bounds), got {start}"
-                )
-        # A second controller of the same kind as beta's: fixed unless ref_kl_target is given, then the step rule
-        # with beta's tolerance and factor, and its own bounds
-        self.ref_kl_controller = KLCoefController(
-            kl_coef=start,
-            kl_target=1.0 if ref_kl_target is None else ref_kl_target,
-            adaptive_kl=ref_kl_target is not None,
-            kl_tolerance=self.kl_controller.kl_tolerance,
-            kl_adapt_factor=self.kl_controller.kl_adapt_factor,
-            kl_coef_bounds=bounds,
-        )
-        self._ref_kl_coef_schedule = schedule
-        self.ref_policy: BasePolicy | None = None
-        self._ref_policy_spec: dict[str, Any] | None = None
-        if ref_policy is None:
-            return
-        if not self.supports_ref_policy:
-            raise ValueError(
-                f"`ref_policy` is not supported by {type(self).__name__} yet: a recurrent reference would need its own "
-                "LSTM states for every sample of the rollout, which are not collected"
-            )
-        reference = load_policy(ref_policy, "ref_policy")
-        self._ref_policy_spec = policy_spec(reference)
-        self.ref_policy = freeze(reference)
-
-    def _setup_ref_policy(self) -> None:
-        """
-        Put the reference policy on the device, frozen, and check it against the policy. On ``load()`` it is
-        rebuilt here from ``self._ref_policy_spec``; ``load()`` then loads its saved weights into it.
-        """
-        if self._ref_policy_spec is None:
-            self.ref_policy = None
-            return
-        if self.ref_policy is None:
-            self.ref_policy = build_policy(self._ref_policy_spec)
-        self.ref_policy = freeze(self.ref_policy.to(self.device))
-        check_reference(self.ref_policy, self.policy, type(self).__name__)
-
-    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
-        state_dicts, variables = super()._get_torch_save_params()
-        if self.ref_policy is not None:
-            state_dicts = [*state_dicts, "ref_policy"]  # its weights, saved and loaded as the policy's
-        return state_dicts, variables
-
-    def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "ref_policy"]  # the module is never pickled (see _ref_policy_spec)
-
-    @classmethod
-    def from_pretrained(
-        cls: type[SelfPPOKL],
-        pretrained: PolicySource,
-        env: GymEnv | str,
-        policy: str | type[BasePolicy] | None = None,
-        **kwargs: Any,
-    ) -> SelfPPOKL:
-        """
-        A new model whose policy starts as a copy of a pretrained policy, and which keeps close to it.
-
-        ::
-
-            model = PPOKL.from_pretrained("expert.zip", env, ref_kl_coef=0.5, value_warmup_rollouts=2)
-
-        :param pretrained: an SB3 policy (``model.policy`` of a PPO, A2C, PPOKL, MaskablePPO... model) or the
-            path of an SB3 model zip. Its weights are copied into the new policy (``load_state_dict``).
-        :param env: the environment to fine-tune on; its spaces must be the pretrained policy's
-        :param policy: the policy class or alias; None (default) takes the pretrained policy's class when this
-            algorithm uses it, else ``"MlpPolicy"`` (``"MultiInputPolicy"`` for Dict observations)
-        :param kwargs: the algorithm's other arguments. ``policy_kwargs`` defaults to the pretrained policy's
-            architecture (net_arch, activation, features extractor...), ``use_sde`` to whether it used gSDE.
-            ``ref_policy`` defaults to the pretrained policy (as this algorithm's policy class, so that
-            MaskablePPOKL masks it); pass ``ref_policy=None`` to fine-tune without a reference.
-        :raises ValueError: if the new policy's architecture differs from the pretrained one (naming the weights
-            that differ), or for any invalid argument
-        """
-        source = load_policy(pretrained, "pretrained")
-        if policy is None:
-            own = tuple(cls.policy_aliases.values())
-            if isinstance(source, own):
-                policy = type(source)
-            else:
-                policy = "MultiInputPolicy" if isinstance(source.observation_space, spaces.Dict) else "MlpPolicy"
-        policy_class = cls.policy_aliases[policy] if isinstance(policy, str) else policy
-        if "policy_kwargs" not in kwargs:
-            kwargs["policy_kwargs"] = policy_kwargs_for(source, policy_class)
-        if "use_sde" not in kwargs and getattr(source, "use_sde", False) and accepts(cls, "use_sde"):
-            kwargs["use_sde"] = True
-        default_reference = "ref_policy" not in kwargs
-        ref_keys = ("ref_kl_coef", "ref_kl_target", "ref_kl_coef_bounds")
-        ref_kwargs = {key: kwargs.pop(key) for key in ref_keys if default_reference and key in kwargs}
-        model = cls(policy, env, **kwargs)  # type: ignore[arg-type]
-        copy_weights(source, model.policy, "pretrained")
-        if default_reference:
-            model._make_ref_policy(
-                model.policy,
-                ref_kwargs.get("ref_kl_coef", 1.0),
-                ref_kwargs.get("ref_kl_target"),
-                ref_kwargs.get("ref_kl_coef_bounds"),
-            )
-            model._setup_ref_policy()
-        return model
-
     def _setup_model(self) -> None:
         # Rebuilds what load() does not restore. The KL controller (beta) is restored with __dict__
         # and must not be touched here.
@@ -616,17 +430,6 @@ class PPOKL(OnPolicyAlgorithm):
             return  # the sampled KL needs only the rollout's log-probabilities, already stored
         self.rollout_buffer.old_dist_params = self._rollout_dist_params(self.policy)
 
-    def _snapshot_ref_policy(self) -> None:
-        """Store the reference policy's action distribution for every sample (none without a reference)."""
-        self.rollout_buffer.ref_dist_params = None
-        if self.ref_policy is None:
-            return
-        if not has_analytic_kl(self.ref_policy.action_dist):  # type: ignore[arg-type]
-            raise ValueError(
-                f"`ref_policy`'s action distribution {type(self.ref_policy.action_dist).__name__} has no analytic KL"
-            )
-        self.rollout_buffer.ref_dist_params = self._rollout_dist_params(self.ref_policy)
-
     def _rollout_dist_params(self, policy: BasePolicy) -> th.Tensor:
         """``policy``'s :func:`distribution_params` for every sample of the rollout, in its flattened order."""
         params, indices = [], []
@@ -683,7 +486,8 @@ class PPOKL(OnPolicyAlgorithm):
         self.policy.set_training_mode(False)
         if not warmup:
             self._snapshot_rollout_policy()
-            self._snapshot_ref_policy()
+        # the reference's pass runs in the warm-up too, unused there: a recurrent reference's LSTM state follows the rollouts
+        self._snapshot_ref_policy()
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         clip_range = None if self.clip_range is None else self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
@@ -724,7 +528,7 @@ class PPOKL(OnPolicyAlgorithm):
                 kl_penalty = kl_coef * kl_div
                 # With a reference policy: ref_kl_coef * KL[pi_ref(.|s) || pi_theta(.|s)], averaged over states
                 ref_penalty = None
-                if batch.ref_dist_params is not None:
+                if batch.ref_dist_params is not None and not warmup:
                     ref_kl = per_state_kl(batch.ref_dist_params, self.policy.action_dist)
                     ref_penalty = ref_kl_coef * _masked_mean(ref_kl, valid)
                     ref_penalties.append(ref_penalty.item())
