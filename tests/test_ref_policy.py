@@ -7,12 +7,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
-from conftest import rollout_tensors, sgd_by_hand
+from conftest import PerUpdate, rollout_tensors, sgd_by_hand
 from sb3_contrib import MaskablePPO, RecurrentPPO
 from sb3_contrib.common.envs import InvalidActionEnvDiscrete, InvalidActionEnvMultiBinary
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3 import A2C, PPO
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
@@ -273,6 +272,13 @@ def test_space_mismatch_names_both_spaces(zips):
         (dict(ref_kl_coef=-1.0), r"`ref_kl_coef` must be a finite number >= 0 or a schedule, got -1.0"),
         (dict(ref_kl_coef=float("nan")), "`ref_kl_coef` must be a finite number >= 0"),
         (dict(ref_kl_coef="1"), "`ref_kl_coef` must be a finite number >= 0"),
+        (dict(ref_kl_coef=True), r"`ref_kl_coef` must be a finite number >= 0 or a schedule, got True"),
+        (dict(ref_kl_coef=lambda p: True), "`ref_kl_coef` as a schedule must give finite numbers >= 0, got True"),
+        (dict(ref_kl_coef=lambda p: "1"), "`ref_kl_coef` as a schedule must give finite numbers >= 0, got '1'"),
+        (dict(ref_kl_target="0.02"), r"`ref_kl_target` must be None or a finite number > 0, got '0.02'"),
+        (dict(ref_kl_target=True), r"`ref_kl_target` must be None or a finite number > 0, got True"),
+        (dict(ref_kl_coef_bounds=(1.0, "2")), r"`ref_kl_coef_bounds` must be a pair \(low, high\)"),
+        (dict(ref_kl_coef_bounds=(0.1, float("nan"))), r"`ref_kl_coef_bounds` must be a pair \(low, high\)"),
         (dict(ref_kl_coef=lambda p: p - 0.5), r"`ref_kl_coef` as a schedule must give finite numbers >= 0, got -0.5"),
         (
             dict(ref_kl_coef=HoldThenLinearSchedule(1.0), ref_kl_target=0.02),
@@ -329,28 +335,6 @@ def test_ref_kl_coef_setter():
         adapted.ref_kl_coef = HoldThenLinearSchedule(1.0)
 
 
-class _PerUpdate(BaseCallback):
-    """The reference logs of every update: read at the next rollout's start (before SB3 dumps them) and at the end."""
-
-    def __init__(self):
-        super().__init__()
-        self.rows = []
-
-    def _read(self):
-        values = self.logger.name_to_value
-        if "train/ref_kl_coef" in values:
-            self.rows.append({key: values.get(f"train/{key}") for key in ("ref_kl", "ref_kl_coef", "ref_kl_penalty")})
-
-    def _on_rollout_start(self):
-        self._read()
-
-    def _on_step(self):
-        return True
-
-    def _on_training_end(self):
-        self._read()
-
-
 def test_ref_kl_coef_schedule_follows_the_progress():
     """Held, then linear to 0: each update uses, and logs, the schedule's value at its progress remaining."""
     schedule = HoldThenLinearSchedule(1.0, 0.0, hold_fraction=0.25, end_fraction=0.75)
@@ -365,7 +349,7 @@ def test_ref_kl_coef_schedule_follows_the_progress():
         seed=0,
     )
     assert model.ref_kl_coef == 1.0 and not model.ref_kl_controller.adaptive_kl
-    updates = _PerUpdate()
+    updates = PerUpdate()
     model.learn(4 * 32, callback=updates)
     # updates after 32, 64, 96, 128 of 128 steps: 25%, 50%, 75%, 100% of training done
     assert [row["ref_kl_coef"] for row in updates.rows] == pytest.approx([1.0, 0.5, 0.0, 0.0])
@@ -391,7 +375,7 @@ def test_ref_kl_coef_bounds_floor_the_adapted_coefficient():
             **({} if ref_policy is None else dict(ref_policy=ref_policy)),
         )
         assert model.ref_kl_controller.kl_coef_bounds == (bounds or model.kl_controller.kl_coef_bounds)
-        updates = _PerUpdate()
+        updates = PerUpdate()
         model.learn(3 * 64, callback=updates)
         previous = 1.0
         for row in updates.rows:  # the controller's rule, clamped to the bounds, update by update
@@ -423,7 +407,7 @@ def test_save_load_keeps_the_ref_kl_coef_schedule(tmp_path, schedule):
     for progress in np.linspace(0, 1, 11):
         assert loaded._ref_kl_coef_schedule(progress) == schedule(progress)
     assert not loaded.ref_kl_controller.adaptive_kl
-    updates = _PerUpdate()
+    updates = PerUpdate()
     loaded.learn(3 * 32, callback=updates)  # a new budget: progress 1 -> 0 again
     assert [row["ref_kl_coef"] for row in updates.rows] == pytest.approx([schedule(2 / 3), schedule(1 / 3), schedule(0.0)])
 

@@ -85,7 +85,8 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
         an action probability and the new policy does not, so the new policy must keep every behaviour
         the reference had, which is what "not forgetting" the pretrained policy means; the reverse KL would
         let it drop modes of the reference freely. The reference's distribution is computed once per update
-        for the whole rollout (MaskablePPOKL masks it with the stored action masks). It is kept frozen
+        for the whole rollout (MaskablePPOKL masks it with the stored action masks; RecurrentPPOKL runs a recurrent
+        reference over the rollout with its own LSTM states). It is kept frozen
         (eval mode, no gradients, never optimised) as ``model.ref_policy``, and saved and loaded with the model.
         See :meth:`from_pretrained` to start from the same policy.
     :param ref_kl_coef: Coefficient of the KL to the reference, ``>= 0``, or a schedule of the progress remaining
