@@ -25,6 +25,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
+from sb3_ppo_kl.common.buffers import KLBufferMixin
 from sb3_ppo_kl.common.kl import (
     _GAUSSIAN,
     KLCoefController,
@@ -280,10 +281,13 @@ def policy_kwargs_for(source: BasePolicy, policy_class: type) -> dict[str, Any]:
 SelfReferenceModel = TypeVar("SelfReferenceModel", bound="ReferencePolicyMixin")
 
 # The mixin is an OnPolicyAlgorithm for the type checker only: at run time it precedes one in the algorithm's bases.
-_Algorithm = OnPolicyAlgorithm if TYPE_CHECKING else object
+if TYPE_CHECKING:
+    _Algorithm = OnPolicyAlgorithm
+else:
+    _Algorithm = object
 
 
-class ReferencePolicyMixin(_Algorithm):  # type: ignore[misc,valid-type]
+class ReferencePolicyMixin(_Algorithm):
     """
     The reference-policy options of :class:`~sb3_ppo_kl.PPOKL` and its variants: ``ref_policy``, ``ref_kl_coef``
     (a number or a schedule), ``ref_kl_target``, ``ref_kl_coef_bounds``, and :meth:`from_pretrained`. Mixed into
@@ -299,6 +303,8 @@ class ReferencePolicyMixin(_Algorithm):  # type: ignore[misc,valid-type]
     ref_policy: BasePolicy | None
     ref_kl_controller: KLCoefController
     _ref_policy_spec: dict[str, Any] | None
+    kl_controller: KLCoefController  # the algorithm's beta, whose tolerance, factor and bounds the reference's shares
+    rollout_buffer: KLBufferMixin  # type: ignore[assignment]
 
     # ref_kl_coef as a schedule of the progress remaining, or None when it is a number (in ref_kl_controller).
     # A class attribute too, for models saved before schedules were accepted.
