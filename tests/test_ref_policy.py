@@ -657,8 +657,9 @@ def test_recurrent_train_matches_hand_written_loss_with_reference(monkeypatch):
 
 def test_recurrent_reference_keeps_its_own_lstm_states_across_rollouts(monkeypatch):
     """
-    Two environments, three rollouts, the pass cut into chunks of 3 steps: the stored reference distribution is,
-    for every sample, the reference run step by step over each environment's whole history from a zero state.
+    Two environments, three rollouts, the first a value warm-up one, the pass cut into chunks of 3 steps: the
+    reference distribution is, for every sample, the reference run step by step over each environment's whole
+    history from a zero state (the warm-up rollout included: nothing is stored then, but the state follows).
     """
     import sb3_ppo_kl.ppo_kl_recurrent.ppo_kl_recurrent as recurrent_module
 
@@ -666,19 +667,29 @@ def test_recurrent_reference_keeps_its_own_lstm_states_across_rollouts(monkeypat
     ref = _recurrent_other_policy(3)
     env = make_vec_env("CartPole-v1", n_envs=2, seed=1)
     model = RecurrentPPOKL(
-        "MlpLstmPolicy", env, n_steps=20, batch_size=16, n_epochs=1, ref_policy=ref, policy_kwargs=LSTM, seed=0
+        "MlpLstmPolicy",
+        env,
+        n_steps=20,
+        batch_size=16,
+        n_epochs=1,
+        ref_policy=ref,
+        value_warmup_rollouts=1,
+        policy_kwargs=LSTM,
+        seed=0,
     )
     snapshots = []
-    snapshot = model._snapshot_ref_policy
+    reference_pass = model._reference_dist_params
 
-    def recording():
-        snapshot()
-        buffer = model.rollout_buffer  # flattened, environment-major, by the rollout policy's snapshot
-        snapshots.append((buffer.observations.copy(), buffer.episode_starts.copy(), buffer.ref_dist_params.clone()))
+    def recording(ref_policy):
+        params = reference_pass(ref_policy)
+        buffer = model.rollout_buffer  # environment-major once flattened by get(), which a warm-up update has not run
+        flat = (lambda array: array) if buffer.generator_ready else buffer.swap_and_flatten
+        snapshots.append((flat(buffer.observations).copy(), flat(buffer.episode_starts).copy(), params))
+        return params
 
-    monkeypatch.setattr(model, "_snapshot_ref_policy", recording)
+    monkeypatch.setattr(model, "_reference_dist_params", recording)
     model.learn(3 * 40)
-    assert len(snapshots) == 3
+    assert len(snapshots) == 3 and model.rollout_buffer.ref_dist_params is snapshots[-1][2]
     states = [_zeros(ref.lstm_actor), _zeros(ref.lstm_actor)]
     with th.no_grad():
         for observations, episode_starts, stored in snapshots:
@@ -705,6 +716,33 @@ def test_recurrent_ppo_kl_fine_tunes_a_pretrained_recurrent_ppo(zips):
     assert 0 < values["train/ref_kl"] == pytest.approx(values["train/kl"], rel=1e-4)
     model.learn(64, reset_num_timesteps=False)
     assert model.logger.name_to_value["train/ref_kl"] > 0 and model._ref_lstm_states is not None
+
+
+class _DictObservation(gym.ObservationWrapper):
+    def __init__(self, env):
+        super().__init__(env)
+        self.observation_space = gym.spaces.Dict({"obs": env.observation_space})
+
+    def observation(self, observation):
+        return {"obs": observation}
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "dict"])
+def test_recurrent_reference_with_box_actions_and_dict_observations(env_id):
+    """
+    Fine-tuning a pretrained recurrent policy over 3 environments: the reference, run with its own LSTM states, gives
+    exactly the rollout policy's distributions at the first update (KL to the reference == d), sample by sample.
+    """
+    make = (lambda: _DictObservation(gym.make("CartPole-v1"))) if env_id == "dict" else env_id
+    env = make_vec_env(make, n_envs=3, seed=0)
+    policy = "MultiInputLstmPolicy" if env_id == "dict" else "MlpLstmPolicy"
+    pretrained = RecurrentPPO(policy, env, seed=1, policy_kwargs=LSTM).policy
+    model = RecurrentPPOKL.from_pretrained(pretrained, env, n_steps=24, batch_size=20, n_epochs=2, seed=0)
+    model.learn(72)
+    values = model.logger.name_to_value
+    assert 0 < values["train/ref_kl"] == pytest.approx(values["train/kl"], rel=1e-4)
+    model._snapshot_rollout_policy()  # the policy after the update, on the last rollout: no longer the reference
+    assert not th.allclose(model.rollout_buffer.old_dist_params, model.rollout_buffer.ref_dist_params)
 
 
 def test_recurrent_save_load_with_the_reference_continues_identically(tmp_path):

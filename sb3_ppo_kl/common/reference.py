@@ -487,6 +487,13 @@ class ReferencePolicyMixin(_Algorithm):
         with th.no_grad():
             self.rollout_buffer.ref_dist_params = self._reference_dist_params(self.ref_policy)
 
+    def _skip_ref_snapshot(self) -> None:
+        """
+        A rollout the reference plays no part in (a value warm-up update): nothing is stored. RecurrentPPOKL still
+        runs its reference over it, so that the reference's LSTM state follows every rollout.
+        """
+        self.rollout_buffer.ref_dist_params = None
+
     def _reference_dist_params(self, ref_policy: BasePolicy) -> th.Tensor:
         """
         The reference's :func:`~sb3_ppo_kl.common.kl.distribution_params` for every sample of the rollout, in the

@@ -485,10 +485,11 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
         self._n_rollouts_trained += 1
         # The rollout policy is evaluated in the mode it acted in (affects batch norm / dropout)
         self.policy.set_training_mode(False)
-        if not warmup:
+        if warmup:
+            self._skip_ref_snapshot()
+        else:
             self._snapshot_rollout_policy()
-        # the reference's pass runs in the warm-up too, unused there: a recurrent reference's LSTM state follows the rollouts
-        self._snapshot_ref_policy()
+            self._snapshot_ref_policy()
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         clip_range = None if self.clip_range is None else self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
@@ -529,7 +530,7 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
                 kl_penalty = kl_coef * kl_div
                 # With a reference policy: ref_kl_coef * KL[pi_ref(.|s) || pi_theta(.|s)], averaged over states
                 ref_penalty = None
-                if batch.ref_dist_params is not None and not warmup:
+                if batch.ref_dist_params is not None:
                     ref_kl = per_state_kl(batch.ref_dist_params, self.policy.action_dist)
                     ref_penalty = ref_kl_coef * _masked_mean(ref_kl, valid)
                     ref_penalties.append(ref_penalty.item())

@@ -252,6 +252,12 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
         )
         return params
 
+    def _skip_ref_snapshot(self) -> None:
+        """A value warm-up rollout: the reference still runs over it, for its LSTM state; nothing is stored."""
+        super()._skip_ref_snapshot()
+        if self.ref_policy is not None:
+            self._reference_dist_params(self.ref_policy)
+
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_ref_lstm_states"]
 
