@@ -54,7 +54,16 @@ The protocol, per task:
      it grows past 0.08, and on LunarLander-v3 the returns of PPO and PPOKL without a reference collapsed (near
      80k steps) with the KL at 0.02 to 0.045;
    - ``ppokl-ref-target-0.01``: the same toward ``ref_kl_target=0.01`` (``ppokl-ref-target``'s LunarLander-v3
-     falls came with the KL at 0.011 to 0.020).
+     falls came with the KL at 0.011 to 0.020);
+   - ``ppokl-ref-floor``: ``ppokl-ref-target`` (toward 0.02) whose coefficient never falls below its start:
+     ``ref_kl_coef_bounds=(--ref-kl-coef, 1e4)``. It rises when the KL to the clone is too high, and cannot halve
+     to 0.125-0.25 during the first, small updates, as ``ppokl-ref-target``'s did before LunarLander's falls;
+   - ``ppokl-ref-anneal``: ``ppokl-ref`` whose coefficient follows a schedule: ``--ref-kl-coef`` held for the first
+     40% of the budget (200k of 500k steps), then linear to 0 at 80% (400k), and 0 for the last 20%
+     (``HoldThenLinearSchedule(ref_kl_coef, 0.0, hold_fraction=0.4, end_fraction=0.8)``). The hold covers every
+     measured fall with margin: 65k-82k steps for ``ppo`` and ``ppokl`` on LunarLander-v3, 65,536 for the adapted
+     anchors, 131k for ``ppokl-ref-warmup``, the latest; the last 100k steps are free of the anchor, so that the
+     policy can end where PPO ends instead of held back as ``ppokl-ref``'s fixed coefficient holds it.
 
 **Measures.** Every evaluation is the mean return of ``--eval-episodes`` (default 10) episodes of the
 deterministic policy on one environment seeded 10,000 before each evaluation: every evaluation, of every
@@ -103,7 +112,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from benchmarks.common import append_row, read_rows
 from benchmarks.run import machine
-from sb3_ppo_kl import PPOKL
+from sb3_ppo_kl import PPOKL, HoldThenLinearSchedule
 from sb3_ppo_kl.common.kl import distribution_params, per_state_kl
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -120,8 +129,17 @@ EVAL_SEED = 10_000  # every evaluation plays the episodes of this seed
 DIP_FRACTION = 0.1  # the dip: the lowest return in the first 10% of the budget
 
 # the methods whose reference coefficient adapts, and the KL to the clone it adapts toward
-ADAPTED_TARGETS = {"ppokl-ref-target": 0.02, "ppokl-ref-target-0.01": 0.01}
-METHODS = ["ppo", "ppokl", "ppokl-ref", "ppokl-ref-warmup", *ADAPTED_TARGETS]
+ADAPTED_TARGETS = {"ppokl-ref-target": 0.02, "ppokl-ref-target-0.01": 0.01, "ppokl-ref-floor": 0.02}
+# the adapted methods whose coefficient never falls below its start (ref_kl_coef_bounds=(ref_kl_coef, FLOOR_HIGH))
+FLOORED = ("ppokl-ref-floor",)
+FLOOR_HIGH = 1e4  # kl_coef_bounds' default high end
+# ppokl-ref-anneal: ref_kl_coef held for the first ANNEAL_HOLD of the budget, then linear to 0 at ANNEAL_END. The
+# measured falls came at 65k-82k steps (ppo, ppokl on LunarLander-v3), at 65,536 for the adapted anchors and at
+# 131k, the latest, for ppokl-ref-warmup: holding to 200k of 500k steps covers them with margin, and the last 100k
+# steps are free of the anchor, so that the policy can end where PPO ends.
+ANNEAL = "ppokl-ref-anneal"
+ANNEAL_HOLD, ANNEAL_END = 0.4, 0.8
+METHODS = ["ppo", "ppokl", "ppokl-ref", "ppokl-ref-warmup", *ADAPTED_TARGETS, ANNEAL]
 
 FIELDS = [
     "task",
@@ -229,15 +247,29 @@ class MethodOptions:
     ref_kl_target: float | None = None  # ppokl-ref and ppokl-ref-warmup
     warmup_rollouts: int = 2  # ppokl-ref-warmup
 
+    def coef(self, method: str) -> float | HoldThenLinearSchedule:
+        """The ``ref_kl_coef`` a run of ``method`` gets: ``ref_kl_coef``, or for ppokl-ref-anneal its schedule."""
+        if method == ANNEAL:
+            return HoldThenLinearSchedule(self.ref_kl_coef, 0.0, hold_fraction=ANNEAL_HOLD, end_fraction=ANNEAL_END)
+        return self.ref_kl_coef
+
     def target(self, method: str) -> float | None:
-        """The ``ref_kl_target`` a run of ``method`` gets."""
+        """The ``ref_kl_target`` a run of ``method`` gets (None for the scheduled ppokl-ref-anneal)."""
+        if method == ANNEAL:
+            return None
         return ADAPTED_TARGETS.get(method, self.ref_kl_target)
+
+    def bounds(self, method: str) -> tuple[float, float] | None:
+        """The ``ref_kl_coef_bounds`` a run of ``method`` gets: the floor at ``ref_kl_coef`` for ppokl-ref-floor."""
+        return (self.ref_kl_coef, FLOOR_HIGH) if method in FLOORED else None
 
     def params(self, method: str) -> str:
         """What a run of ``method`` was given beyond the task's hyperparameters, for its CSV row."""
         if not method.startswith("ppokl-ref"):
             return ""
-        params = f"ref_kl_coef={self.ref_kl_coef} ref_kl_target={self.target(method)}"
+        params = f"ref_kl_coef={self.coef(method)!r} ref_kl_target={self.target(method)}"
+        if self.bounds(method) is not None:
+            params += f" ref_kl_coef_bounds={self.bounds(method)}"
         if method == "ppokl-ref-warmup":
             params += f" value_warmup_rollouts={self.warmup_rollouts}"
         return params
@@ -434,8 +466,9 @@ def make_finetune_model(method: str, task_id: str, task: Task, seed: int, option
     return PPOKL.from_pretrained(
         clone.policy,
         env,
-        ref_kl_coef=options.ref_kl_coef,
+        ref_kl_coef=options.coef(method),
         ref_kl_target=options.target(method),
+        ref_kl_coef_bounds=options.bounds(method),
         value_warmup_rollouts=warmup,
         seed=seed,
         device="cpu",

@@ -2,6 +2,7 @@ import inspect
 
 import pytest
 import torch as th
+from stable_baselines3.common.callbacks import BaseCallback
 
 # Small MLPs on 2 cores run fastest single-threaded (measured in benchmarks/speed.py).
 th.set_num_threads(1)
@@ -56,3 +57,25 @@ def assert_takes_every_ppokl_argument(variant) -> None:
     assert added <= set(ours), sorted(added - set(ours))
     for name in added:
         assert ours[name].default == ppo_kl[name].default, name
+
+
+class PerUpdate(BaseCallback):
+    """The reference logs of every update: read at the next rollout's start (before SB3 dumps them) and at the end."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = []
+
+    def _read(self):
+        values = self.logger.name_to_value
+        if "train/ref_kl_coef" in values:
+            self.rows.append({key: values.get(f"train/{key}") for key in ("ref_kl", "ref_kl_coef", "ref_kl_penalty")})
+
+    def _on_rollout_start(self):
+        self._read()
+
+    def _on_step(self):
+        return True
+
+    def _on_training_end(self):
+        self._read()

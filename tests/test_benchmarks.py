@@ -207,9 +207,23 @@ def test_finetune_pipeline_resumes_and_summary_renders(tmp_path, monkeypatch, ca
         assert float(row["final_kl_to_clone"]) >= 0 and curve[0]["kl_to_clone"] == ""
         if row["method"] in ("ppokl-ref", "ppokl-ref-warmup"):  # fixed coefficient
             assert row["final_ref_kl_coef"] == "0.5" and "ref_kl_target=None" in row["params"]
+        elif row["method"] in finetune.FLOORED:  # adapted, never below its start
+            assert (
+                float(row["final_ref_kl_coef"]) >= 0.5
+                and "ref_kl_target=0.02 ref_kl_coef_bounds=(0.5, 10000.0)" in row["params"]
+            )
+            assert all(float(r["ref_kl_coef"]) >= 0.5 for r in curve)
         elif row["method"] in finetune.ADAPTED_TARGETS:  # adapted toward the method's target
             target = finetune.ADAPTED_TARGETS[row["method"]]
             assert float(row["final_ref_kl_coef"]) > 0 and f"ref_kl_target={target}" in row["params"]
+        elif row["method"] == finetune.ANNEAL:  # held at 0.5 for 40% of the budget, 0 from 80%
+            assert row["params"].startswith("ref_kl_coef=HoldThenLinearSchedule(start=0.5, end=0.0, hold_fraction=0.4")
+            coefs = {int(r["timesteps"]): float(r["ref_kl_coef"]) for r in curve}
+            assert (
+                coefs[512] == 0.5
+                and coefs[1024] == pytest.approx(0.375)
+                and coefs[2048] == float(row["final_ref_kl_coef"]) == 0.0
+            )
         else:
             assert row["final_ref_kl_coef"] == "" and row["params"] == ""
     warmup = read_rows(tmp_path / "curves" / "CartPole-v1__ppokl-ref-warmup__0.csv")

@@ -4,12 +4,13 @@ PPOKL and its variants accept with the same warnings; what the originals refuse,
 import warnings
 
 import pytest
+from conftest import PerUpdate
 from sb3_contrib import MaskablePPO, RecurrentPPO
 from sb3_contrib.common.envs import InvalidActionEnvDiscrete
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
-from sb3_ppo_kl import PPOKL, MaskablePPOKL, RecurrentPPOKL
+from sb3_ppo_kl import PPOKL, HoldThenLinearSchedule, MaskablePPOKL, RecurrentPPOKL
 
 PAIRS = {
     "ppo": (PPO, PPOKL, "MlpPolicy", "CartPole-v1"),
@@ -77,3 +78,51 @@ def test_ppo_refuses_and_so_do_we_by_name(kwargs, message):
         PPO("MlpPolicy", "CartPole-v1", **kwargs)
     with pytest.raises(ValueError, match=message):
         PPOKL("MlpPolicy", "CartPole-v1", **kwargs)
+
+
+# The reference options, given to every variant with the original algorithm's own policy as the reference
+REFERENCE_OPTIONS = {
+    "schedule": dict(ref_kl_coef=HoldThenLinearSchedule(1.0, 0.0, hold_fraction=0.5)),
+    "floored": dict(ref_kl_coef=1.0, ref_kl_target=0.02, ref_kl_coef_bounds=(1.0, 1e4)),
+}
+
+
+@pytest.mark.parametrize("options", list(REFERENCE_OPTIONS))
+@pytest.mark.parametrize("pair", list(PAIRS))
+def test_every_variant_takes_every_reference_option(pair, options):
+    """
+    PPOKL, MaskablePPOKL and RecurrentPPOKL fine-tune their original's policy with the same reference options, to the
+    same effect: a schedule is followed (1.0 for the first half of training, then to 0), a floored coefficient never
+    falls below its start.
+    """
+    original, ours, policy, env_id = PAIRS[pair]
+    pretrained = original(policy, _env(env_id, 2), seed=1).policy
+    model = ours.from_pretrained(
+        pretrained, _env(env_id, 2), n_steps=16, batch_size=16, n_epochs=1, seed=0, **REFERENCE_OPTIONS[options]
+    )
+    assert type(model.ref_policy) is type(pretrained)
+    updates = PerUpdate()
+    model.learn(4 * 32, callback=updates)
+    logged = [row["ref_kl_coef"] for row in updates.rows]
+    assert len(logged) == 4 and all(row["ref_kl"] > 0 for row in updates.rows)
+    if options == "schedule":
+        assert logged == pytest.approx([1.0, 1.0, 0.5, 0.0])  # after 25%, 50%, 75%, 100% of the 128 steps
+    else:
+        assert model.ref_kl_controller.kl_coef_bounds == (1.0, 1e4) and all(value >= 1.0 for value in logged)
+
+
+@pytest.mark.parametrize("pair", list(PAIRS))
+def test_every_variant_refuses_the_same_reference_options_by_name(pair):
+    original, ours, policy, env_id = PAIRS[pair]
+    reference = original(policy, _env(env_id, 1), seed=1).policy
+    for kwargs, error, message in [
+        (
+            dict(ref_kl_coef=HoldThenLinearSchedule(1.0), ref_kl_target=0.02),
+            ValueError,
+            "`ref_kl_coef` is a schedule and `ref_kl_target`",
+        ),
+        (dict(ref_kl_coef_bounds=(2.0, 1.0)), ValueError, "`ref_kl_coef_bounds` must be a pair"),
+        (dict(ref_kl_target=True), TypeError, "`ref_kl_target` must be None or a finite number > 0"),
+    ]:
+        with pytest.raises(error, match=message):
+            ours(policy, _env(env_id, 1), ref_policy=reference, **kwargs)

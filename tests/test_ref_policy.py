@@ -7,7 +7,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
-from conftest import rollout_tensors, sgd_by_hand
+from conftest import PerUpdate, rollout_tensors, sgd_by_hand
 from sb3_contrib import MaskablePPO, RecurrentPPO
 from sb3_contrib.common.envs import InvalidActionEnvDiscrete, InvalidActionEnvMultiBinary
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
@@ -17,7 +17,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch.nn import functional as F
 
-from sb3_ppo_kl import PPOKL, MaskablePPOKL, RecurrentPPOKL, distribution_params
+from sb3_ppo_kl import PPOKL, HoldThenLinearSchedule, MaskablePPOKL, RecurrentPPOKL, distribution_params
 
 LR, BETA, REF_COEF, VF_COEF, N_STEPS = 0.05, 0.7, 0.4, 0.5, 32
 SGD = dict(optimizer_class=th.optim.SGD, optimizer_kwargs={})
@@ -102,11 +102,18 @@ def _entropy(dist, discrete):
 
 
 @pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
-@pytest.mark.parametrize("ref_kl_target", [None, 1e-3])
+@pytest.mark.parametrize("ref_kl_target", [None, 1e-3, "schedule"])
 def test_train_matches_hand_written_loss_with_reference(env_id, ref_kl_target):
-    """Two SGD epochs on one minibatch by learn() and by a written-out loss with the KL to the reference agree."""
+    """
+    Two SGD epochs on one minibatch by learn() and by a written-out loss with the KL to the reference agree.
+    "schedule": ref_kl_coef is a schedule whose value is REF_COEF where the update happens (progress_remaining 0,
+    after the one rollout of the budget) and 1.0 at the start: the update must use the value at its progress.
+    """
     discrete = env_id == "CartPole-v1"
     ref = _other_policy(env_id, seed=7)
+    ref_kl_coef = REF_COEF
+    if ref_kl_target == "schedule":
+        ref_kl_coef, ref_kl_target = HoldThenLinearSchedule(1.0, REF_COEF, hold_fraction=0.2, end_fraction=0.9), None
     model = PPOKL(
         "MlpPolicy",
         env_id,
@@ -116,7 +123,7 @@ def test_train_matches_hand_written_loss_with_reference(env_id, ref_kl_target):
         learning_rate=LR,
         kl_coef=BETA,
         ref_policy=ref,
-        ref_kl_coef=REF_COEF,
+        ref_kl_coef=ref_kl_coef,
         ref_kl_target=ref_kl_target,
         ent_coef=0.01,
         vf_coef=VF_COEF,
@@ -260,24 +267,69 @@ def test_space_mismatch_names_both_spaces(zips):
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "kwargs, error, message",
     [
-        (dict(ref_kl_coef=-1.0), r"`ref_kl_coef` must be a finite number >= 0, got -1.0"),
-        (dict(ref_kl_coef=float("nan")), "`ref_kl_coef` must be a finite number >= 0"),
-        (dict(ref_kl_coef="1"), "`ref_kl_coef` must be a finite number >= 0"),
-        (dict(ref_kl_target=0.0), r"`ref_kl_target` must be None or a finite number > 0, got 0.0"),
-        (dict(ref_kl_target=-0.1), "`ref_kl_target` must be None or a finite number > 0"),
-        (dict(ref_kl_target=0.01, ref_kl_coef=0.0), r"`ref_kl_coef` must lie within kl_coef_bounds=\[0.0001, 10000.0\]"),
-        (dict(ref_policy=None, ref_kl_target=0.01), "`ref_kl_target` applies to a reference policy; give `ref_policy`"),
-        (dict(ref_policy=42), r"`ref_policy` must be an SB3 policy \(a BasePolicy\) or the path of an SB3 model zip"),
-        (dict(ref_policy="no/such/model.zip"), "`ref_policy`: no SB3 model zip at 'no/such/model.zip'"),
-        (dict(value_warmup_rollouts=-1), "`value_warmup_rollouts` must be an integer >= 0, got -1"),
+        (dict(ref_kl_coef=-1.0), ValueError, r"`ref_kl_coef` must be a finite number >= 0 or a schedule, got -1.0"),
+        (dict(ref_kl_coef=float("nan")), ValueError, "`ref_kl_coef` must be a finite number >= 0"),
+        (dict(ref_kl_coef="1"), TypeError, "`ref_kl_coef` must be a finite number >= 0"),
+        (dict(ref_kl_coef=True), TypeError, r"`ref_kl_coef` must be a finite number >= 0 or a schedule, got True"),
+        (dict(ref_kl_coef=lambda p: True), ValueError, "`ref_kl_coef` as a schedule must give finite numbers >= 0, got True"),
+        (dict(ref_kl_coef=lambda p: "1"), ValueError, "`ref_kl_coef` as a schedule must give finite numbers >= 0, got '1'"),
+        (dict(ref_kl_target="0.02"), TypeError, r"`ref_kl_target` must be None or a finite number > 0, got '0.02'"),
+        (dict(ref_kl_target=True), TypeError, r"`ref_kl_target` must be None or a finite number > 0, got True"),
+        (dict(ref_kl_coef_bounds=(1.0, "2")), TypeError, r"`ref_kl_coef_bounds` must be a pair \(low, high\)"),
+        (dict(ref_kl_coef_bounds=(0.1, float("nan"))), ValueError, r"`ref_kl_coef_bounds` must be a pair \(low, high\)"),
+        (
+            dict(ref_kl_coef=lambda p: p - 0.5),
+            ValueError,
+            r"`ref_kl_coef` as a schedule must give finite numbers >= 0, got -0.5",
+        ),
+        (
+            dict(ref_kl_coef=HoldThenLinearSchedule(1.0), ref_kl_target=0.02),
+            ValueError,
+            "`ref_kl_coef` is a schedule and `ref_kl_target` is set: the coefficient cannot follow both",
+        ),
+        (dict(ref_kl_target=0.0), ValueError, r"`ref_kl_target` must be None or a finite number > 0, got 0.0"),
+        (dict(ref_kl_target=-0.1), ValueError, "`ref_kl_target` must be None or a finite number > 0"),
+        (
+            dict(ref_kl_target=0.01, ref_kl_coef=0.0),
+            ValueError,
+            r"`ref_kl_coef` must lie within ref_kl_coef_bounds=\[0.0001, 10000.0\] when ref_kl_target is set",
+        ),
+        (
+            dict(ref_kl_target=0.01, ref_kl_coef=0.5, ref_kl_coef_bounds=(1.0, 1e4)),
+            ValueError,
+            r"`ref_kl_coef` must lie within ref_kl_coef_bounds=\[1.0, 10000.0\]",
+        ),
+        (
+            dict(ref_kl_coef_bounds=(2.0, 1.0)),
+            ValueError,
+            r"`ref_kl_coef_bounds` must be a pair \(low, high\) of real numbers with 0 <= low <= high",
+        ),
+        (dict(ref_kl_coef_bounds=(-1.0, 1.0)), ValueError, "`ref_kl_coef_bounds` must be a pair"),
+        (dict(ref_kl_coef_bounds=(1.0,)), ValueError, "`ref_kl_coef_bounds` must be a pair"),
+        (dict(ref_kl_coef_bounds=1.0), TypeError, "`ref_kl_coef_bounds` must be a pair"),
+        (dict(ref_kl_coef_bounds="12"), TypeError, "`ref_kl_coef_bounds` must be a pair"),
+        (dict(ref_kl_coef_bounds=(True, 2.0)), TypeError, "`ref_kl_coef_bounds` must be a pair"),
+        (
+            dict(ref_policy=None, ref_kl_target=0.01),
+            ValueError,
+            "`ref_kl_target` applies to a reference policy; give `ref_policy`",
+        ),
+        (
+            dict(ref_policy=42),
+            ValueError,
+            r"`ref_policy` must be an SB3 policy \(a BasePolicy\) or the path of an SB3 model zip",
+        ),
+        (dict(ref_policy="no/such/model.zip"), ValueError, "`ref_policy`: no SB3 model zip at 'no/such/model.zip'"),
+        (dict(value_warmup_rollouts=-1), ValueError, "`value_warmup_rollouts` must be an integer >= 0, got -1"),
         # value_warmup_rollouts of a wrong type (1.5, True) is a TypeError: tests/test_errors.py
     ],
 )
-def test_invalid_arguments(kwargs, message):
+def test_invalid_arguments(kwargs, error, message):
+    """A wrong type is a TypeError, a wrong value a ValueError; both name the argument and what it accepts."""
     kwargs.setdefault("ref_policy", _other_policy("CartPole-v1", 0))
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         PPOKL("MlpPolicy", "CartPole-v1", **kwargs)
 
 
@@ -290,6 +342,93 @@ def test_ref_kl_coef_setter():
     assert model.ref_kl_controller.kl_coef == 2.0
     with pytest.raises(ValueError, match="ref_kl_coef"):
         model.ref_kl_coef = -1.0
+    model.ref_kl_coef = HoldThenLinearSchedule(0.8, 0.2)  # a schedule replaces the number, and a number the schedule
+    model._current_progress_remaining = 0.5
+    assert model.ref_kl_coef == pytest.approx(0.5)
+    model.ref_kl_coef = 0.1
+    assert model.ref_kl_coef == 0.1 and model._ref_kl_coef_schedule is None
+    with pytest.raises(ValueError, match="`ref_kl_coef` as a schedule must give finite numbers >= 0"):
+        model.ref_kl_coef = lambda progress: -1.0
+    adapted = PPOKL("MlpPolicy", "CartPole-v1", ref_policy=_other_policy("CartPole-v1", 0), ref_kl_target=0.01)
+    with pytest.raises(ValueError, match="`ref_kl_coef` cannot be a schedule while it is adapted toward `ref_kl_target`"):
+        adapted.ref_kl_coef = HoldThenLinearSchedule(1.0)
+
+
+def test_ref_kl_coef_schedule_follows_the_progress():
+    """Held, then linear to 0: each update uses, and logs, the schedule's value at its progress remaining."""
+    schedule = HoldThenLinearSchedule(1.0, 0.0, hold_fraction=0.25, end_fraction=0.75)
+    model = PPOKL(
+        "MlpPolicy",
+        "CartPole-v1",
+        n_steps=32,
+        batch_size=32,
+        n_epochs=1,
+        ref_policy=_other_policy("CartPole-v1", 2),
+        ref_kl_coef=schedule,
+        seed=0,
+    )
+    assert model.ref_kl_coef == 1.0 and not model.ref_kl_controller.adaptive_kl
+    updates = PerUpdate()
+    model.learn(4 * 32, callback=updates)
+    # updates after 32, 64, 96, 128 of 128 steps: 25%, 50%, 75%, 100% of training done
+    assert [row["ref_kl_coef"] for row in updates.rows] == pytest.approx([1.0, 0.5, 0.0, 0.0])
+    assert all(row["ref_kl"] > 0 for row in updates.rows)
+    assert updates.rows[0]["ref_kl_penalty"] > 0 and updates.rows[3]["ref_kl_penalty"] == 0.0
+    assert model.ref_kl_coef == 0.0
+
+
+def test_ref_kl_coef_bounds_floor_the_adapted_coefficient():
+    """
+    ref_kl_coef=1.0, ref_kl_target=0.02, ref_kl_coef_bounds=(1.0, 1e4): the coefficient doubles while the KL to the
+    reference is above 0.02 * 1.5 and never falls below 1.0 when it is below 0.02 / 1.5, where the default bounds
+    let it halve.
+    """
+    kwargs = dict(n_steps=64, batch_size=64, n_epochs=2, ref_kl_coef=1.0, ref_kl_target=0.02, seed=0)
+
+    def coefficients(ref_policy, bounds):
+        model = PPOKL.from_pretrained(
+            PPO("MlpPolicy", "CartPole-v1", seed=1).policy,
+            "CartPole-v1",
+            ref_kl_coef_bounds=bounds,
+            **kwargs,
+            **({} if ref_policy is None else dict(ref_policy=ref_policy)),
+        )
+        assert model.ref_kl_controller.kl_coef_bounds == (bounds or model.kl_controller.kl_coef_bounds)
+        updates = PerUpdate()
+        model.learn(3 * 64, callback=updates)
+        previous = 1.0
+        for row in updates.rows:  # the controller's rule, clamped to the bounds, update by update
+            low, high = bounds or (1e-4, 1e4)
+            wanted = previous * 2 if row["ref_kl"] > 0.03 else previous / 2 if row["ref_kl"] < 0.02 / 1.5 else previous
+            assert row["ref_kl_coef"] == min(max(wanted, low), high)
+            previous = row["ref_kl_coef"]
+        return [row["ref_kl"] for row in updates.rows], [row["ref_kl_coef"] for row in updates.rows]
+
+    # the reference is the starting policy: the first updates barely move from it
+    kls, floored = coefficients(None, (1.0, 1e4))
+    assert max(kls) < 0.02 / 1.5 and floored == [1.0, 1.0, 1.0]
+    assert coefficients(None, None)[1] == [0.5, 0.25, 0.125]  # what the floor prevents
+    # a reference far from the policy: the KL is too high, and the coefficient rises
+    kls, raised = coefficients(_other_policy("CartPole-v1", 3), (1.0, 1e4))
+    assert min(kls) > 0.03 and raised == [2.0, 4.0, 8.0]
+
+
+@pytest.mark.parametrize("schedule", [HoldThenLinearSchedule(0.9, 0.1, hold_fraction=0.3), lambda progress: 0.2 + progress])
+def test_save_load_keeps_the_ref_kl_coef_schedule(tmp_path, schedule):
+    """The schedule is pickled with the model (cloudpickle, as SB3 pickles clip_range): the loaded model continues it."""
+    env = make_vec_env("CartPole-v1", n_envs=1, seed=0)
+    kwargs = dict(n_steps=32, batch_size=32, n_epochs=1, ref_policy=_other_policy("CartPole-v1", 5), seed=0)
+    model = PPOKL("MlpPolicy", env, ref_kl_coef=schedule, **kwargs)
+    model.learn(64)
+    model.save(tmp_path / "model")
+    loaded = PPOKL.load(tmp_path / "model", env=env)
+    assert loaded.ref_kl_coef == model.ref_kl_coef == pytest.approx(schedule(0.0))
+    for progress in np.linspace(0, 1, 11):
+        assert loaded._ref_kl_coef_schedule(progress) == schedule(progress)
+    assert not loaded.ref_kl_controller.adaptive_kl
+    updates = PerUpdate()
+    loaded.learn(3 * 32, callback=updates)  # a new budget: progress 1 -> 0 again
+    assert [row["ref_kl_coef"] for row in updates.rows] == pytest.approx([schedule(2 / 3), schedule(1 / 3), schedule(0.0)])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -430,11 +569,240 @@ def test_maskable_from_pretrained_converts_a_maskable_zip_and_rejects_an_unmaske
     assert th.equal(model.ref_policy.action_net.weight, unmasked.action_net.weight)
 
 
-def test_recurrent_rejects_a_reference_clearly(zips):
-    with pytest.raises(ValueError, match="`ref_policy` is not supported by RecurrentPPOKL yet"):
+def test_a_reference_of_another_architecture_is_refused(zips):
+    """Feed-forward and recurrent policies do not mix, in either direction; from_pretrained needs the same LSTM."""
+    with pytest.raises(ValueError, match=r"`ref_policy` is a feed-forward policy \(ActorCriticPolicy\); RecurrentPPOKL takes"):
         RecurrentPPOKL("MlpLstmPolicy", "CartPole-v1", ref_policy=_other_policy("CartPole-v1", 0))
-    with pytest.raises(ValueError, match="`ref_policy` is a recurrent policy"):
+    with pytest.raises(ValueError, match="`ref_policy` is a recurrent policy .*; PPOKL takes feed-forward reference"):
         PPOKL("MlpPolicy", "CartPole-v1", ref_policy=zips["recurrent"])
+    with pytest.raises(ValueError, match=r"`pretrained` \(RecurrentActorCriticPolicy\) has a different architecture"):
+        RecurrentPPOKL.from_pretrained(zips["recurrent"], "CartPole-v1", policy_kwargs=dict(lstm_hidden_size=16))
+    with pytest.raises(ValueError, match="`pretrained` is a ActorCriticPolicy; RecurrentPPOKL fine-tunes the policies"):
+        RecurrentPPOKL.from_pretrained(zips["ppo_cartpole"], "CartPole-v1")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# RecurrentPPOKL's reference: its own LSTM states
+
+LSTM = dict(lstm_hidden_size=8, net_arch=dict(pi=[8], vf=[8]))
+
+
+def _recurrent_other_policy(seed):
+    """A recurrent reference the new policies differ from clearly: shifted logits."""
+    policy = RecurrentPPO("MlpLstmPolicy", "CartPole-v1", seed=seed, device="cpu", policy_kwargs=LSTM).policy
+    with th.no_grad():
+        policy.action_net.bias += th.linspace(-1.0, 1.0, policy.action_net.bias.numel())
+    return policy
+
+
+def _run_lstm(lstm, features, starts, state):
+    """``lstm`` step by step over ``features`` (T, d), zeroing the state where an episode starts; outputs and last state."""
+    outputs = []
+    for x, start in zip(features, starts):
+        state = tuple(part * (1.0 - start) for part in state)
+        out, state = lstm(x.view(1, 1, -1), state)
+        outputs.append(out.view(-1))
+    return th.stack(outputs), state
+
+
+def _zeros(lstm, n=1):
+    return (th.zeros(lstm.num_layers, n, lstm.hidden_size), th.zeros(lstm.num_layers, n, lstm.hidden_size))
+
+
+def _recurrent_log_probs(policy, obs, starts, state=None):
+    """The log-probabilities of CartPole's 2 actions at every step of one environment's rollout, and the last state."""
+    latent, state = _run_lstm(policy.lstm_actor, policy.extract_features(obs), starts, state or _zeros(policy.lstm_actor))
+    return th.log_softmax(policy.action_net(policy.mlp_extractor.forward_actor(latent)), dim=-1), state
+
+
+def _recurrent_values(policy, obs, starts):
+    latent, _ = _run_lstm(policy.lstm_critic, policy.extract_features(obs), starts, _zeros(policy.lstm_critic))
+    return policy.value_net(policy.mlp_extractor.forward_critic(latent)).flatten()
+
+
+def test_recurrent_train_matches_hand_written_loss_with_reference(monkeypatch):
+    """
+    RecurrentPPOKL with a recurrent reference: two SGD epochs on one minibatch by learn() and by a written-out loss
+    agree. One environment, the rollout cut only where episodes start (the buffer's random cut point pinned to 0):
+    every sequence then starts from a zero state, and every policy is run by hand step by step over the rollout.
+    """
+    ref = _recurrent_other_policy(7)
+    model = RecurrentPPOKL(
+        "MlpLstmPolicy",
+        "CartPole-v1",
+        n_steps=N_STEPS,
+        batch_size=N_STEPS,
+        n_epochs=2,
+        learning_rate=LR,
+        kl_coef=BETA,
+        ref_policy=ref,
+        ref_kl_coef=REF_COEF,
+        ent_coef=0.01,
+        vf_coef=VF_COEF,
+        max_grad_norm=1e9,
+        policy_kwargs=dict(**LSTM, **SGD),
+        seed=0,
+    )
+    hand = copy.deepcopy(model.policy)
+    monkeypatch.setattr(np.random, "randint", lambda *args, **kwargs: 0)
+    model.learn(N_STEPS)
+
+    obs, actions, old_log_prob, advantages, returns = rollout_tensors(model)
+    starts = th.as_tensor(model.rollout_buffer.episode_starts).flatten()
+    assert starts[1:].any(), "the rollout should cross an episode boundary"
+    with th.no_grad():
+        old_dist, _ = _recurrent_log_probs(hand, obs, starts)
+        ref_dist, _ = _recurrent_log_probs(ref, obs, starts)
+    assert th.allclose(model.rollout_buffer.ref_dist_params, ref_dist, atol=1e-5)
+
+    def loss():
+        dist = _recurrent_log_probs(hand, obs, starts)[0]
+        ratio = th.exp(_log_prob(dist, actions, True) - old_log_prob)
+        return (
+            -(ratio * advantages).mean()
+            + BETA * _kl(old_dist, dist, True).mean()
+            + REF_COEF * _kl(ref_dist, dist, True).mean()  # KL[pi_ref || pi_theta]
+            + VF_COEF * F.mse_loss(returns, _recurrent_values(hand, obs, starts))
+            - 0.01 * _entropy(dist, True).mean()
+        )
+
+    sgd_by_hand(hand, loss, steps=2, lr=LR)
+    for (name, ours), theirs in zip(model.policy.named_parameters(), hand.parameters()):
+        assert th.allclose(ours, theirs, atol=1e-5), name
+    with th.no_grad():
+        ref_kl = _kl(ref_dist, _recurrent_log_probs(hand, obs, starts)[0], True).mean().item()
+    assert model.logger.name_to_value["train/ref_kl"] == pytest.approx(ref_kl, rel=1e-4)
+
+
+def test_recurrent_reference_keeps_its_own_lstm_states_across_rollouts(monkeypatch):
+    """
+    Two environments, three rollouts, the first a value warm-up one, the pass cut into chunks of 3 steps: the
+    reference distribution is, for every sample, the reference run step by step over each environment's whole
+    history from a zero state (the warm-up rollout included: nothing is stored then, but the state follows).
+    """
+    import sb3_ppo_kl.ppo_kl_recurrent.ppo_kl_recurrent as recurrent_module
+
+    monkeypatch.setattr(recurrent_module, "FULL_PASS_BATCH_SIZE", 6)
+    ref = _recurrent_other_policy(3)
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=1)
+    model = RecurrentPPOKL(
+        "MlpLstmPolicy",
+        env,
+        n_steps=20,
+        batch_size=16,
+        n_epochs=1,
+        ref_policy=ref,
+        value_warmup_rollouts=1,
+        policy_kwargs=LSTM,
+        seed=0,
+    )
+    snapshots = []
+    reference_pass = model._reference_dist_params
+
+    def recording(ref_policy):
+        params = reference_pass(ref_policy)
+        buffer = model.rollout_buffer  # environment-major once flattened by get(), which a warm-up update has not run
+        flat = (lambda array: array) if buffer.generator_ready else buffer.swap_and_flatten
+        snapshots.append((flat(buffer.observations).copy(), flat(buffer.episode_starts).copy(), params))
+        return params
+
+    monkeypatch.setattr(model, "_reference_dist_params", recording)
+    model.learn(3 * 40)
+    assert len(snapshots) == 3 and model.rollout_buffer.ref_dist_params is snapshots[-1][2]
+    states = [_zeros(ref.lstm_actor), _zeros(ref.lstm_actor)]
+    with th.no_grad():
+        for observations, episode_starts, stored in snapshots:
+            for env_index in range(2):
+                rows = slice(env_index * 20, (env_index + 1) * 20)
+                expected, states[env_index] = _recurrent_log_probs(
+                    ref, th.as_tensor(observations[rows]), th.as_tensor(episode_starts[rows]).flatten(), states[env_index]
+                )
+                assert th.allclose(stored[rows], expected, atol=1e-5)
+    assert all(th.equal(a, b[:, i : i + 1]) for i in range(2) for a, b in zip(states[i], model._ref_lstm_states))
+
+
+def test_recurrent_ppo_kl_fine_tunes_a_pretrained_recurrent_ppo(zips):
+    """from_pretrained with a RecurrentPPO zip: the policy and the reference start as it; the first update's KL to the
+    reference is its KL to the rollout policy, each evaluated with its own LSTM states (the same, from zeros)."""
+    expert = RecurrentPPO.load(zips["recurrent"], device="cpu")
+    model = RecurrentPPOKL.from_pretrained(zips["recurrent"], "CartPole-v1", n_steps=32, batch_size=16, seed=0)
+    assert type(model.ref_policy) is type(expert.policy) and model.ref_policy is not model.policy
+    for name, policy in (("policy", model.policy), ("ref_policy", model.ref_policy)):
+        for key, value in expert.policy.state_dict().items():
+            assert th.equal(policy.state_dict()[key], value), (name, key)
+    model.learn(32)
+    values = model.logger.name_to_value
+    assert 0 < values["train/ref_kl"] == pytest.approx(values["train/kl"], rel=1e-4)
+    model.learn(64, reset_num_timesteps=False)
+    assert model.logger.name_to_value["train/ref_kl"] > 0 and model._ref_lstm_states is not None
+
+
+class _DictObservation(gym.ObservationWrapper):
+    def __init__(self, env):
+        super().__init__(env)
+        self.observation_space = gym.spaces.Dict({"obs": env.observation_space})
+
+    def observation(self, observation):
+        return {"obs": observation}
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "dict"])
+def test_recurrent_reference_with_box_actions_and_dict_observations(env_id):
+    """
+    Fine-tuning a pretrained recurrent policy over 3 environments: the reference, run with its own LSTM states, gives
+    exactly the rollout policy's distributions at the first update (KL to the reference == d), sample by sample.
+    """
+    make = (lambda: _DictObservation(gym.make("CartPole-v1"))) if env_id == "dict" else env_id
+    env = make_vec_env(make, n_envs=3, seed=0)
+    policy = "MultiInputLstmPolicy" if env_id == "dict" else "MlpLstmPolicy"
+    pretrained = RecurrentPPO(policy, env, seed=1, policy_kwargs=LSTM).policy
+    model = RecurrentPPOKL.from_pretrained(pretrained, env, n_steps=24, batch_size=20, n_epochs=2, seed=0)
+    model.learn(72)
+    values = model.logger.name_to_value
+    assert 0 < values["train/ref_kl"] == pytest.approx(values["train/kl"], rel=1e-4)
+    model._snapshot_rollout_policy()  # the policy after the update, on the last rollout: no longer the reference
+    assert not th.allclose(model.rollout_buffer.old_dist_params, model.rollout_buffer.ref_dist_params)
+
+
+def test_recurrent_save_load_with_the_reference_continues_identically(tmp_path):
+    """
+    A loaded model, given the same transient state as the saved one (environment, last observation, its own and the
+    reference's LSTM states, which RecurrentPPO does not save), continues exactly as the saved one.
+    """
+    from stable_baselines3.common.utils import set_random_seed
+
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    model = RecurrentPPOKL(
+        "MlpLstmPolicy",
+        env,
+        n_steps=16,
+        batch_size=16,
+        n_epochs=2,
+        ref_policy=_recurrent_other_policy(5),
+        ref_kl_coef=0.5,
+        ref_kl_target=1e-3,
+        policy_kwargs=LSTM,
+        seed=0,
+    )
+    model.learn(64)
+    assert model.ref_kl_coef != 0.5  # adapted
+    model.save(tmp_path / "model")
+    loaded = RecurrentPPOKL.load(tmp_path / "model", env=copy.deepcopy(model.env))
+    assert loaded._ref_lstm_states is None  # as RecurrentPPO's own states: zeros after loading
+    assert vars(loaded.ref_kl_controller) == vars(model.ref_kl_controller)
+    for key, value in model.ref_policy.state_dict().items():
+        assert th.equal(loaded.ref_policy.state_dict()[key], value), key
+    assert not loaded.ref_policy.training and not any(p.requires_grad for p in loaded.ref_policy.parameters())
+    loaded._last_lstm_states = copy.deepcopy(model._last_lstm_states)
+    loaded._ref_lstm_states = copy.deepcopy(model._ref_lstm_states)
+    loaded._last_obs, loaded._last_episode_starts = model._last_obs.copy(), model._last_episode_starts.copy()
+    for continued in (model, loaded):
+        set_random_seed(1)
+        continued.learn(64, reset_num_timesteps=False)
+    for (name, a), b in zip(model.policy.named_parameters(), loaded.policy.parameters()):
+        assert th.equal(a, b), name
+    assert loaded.ref_kl_coef == model.ref_kl_coef
+    assert th.equal(loaded.rollout_buffer.ref_dist_params, model.rollout_buffer.ref_dist_params)
 
 
 # ---------------------------------------------------------------------------------------------------------------

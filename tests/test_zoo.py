@@ -122,6 +122,33 @@ def test_kl_target_schedule_from_a_yml_file(tmp_path):
         ).setup_experiment()
 
 
+def test_ref_kl_coef_schedule_from_a_yml_file(tmp_path):
+    """``ref_kl_coef: lin_1.0`` with a reference zip: the coefficient falls linearly from 1.0 to 0 over training."""
+    PPOKL("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32, seed=0).save(tmp_path / "expert")
+    conf = tmp_path / "mine.yml"
+    entry = dict(
+        policy="MlpPolicy",
+        n_timesteps=1000,
+        n_steps=64,
+        batch_size=32,
+        ref_policy=str(tmp_path / "expert.zip"),
+        ref_kl_coef="lin_1.0",
+    )
+    conf.write_text(yaml.safe_dump({"CartPole-v1": entry}))
+    register()
+    manager = ExperimentManager(argparse.Namespace(), "ppo_kl", "CartPole-v1", str(tmp_path), n_timesteps=1, config=str(conf))
+    model, _ = manager.setup_experiment()
+    assert model.ref_policy is not None and model.ref_kl_coef == pytest.approx(1.0)
+    model._current_progress_remaining = 0.25
+    assert model.ref_kl_coef == pytest.approx(0.25)
+    for bad in ("exp_1.0", "lin_x"):
+        conf.write_text(yaml.safe_dump({"CartPole-v1": {**entry, "ref_kl_coef": bad}}))
+        with pytest.raises(ValueError, match="`ref_kl_coef` in a hyperparameter file must be a number or 'lin_<start>'"):
+            ExperimentManager(
+                argparse.Namespace(), "ppo_kl", "CartPole-v1", str(tmp_path), n_timesteps=1, config=str(conf)
+            ).setup_experiment()
+
+
 # (algo, env) for every entry of every shipped file; the maskable file's `default` entry is tried on a maskable env
 ENTRIES = [
     (algo, "InvalidActionEnvDiscrete-v0" if env == "default" else env)

@@ -266,6 +266,22 @@ def _check_kl_target(kl_target: float | Callable[[float], float]) -> None:
             raise ValueError(f"`kl_target` as a schedule must be finite, {valid}, got {value!r}")
 
 
+def _check_schedule(name: str, schedule: Callable[[float], float]) -> None:
+    """A schedule of the progress remaining must give finite values ``>= 0`` at the start and at the end of training."""
+    for progress in (1.0, 0.0):
+        _scheduled(name, schedule, progress)
+
+
+def _scheduled(name: str, schedule: Callable[[float], float], progress_remaining: float) -> float:
+    """``schedule(progress_remaining)`` as a float; ValueError naming ``name`` unless it is finite and ``>= 0``."""
+    value = schedule(progress_remaining)
+    if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value >= 0):
+        raise ValueError(
+            f"`{name}` as a schedule must give finite numbers >= 0, got {value!r} at progress_remaining={progress_remaining}"
+        )
+    return float(value)
+
+
 class KLCoefController:
     """
     The adaptive KL coefficient beta of PPO1 (Schulman et al. 2017, section 4,

@@ -10,16 +10,32 @@ module before the weights are loaded into it. The module itself is never pickled
 import inspect
 import numbers
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import numpy as np
 import torch as th
+from gymnasium import spaces
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.distributions import Distribution
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.save_util import load_from_zip_file
+from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
-from sb3_ppo_kl.common.kl import _GAUSSIAN
+from sb3_ppo_kl.common.buffers import KLBufferMixin
+from sb3_ppo_kl.common.kl import (
+    _GAUSSIAN,
+    KLCoefController,
+    _check_schedule,
+    _scheduled,
+    check_coef_bounds,
+    check_real,
+    distribution_params,
+    has_analytic_kl,
+)
 
 PolicySource = BasePolicy | str | os.PathLike
 
@@ -45,12 +61,21 @@ def policy_spec(policy: BasePolicy) -> dict[str, Any]:
     What :func:`build_policy` needs to rebuild ``policy``: ``{"policy_class": ..., "kwargs": ...}``.
 
     The kwargs are SB3's ``_get_constructor_parameters()`` (the data ``BasePolicy.save`` stores), without
-    the learning-rate schedule, plus ``share_features_extractor``, which SB3 does not record.
+    the learning-rate schedule, plus ``share_features_extractor``, which SB3 does not record, and for sb3-contrib's
+    recurrent policies their LSTM's arguments, which it does not record.
     """
     kwargs = dict(policy._get_constructor_parameters())
     kwargs.pop("lr_schedule", None)
     if accepts(type(policy), "share_features_extractor") and hasattr(policy, "share_features_extractor"):
         kwargs["share_features_extractor"] = policy.share_features_extractor
+    if isinstance(policy, RecurrentActorCriticPolicy):  # sb3-contrib records none of its LSTM's arguments
+        kwargs.update(
+            lstm_hidden_size=policy.lstm_actor.hidden_size,
+            n_lstm_layers=policy.lstm_actor.num_layers,
+            shared_lstm=policy.shared_lstm,
+            enable_critic_lstm=policy.enable_critic_lstm,
+            lstm_kwargs=dict(policy.lstm_kwargs),
+        )
     return {"policy_class": type(policy), "kwargs": kwargs}
 
 
@@ -128,10 +153,16 @@ def check_reference(reference: BasePolicy, policy: BasePolicy, algorithm: str) -
             f"`ref_policy` has the action space {reference.action_space}, the environment {policy.action_space}; "
             "they must be equal"
         )
-    if isinstance(reference, RecurrentActorCriticPolicy):
-        raise ValueError(  # noqa: TRY004 (ValueError as for every other bad argument)
-            f"`ref_policy` is a recurrent policy ({type(reference).__name__}); {algorithm} supports feed-forward "
-            "reference policies only"
+    recurrent = isinstance(policy, RecurrentActorCriticPolicy)
+    if isinstance(reference, RecurrentActorCriticPolicy) != recurrent:
+        kind = "a recurrent" if isinstance(reference, RecurrentActorCriticPolicy) else "a feed-forward"
+        raise ValueError(
+            f"`ref_policy` is {kind} policy ({type(reference).__name__}); {algorithm} takes "
+            + (
+                "recurrent reference policies only (RecurrentActorCriticPolicy)"
+                if recurrent
+                else "feed-forward reference policies only"
+            )
         )
     ours, theirs = getattr(policy, "action_dist", None), getattr(reference, "action_dist", None)
     if not (isinstance(ours, Distribution) and isinstance(theirs, Distribution)):
@@ -175,6 +206,63 @@ def copy_weights(source: BasePolicy, target: BasePolicy, name: str) -> None:
         target.load_state_dict(theirs)
 
 
+def recurrent_reference_dist_params(
+    policy: RecurrentActorCriticPolicy,
+    buffer: RolloutBuffer,
+    lstm_states: tuple[th.Tensor, th.Tensor] | None,
+    max_batch: int,
+) -> tuple[th.Tensor, tuple[th.Tensor, th.Tensor]]:
+    """
+    A recurrent reference's :func:`~sb3_ppo_kl.common.kl.distribution_params` for every sample of a recurrent
+    rollout buffer, from the reference's own LSTM states.
+
+    The buffer stores the LSTM states of the policy that collected the rollout, not the reference's. So the
+    reference's actor LSTM is run over the rollout in time order: one sequence per environment, its ``n_steps``
+    observations with their ``episode_starts`` (which reset the state where an episode starts, as in collection),
+    starting from ``lstm_states``, the reference's state at the end of the previous rollout. Chunks of at most
+    ``max_batch`` samples (``max_batch // n_envs`` steps of every environment) carry the state from one to the next.
+    The result is in the buffer's flattened order, environment-major (sample ``t`` of environment ``e`` at row
+    ``e * n_steps + t``, sb3-contrib's ``swap_and_flatten``), the order in which minibatches index it.
+
+    :param policy: the reference, a ``RecurrentActorCriticPolicy`` on the buffer's device
+    :param buffer: a full sb3-contrib recurrent rollout buffer (``get()`` called or not)
+    :param lstm_states: the reference actor's ``(hidden, cell)`` states, each ``(n_lstm_layers, n_envs, hidden)``,
+        at the start of the rollout; None for zeros (the start of training)
+    :param max_batch: the most samples per forward pass
+    :return: the parameters, ``(n_envs * n_steps, k)``, and the reference's states after the rollout's last step
+    """
+    n_envs, n_steps = buffer.n_envs, buffer.buffer_size
+    lstm = policy.lstm_actor
+    if lstm_states is None:
+        zeros = th.zeros((lstm.num_layers, n_envs, lstm.hidden_size), device=buffer.device)
+        lstm_states = (zeros, zeros.clone())
+
+    def env_major(array: np.ndarray) -> np.ndarray:  # (n_envs * n_steps, ...), whether get() has flattened it or not
+        return array if buffer.generator_ready else buffer.swap_and_flatten(array)
+
+    observations: Any = buffer.observations
+    if isinstance(observations, dict):
+        observations = {key: env_major(value) for key, value in observations.items()}
+    else:
+        observations = env_major(observations)
+    episode_starts = env_major(buffer.episode_starts).reshape(n_envs, n_steps)
+    steps_per_pass = max(1, max_batch // n_envs)
+    params = []
+    with th.no_grad():
+        for start in range(0, n_steps, steps_per_pass):
+            end = min(start + steps_per_pass, n_steps)
+            rows = (np.arange(n_envs)[:, None] * n_steps + np.arange(start, end)[None, :]).ravel()  # env-major
+            if isinstance(observations, dict):
+                obs: Any = {key: buffer.to_torch(value[rows]) for key, value in observations.items()}
+            else:
+                obs = buffer.to_torch(observations[rows])
+            starts = buffer.to_torch(episode_starts[:, start:end].ravel())
+            distribution, (hidden, cell) = policy.get_distribution(obs, lstm_states, starts)
+            lstm_states = (hidden, cell)
+            params.append(distribution_params(distribution).reshape(n_envs, end - start, -1))
+    return th.cat(params, dim=1).reshape(n_envs * n_steps, -1), lstm_states
+
+
 def policy_kwargs_for(source: BasePolicy, policy_class: type) -> dict[str, Any]:
     """
     The ``policy_kwargs`` that make an algorithm build a ``policy_class`` of ``source``'s architecture:
@@ -188,3 +276,228 @@ def policy_kwargs_for(source: BasePolicy, policy_class: type) -> dict[str, Any]:
         if kwargs.get(key) is None:
             kwargs.pop(key, None)
     return {key: value for key, value in kwargs.items() if accepts(policy_class, key)}
+
+
+SelfReferenceModel = TypeVar("SelfReferenceModel", bound="ReferencePolicyMixin")
+
+# The mixin is an OnPolicyAlgorithm for the type checker only: at run time it precedes one in the algorithm's bases.
+if TYPE_CHECKING:
+    _Algorithm = OnPolicyAlgorithm
+else:
+    _Algorithm = object
+
+
+class ReferencePolicyMixin(_Algorithm):
+    """
+    The reference-policy options of :class:`~sb3_ppo_kl.PPOKL` and its variants: ``ref_policy``, ``ref_kl_coef``
+    (a number or a schedule), ``ref_kl_target``, ``ref_kl_coef_bounds``, and :meth:`from_pretrained`. Mixed into
+    PPOKL before SB3's ``OnPolicyAlgorithm``; the variants inherit it with PPOKL.
+
+    What it adds to the model: ``ref_policy`` (frozen), ``ref_kl_controller`` (a second
+    :class:`~sb3_ppo_kl.KLCoefController`: fixed, or adapted toward ``ref_kl_target`` within ``ref_kl_coef_bounds``),
+    ``ref_kl_coef`` (the value in use), and once per update ``rollout_buffer.ref_dist_params``, the reference's
+    distribution for every sample, which the algorithm's loss compares with the policy's. The reference is saved as
+    its weights and a spec (:func:`policy_spec`), never pickled.
+    """
+
+    ref_policy: BasePolicy | None
+    ref_kl_controller: KLCoefController
+    _ref_policy_spec: dict[str, Any] | None
+    kl_controller: KLCoefController  # the algorithm's beta, whose tolerance, factor and bounds the reference's shares
+    rollout_buffer: KLBufferMixin  # type: ignore[assignment]
+
+    # ref_kl_coef as a schedule of the progress remaining, or None when it is a number (in ref_kl_controller).
+    # A class attribute too, for models saved before schedules were accepted.
+    _ref_kl_coef_schedule: Schedule | None = None
+
+    @property
+    def ref_kl_coef(self) -> float:
+        """
+        The current coefficient of the KL to the reference policy (the value the next update uses): the adapted
+        or fixed value, or the schedule's value at the current progress remaining.
+        """
+        if self._ref_kl_coef_schedule is not None:
+            return _scheduled("ref_kl_coef", self._ref_kl_coef_schedule, self._current_progress_remaining)
+        return self.ref_kl_controller.kl_coef
+
+    @ref_kl_coef.setter
+    def ref_kl_coef(self, value: float | Schedule) -> None:
+        """A number (fixed, or the adapted coefficient's new value) or, unless it is adapted, a schedule."""
+        if callable(value):
+            if self.ref_kl_controller.adaptive_kl:
+                raise ValueError("`ref_kl_coef` cannot be a schedule while it is adapted toward `ref_kl_target`")
+            _check_schedule("ref_kl_coef", value)
+            self._ref_kl_coef_schedule = value
+            self.ref_kl_controller.kl_coef = _scheduled("ref_kl_coef", value, 1.0)
+            return
+        self.ref_kl_controller.kl_coef = check_real(
+            "ref_kl_coef", value, "a finite number >= 0 or a schedule", lambda v: v >= 0
+        )
+        self._ref_kl_coef_schedule = None
+
+    def _make_ref_policy(
+        self,
+        ref_policy: PolicySource | None,
+        ref_kl_coef: float | Schedule,
+        ref_kl_target: float | None,
+        ref_kl_coef_bounds: Sequence[float] | None = None,
+    ) -> None:
+        """
+        Validate the reference arguments, create ``self.ref_kl_controller`` (and ``self._ref_kl_coef_schedule``)
+        and load the reference policy, frozen, on the CPU, into ``self.ref_policy`` (with ``self._ref_policy_spec``,
+        what rebuilds it on load).
+        """
+        schedule: Schedule | None = None
+        if callable(ref_kl_coef):
+            schedule = ref_kl_coef
+            if ref_kl_target is not None:
+                raise ValueError(
+                    "`ref_kl_coef` is a schedule and `ref_kl_target` is set: the coefficient cannot follow both. Give "
+                    f"ref_kl_target=None to follow the schedule, or a number ref_kl_coef to adapt it; got ref_kl_target={ref_kl_target!r}"
+                )
+            _check_schedule("ref_kl_coef", schedule)
+            start = _scheduled("ref_kl_coef", schedule, 1.0)
+        else:
+            start = check_real("ref_kl_coef", ref_kl_coef, "a finite number >= 0 or a schedule", lambda v: v >= 0)
+        if ref_kl_coef_bounds is None:
+            bounds = self.kl_controller.kl_coef_bounds
+        else:
+            bounds = check_coef_bounds("ref_kl_coef_bounds", ref_kl_coef_bounds, adaptive=ref_kl_target is not None)
+        if ref_kl_target is not None:
+            check_real("ref_kl_target", ref_kl_target, "None or a finite number > 0", lambda v: v > 0)
+            low, high = bounds
+            if not low <= start <= high:
+                raise ValueError(
+                    f"`ref_kl_coef` must lie within ref_kl_coef_bounds=[{low}, {high}] when ref_kl_target is set "
+                    f"(it is then adapted; ref_kl_coef_bounds defaults to kl_coef_bounds), got {start}"
+                )
+        # A second controller of the same kind as beta's: fixed unless ref_kl_target is given, then the step rule
+        # with beta's tolerance and factor, and its own bounds
+        self.ref_kl_controller = KLCoefController(
+            kl_coef=start,
+            kl_target=1.0 if ref_kl_target is None else ref_kl_target,
+            adaptive_kl=ref_kl_target is not None,
+            kl_tolerance=self.kl_controller.kl_tolerance,
+            kl_adapt_factor=self.kl_controller.kl_adapt_factor,
+            kl_coef_bounds=bounds,
+        )
+        self._ref_kl_coef_schedule = schedule
+        self.ref_policy: BasePolicy | None = None
+        self._ref_policy_spec: dict[str, Any] | None = None
+        if ref_policy is None:
+            return
+        reference = load_policy(ref_policy, "ref_policy")
+        self._ref_policy_spec = policy_spec(reference)
+        self.ref_policy = freeze(reference)
+
+    def _setup_ref_policy(self) -> None:
+        """
+        Put the reference policy on the device, frozen, and check it against the policy. On ``load()`` it is
+        rebuilt here from ``self._ref_policy_spec``; ``load()`` then loads its saved weights into it.
+        """
+        if self._ref_policy_spec is None:
+            self.ref_policy = None
+            return
+        if self.ref_policy is None:
+            self.ref_policy = build_policy(self._ref_policy_spec)
+        self.ref_policy = freeze(self.ref_policy.to(self.device))
+        check_reference(self.ref_policy, self.policy, type(self).__name__)
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        state_dicts, variables = super()._get_torch_save_params()
+        if self.ref_policy is not None:
+            state_dicts = [*state_dicts, "ref_policy"]  # its weights, saved and loaded as the policy's
+        return state_dicts, variables
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "ref_policy"]  # the module is never pickled (see _ref_policy_spec)
+
+    @classmethod
+    def from_pretrained(
+        cls: type[SelfReferenceModel],
+        pretrained: PolicySource,
+        env: GymEnv | str,
+        policy: str | type[BasePolicy] | None = None,
+        **kwargs: Any,
+    ) -> SelfReferenceModel:
+        """
+        A new model whose policy starts as a copy of a pretrained policy, and which keeps close to it.
+
+        ::
+
+            model = PPOKL.from_pretrained("expert.zip", env, ref_kl_coef=0.5, value_warmup_rollouts=2)
+
+        :param pretrained: an SB3 policy (``model.policy`` of a PPO, A2C, PPOKL, MaskablePPO... model) or the
+            path of an SB3 model zip. Its weights are copied into the new policy (``load_state_dict``).
+        :param env: the environment to fine-tune on; its spaces must be the pretrained policy's
+        :param policy: the policy class or alias; None (default) takes the pretrained policy's class when this
+            algorithm uses it, else ``"MlpPolicy"`` (``"MultiInputPolicy"`` for Dict observations)
+        :param kwargs: the algorithm's other arguments. ``policy_kwargs`` defaults to the pretrained policy's
+            architecture (net_arch, activation, features extractor...), ``use_sde`` to whether it used gSDE.
+            ``ref_policy`` defaults to the pretrained policy (as this algorithm's policy class, so that
+            MaskablePPOKL masks it); pass ``ref_policy=None`` to fine-tune without a reference.
+        :raises ValueError: if the new policy's architecture differs from the pretrained one (naming the weights
+            that differ), or for any invalid argument
+        """
+        source = load_policy(pretrained, "pretrained")
+        if policy is None:
+            own = tuple(cls.policy_aliases.values())
+            if isinstance(source, own):
+                policy = type(source)
+            else:
+                policy = "MultiInputPolicy" if isinstance(source.observation_space, spaces.Dict) else "MlpPolicy"
+                if policy not in cls.policy_aliases:
+                    raise ValueError(
+                        f"`pretrained` is a {type(source).__name__}; {cls.__name__} fine-tunes the policies "
+                        f"{', '.join(sorted({p.__name__ for p in own}))}: give a pretrained policy of one of them"
+                    )
+        policy_class = cls.policy_aliases[policy] if isinstance(policy, str) else policy
+        if "policy_kwargs" not in kwargs:
+            kwargs["policy_kwargs"] = policy_kwargs_for(source, policy_class)
+        if "use_sde" not in kwargs and getattr(source, "use_sde", False) and accepts(cls, "use_sde"):
+            kwargs["use_sde"] = True
+        default_reference = "ref_policy" not in kwargs
+        ref_keys = ("ref_kl_coef", "ref_kl_target", "ref_kl_coef_bounds")
+        ref_kwargs = {key: kwargs.pop(key) for key in ref_keys if default_reference and key in kwargs}
+        model = cls(policy, env, **kwargs)  # type: ignore[arg-type]
+        copy_weights(source, model.policy, "pretrained")
+        if default_reference:
+            model._make_ref_policy(
+                model.policy,
+                ref_kwargs.get("ref_kl_coef", 1.0),
+                ref_kwargs.get("ref_kl_target"),
+                ref_kwargs.get("ref_kl_coef_bounds"),
+            )
+            model._setup_ref_policy()
+        return model
+
+    def _snapshot_ref_policy(self) -> None:
+        """Store the reference policy's action distribution for every sample (none without a reference)."""
+        self.rollout_buffer.ref_dist_params = None
+        if self.ref_policy is None:
+            return
+        if not has_analytic_kl(self.ref_policy.action_dist):  # type: ignore[arg-type]
+            raise ValueError(
+                f"`ref_policy`'s action distribution {type(self.ref_policy.action_dist).__name__} has no analytic KL"
+            )
+        with th.no_grad():
+            self.rollout_buffer.ref_dist_params = self._reference_dist_params(self.ref_policy)
+
+    def _skip_ref_snapshot(self) -> None:
+        """
+        A rollout the reference plays no part in (a value warm-up update): nothing is stored. RecurrentPPOKL still
+        runs its reference over it, so that the reference's LSTM state follows every rollout.
+        """
+        self.rollout_buffer.ref_dist_params = None
+
+    def _reference_dist_params(self, ref_policy: BasePolicy) -> th.Tensor:
+        """
+        The reference's :func:`~sb3_ppo_kl.common.kl.distribution_params` for every sample of the rollout, in the
+        buffer's flattened order: by default the algorithm's full pass over the rollout (``_rollout_dist_params``,
+        which a feed-forward reference needs); RecurrentPPOKL runs its reference over the rollout in time order with
+        the reference's own LSTM states (:func:`recurrent_reference_dist_params`).
+        """
+        return self._rollout_dist_params(ref_policy)
+
+    def _rollout_dist_params(self, policy: BasePolicy) -> th.Tensor:
+        raise NotImplementedError  # the algorithm's

@@ -23,7 +23,6 @@ from sb3_ppo_kl.common.buffers import KLBufferMixin, KLDictRolloutBuffer, KLRoll
 from sb3_ppo_kl.common.finite import CheckFiniteCallback, NonFiniteError
 from sb3_ppo_kl.common.kl import (
     KLCoefController,
-    _check_float,
     check_int,
     check_real,
     distribution_params,
@@ -31,18 +30,7 @@ from sb3_ppo_kl.common.kl import (
     per_state_kl,
     sampled_kl,
 )
-from sb3_ppo_kl.common.reference import (
-    PolicySource,
-    accepts,
-    build_policy,
-    check_reference,
-    copy_weights,
-    freeze,
-    is_real,
-    load_policy,
-    policy_kwargs_for,
-    policy_spec,
-)
+from sb3_ppo_kl.common.reference import PolicySource, ReferencePolicyMixin
 
 SelfPPOKL = TypeVar("SelfPPOKL", bound="PPOKL")
 
@@ -50,7 +38,7 @@ SelfPPOKL = TypeVar("SelfPPOKL", bound="PPOKL")
 FULL_PASS_BATCH_SIZE = 4096
 
 
-class PPOKL(OnPolicyAlgorithm):
+class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
     """
     Proximal Policy Optimization with an adaptive KL penalty ("PPO1").
 
@@ -107,16 +95,25 @@ class PPOKL(OnPolicyAlgorithm):
         an action probability and the new policy does not, so the new policy must keep every behaviour
         the reference had, which is what "not forgetting" the pretrained policy means; the reverse KL would
         let it drop modes of the reference freely. The reference's distribution is computed once per update
-        for the whole rollout (MaskablePPOKL masks it with the stored action masks). It is kept frozen
+        for the whole rollout (MaskablePPOKL masks it with the stored action masks; RecurrentPPOKL runs a recurrent
+        reference over the rollout with its own LSTM states). It is kept frozen
         (eval mode, no gradients, never optimised) as ``model.ref_policy``, and saved and loaded with the model.
         See :meth:`from_pretrained` to start from the same policy.
-    :param ref_kl_coef: Coefficient of the KL to the reference, ``>= 0``; only used with ``ref_policy``.
+    :param ref_kl_coef: Coefficient of the KL to the reference, ``>= 0``, or a schedule of the progress remaining
+        (1 to 0), as ``clip_range``, giving values ``>= 0``: e.g. :class:`~sb3_ppo_kl.HoldThenLinearSchedule` to hold
+        the pretrained behaviour early and release it later. Only used with ``ref_policy``.
         Default 1.0 (beta's default start: the KL to the reference weighs as much as the PPO1 term at first).
-        ``model.ref_kl_coef`` is its current value, logged as ``train/ref_kl_coef``.
-    :param ref_kl_target: None (default): ``ref_kl_coef`` stays fixed. A float ``> 0``: after each update
-        ``ref_kl_coef`` is adapted toward it by a second :class:`~sb3_ppo_kl.KLCoefController` with beta's
-        rule, ``kl_tolerance``, ``kl_adapt_factor`` and ``kl_coef_bounds``, to the mean KL to the reference over
-        the rollout after the update (logged as ``train/ref_kl``).
+        ``model.ref_kl_coef`` is its current value (a schedule's at the current progress), logged as
+        ``train/ref_kl_coef``.
+    :param ref_kl_target: None (default): ``ref_kl_coef`` stays fixed (or follows its schedule). A float ``> 0``:
+        after each update ``ref_kl_coef`` (then a number) is adapted toward it by a second
+        :class:`~sb3_ppo_kl.KLCoefController` with beta's rule, ``kl_tolerance`` and ``kl_adapt_factor``, clamped to
+        ``ref_kl_coef_bounds``, to the mean KL to the reference over the rollout after the update (logged as
+        ``train/ref_kl``). A schedule for ``ref_kl_coef`` with a ``ref_kl_target`` is refused.
+    :param ref_kl_coef_bounds: ``(low, high)``, ``0 <= low <= high``: the adapted ``ref_kl_coef`` is clamped to this
+        range, and must start in it; validated as ``kl_coef_bounds`` (an adapted coefficient needs ``low > 0``).
+        None (default): ``kl_coef_bounds``. ``(ref_kl_coef, 1e4)`` makes the start a
+        floor: the coefficient rises while the KL to the reference is too high and never falls below its start.
     :param value_warmup_rollouts: For the first N rollouts (N calls to ``train()``) train only the value
         function: the loss is ``vf_coef * value_loss`` and every parameter the action distribution depends on
         (shared layers included) is left unchanged; beta and ``ref_kl_coef`` are not adapted. Useful when
@@ -170,8 +167,6 @@ class PPOKL(OnPolicyAlgorithm):
         KLDictRolloutBuffer,
     )
     rollout_buffer: KLBufferMixin  # type: ignore[assignment]
-    # Whether ref_policy is supported (RecurrentPPOKL: not yet)
-    supports_ref_policy: ClassVar[bool] = True
     #: Check every observation and reward the environment returns during ``learn()``, and raise
     #: :class:`~sb3_ppo_kl.NonFiniteError` naming the env and the step at the first non-finite one (see
     #: :class:`~sb3_ppo_kl.common.finite.CheckFiniteCallback`). Set ``model.check_finite_env = False`` to skip it.
@@ -194,8 +189,9 @@ class PPOKL(OnPolicyAlgorithm):
         kl_adapt_factor: float = 2.0,
         kl_coef_bounds: Sequence[float] = (1e-4, 1e4),
         ref_policy: PolicySource | None = None,
-        ref_kl_coef: float = 1.0,
+        ref_kl_coef: float | Schedule = 1.0,
         ref_kl_target: float | None = None,
+        ref_kl_coef_bounds: Sequence[float] | None = None,
         value_warmup_rollouts: int = 0,
         clip_range: float | Schedule | None = None,
         clip_range_vf: float | Schedule | None = None,
@@ -235,6 +231,7 @@ class PPOKL(OnPolicyAlgorithm):
             ref_policy=ref_policy,
             ref_kl_coef=ref_kl_coef,
             ref_kl_target=ref_kl_target,
+            ref_kl_coef_bounds=ref_kl_coef_bounds,
             value_warmup_rollouts=value_warmup_rollouts,
         )
 
@@ -292,8 +289,9 @@ class PPOKL(OnPolicyAlgorithm):
         target_kl: float | None,
         rollout_buffer_class: type[RolloutBuffer] | None = None,
         ref_policy: PolicySource | None = None,
-        ref_kl_coef: float = 1.0,
+        ref_kl_coef: float | Schedule = 1.0,
         ref_kl_target: float | None = None,
+        ref_kl_coef_bounds: Sequence[float] | None = None,
         value_warmup_rollouts: int = 0,
     ) -> None:
         """
@@ -330,7 +328,7 @@ class PPOKL(OnPolicyAlgorithm):
             raise ValueError(
                 f"`ref_kl_target` applies to a reference policy; give `ref_policy`, got ref_kl_target={ref_kl_target!r}"
             )
-        self._make_ref_policy(ref_policy, ref_kl_coef, ref_kl_target)
+        self._make_ref_policy(ref_policy, ref_kl_coef, ref_kl_target, ref_kl_coef_bounds)
 
     def _check_action_space(self, action_space: spaces.Space) -> None:
         if not isinstance(action_space, self.supported_action_spaces):
@@ -384,126 +382,6 @@ class PPOKL(OnPolicyAlgorithm):
     @kl_coef.setter
     def kl_coef(self, value: float) -> None:
         self.kl_controller.kl_coef = check_real("kl_coef", value, "a finite number >= 0", lambda value: value >= 0)
-
-    @property
-    def ref_kl_coef(self) -> float:
-        """The current coefficient of the KL to the reference policy (the value the next update uses)."""
-        return self.ref_kl_controller.kl_coef
-
-    @ref_kl_coef.setter
-    def ref_kl_coef(self, value: float) -> None:
-        if not value >= 0:
-            raise ValueError(f"`ref_kl_coef` must be >= 0, got {value}")
-        self.ref_kl_controller.kl_coef = float(value)
-
-    def _make_ref_policy(self, ref_policy: PolicySource | None, ref_kl_coef: float, ref_kl_target: float | None) -> None:
-        """
-        Validate the reference arguments, create ``self.ref_kl_controller`` and load the reference policy,
-        frozen, on the CPU, into ``self.ref_policy`` (with ``self._ref_policy_spec``, what rebuilds it on load).
-        """
-        _check_float("ref_kl_coef", ref_kl_coef, "a finite number >= 0", is_real(ref_kl_coef) and ref_kl_coef >= 0)
-        if ref_kl_target is not None:
-            _check_float(
-                "ref_kl_target", ref_kl_target, "None or a finite number > 0", is_real(ref_kl_target) and ref_kl_target > 0
-            )
-            low, high = self.kl_controller.kl_coef_bounds
-            if not low <= ref_kl_coef <= high:
-                raise ValueError(
-                    f"`ref_kl_coef` must lie within kl_coef_bounds=[{low}, {high}] when ref_kl_target is set "
-                    f"(it is then adapted), got {ref_kl_coef}"
-                )
-        # A second controller of the same kind as beta's: fixed unless ref_kl_target is given, then the step rule
-        # with beta's tolerance, factor and bounds
-        self.ref_kl_controller = KLCoefController(
-            kl_coef=ref_kl_coef,
-            kl_target=1.0 if ref_kl_target is None else ref_kl_target,
-            adaptive_kl=ref_kl_target is not None,
-            kl_tolerance=self.kl_controller.kl_tolerance,
-            kl_adapt_factor=self.kl_controller.kl_adapt_factor,
-            kl_coef_bounds=self.kl_controller.kl_coef_bounds,
-        )
-        self.ref_policy: BasePolicy | None = None
-        self._ref_policy_spec: dict[str, Any] | None = None
-        if ref_policy is None:
-            return
-        if not self.supports_ref_policy:
-            raise ValueError(
-                f"`ref_policy` is not supported by {type(self).__name__} yet: a recurrent reference would need its own "
-                "LSTM states for every sample of the rollout, which are not collected"
-            )
-        reference = load_policy(ref_policy, "ref_policy")
-        self._ref_policy_spec = policy_spec(reference)
-        self.ref_policy = freeze(reference)
-
-    def _setup_ref_policy(self) -> None:
-        """
-        Put the reference policy on the device, frozen, and check it against the policy. On ``load()`` it is
-        rebuilt here from ``self._ref_policy_spec``; ``load()`` then loads its saved weights into it.
-        """
-        if self._ref_policy_spec is None:
-            self.ref_policy = None
-            return
-        if self.ref_policy is None:
-            self.ref_policy = build_policy(self._ref_policy_spec)
-        self.ref_policy = freeze(self.ref_policy.to(self.device))
-        check_reference(self.ref_policy, self.policy, type(self).__name__)
-
-    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
-        state_dicts, variables = super()._get_torch_save_params()
-        if self.ref_policy is not None:
-            state_dicts = [*state_dicts, "ref_policy"]  # its weights, saved and loaded as the policy's
-        return state_dicts, variables
-
-    def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "ref_policy"]  # the module is never pickled (see _ref_policy_spec)
-
-    @classmethod
-    def from_pretrained(
-        cls: type[SelfPPOKL],
-        pretrained: PolicySource,
-        env: GymEnv | str,
-        policy: str | type[BasePolicy] | None = None,
-        **kwargs: Any,
-    ) -> SelfPPOKL:
-        """
-        A new model whose policy starts as a copy of a pretrained policy, and which keeps close to it.
-
-        ::
-
-            model = PPOKL.from_pretrained("expert.zip", env, ref_kl_coef=0.5, value_warmup_rollouts=2)
-
-        :param pretrained: an SB3 policy (``model.policy`` of a PPO, A2C, PPOKL, MaskablePPO... model) or the
-            path of an SB3 model zip. Its weights are copied into the new policy (``load_state_dict``).
-        :param env: the environment to fine-tune on; its spaces must be the pretrained policy's
-        :param policy: the policy class or alias; None (default) takes the pretrained policy's class when this
-            algorithm uses it, else ``"MlpPolicy"`` (``"MultiInputPolicy"`` for Dict observations)
-        :param kwargs: the algorithm's other arguments. ``policy_kwargs`` defaults to the pretrained policy's
-            architecture (net_arch, activation, features extractor...), ``use_sde`` to whether it used gSDE.
-            ``ref_policy`` defaults to the pretrained policy (as this algorithm's policy class, so that
-            MaskablePPOKL masks it); pass ``ref_policy=None`` to fine-tune without a reference.
-        :raises ValueError: if the new policy's architecture differs from the pretrained one (naming the weights
-            that differ), or for any invalid argument
-        """
-        source = load_policy(pretrained, "pretrained")
-        if policy is None:
-            own = tuple(cls.policy_aliases.values())
-            if isinstance(source, own):
-                policy = type(source)
-            else:
-                policy = "MultiInputPolicy" if isinstance(source.observation_space, spaces.Dict) else "MlpPolicy"
-        policy_class = cls.policy_aliases[policy] if isinstance(policy, str) else policy
-        if "policy_kwargs" not in kwargs:
-            kwargs["policy_kwargs"] = policy_kwargs_for(source, policy_class)
-        if "use_sde" not in kwargs and getattr(source, "use_sde", False) and accepts(cls, "use_sde"):
-            kwargs["use_sde"] = True
-        default_reference = "ref_policy" not in kwargs
-        ref_kwargs = {key: kwargs.pop(key) for key in ("ref_kl_coef", "ref_kl_target") if default_reference and key in kwargs}
-        model = cls(policy, env, **kwargs)  # type: ignore[arg-type]
-        copy_weights(source, model.policy, "pretrained")
-        if default_reference:
-            model._make_ref_policy(model.policy, ref_kwargs.get("ref_kl_coef", 1.0), ref_kwargs.get("ref_kl_target"))
-            model._setup_ref_policy()
-        return model
 
     def _setup_model(self) -> None:
         # Rebuilds what load() does not restore. The KL controller (beta) is restored with __dict__
@@ -569,17 +447,6 @@ class PPOKL(OnPolicyAlgorithm):
             return  # the sampled KL needs only the rollout's log-probabilities, already stored
         self.rollout_buffer.old_dist_params = self._rollout_dist_params(self.policy)
 
-    def _snapshot_ref_policy(self) -> None:
-        """Store the reference policy's action distribution for every sample (none without a reference)."""
-        self.rollout_buffer.ref_dist_params = None
-        if self.ref_policy is None:
-            return
-        if not has_analytic_kl(self.ref_policy.action_dist):  # type: ignore[arg-type]
-            raise ValueError(
-                f"`ref_policy`'s action distribution {type(self.ref_policy.action_dist).__name__} has no analytic KL"
-            )
-        self.rollout_buffer.ref_dist_params = self._rollout_dist_params(self.ref_policy)
-
     def _rollout_dist_params(self, policy: BasePolicy) -> th.Tensor:
         """``policy``'s :func:`distribution_params` for every sample of the rollout, in its flattened order."""
         params, indices = [], []
@@ -634,7 +501,9 @@ class PPOKL(OnPolicyAlgorithm):
         self._n_rollouts_trained += 1
         # The rollout policy is evaluated in the mode it acted in (affects batch norm / dropout)
         self.policy.set_training_mode(False)
-        if not warmup:
+        if warmup:
+            self._skip_ref_snapshot()
+        else:
             self._snapshot_rollout_policy()
             self._snapshot_ref_policy()
         self.policy.set_training_mode(True)

@@ -69,8 +69,9 @@ class MaskablePPOKL(PPOKL, MaskablePPO):  # type: ignore[misc]
         (``MaskableActorCriticPolicy``, or the zip of a MaskablePPO / MaskablePPOKL model), and is masked with the
         stored action masks, as the policy is; :meth:`~sb3_ppo_kl.PPOKL.from_pretrained` converts a
         pretrained PPO policy of the same architecture.
-    :param ref_kl_coef: Coefficient of the KL to the reference, ``>= 0``. Default 1.0.
+    :param ref_kl_coef: Coefficient of the KL to the reference, ``>= 0``, or a schedule. Default 1.0.
     :param ref_kl_target: None (default) keeps ``ref_kl_coef`` fixed; a float ``> 0`` adapts it with beta's rule.
+    :param ref_kl_coef_bounds: ``(low, high)`` clamping the adapted ``ref_kl_coef``; None (default): ``kl_coef_bounds``.
     :param value_warmup_rollouts: Train only the value function for the first N rollouts, ``>= 0``. Default 0.
     :param clip_range: None (default) for pure PPO1. A float or schedule adds PPO2's ratio clipping on
         top of the penalty.
@@ -124,8 +125,9 @@ class MaskablePPOKL(PPOKL, MaskablePPO):  # type: ignore[misc]
         kl_adapt_factor: float = 2.0,
         kl_coef_bounds: Sequence[float] = (1e-4, 1e4),
         ref_policy: PolicySource | None = None,
-        ref_kl_coef: float = 1.0,
+        ref_kl_coef: float | Schedule = 1.0,
         ref_kl_target: float | None = None,
+        ref_kl_coef_bounds: Sequence[float] | None = None,
         value_warmup_rollouts: int = 0,
         clip_range: float | Schedule | None = None,
         clip_range_vf: float | Schedule | None = None,
@@ -166,6 +168,7 @@ class MaskablePPOKL(PPOKL, MaskablePPO):  # type: ignore[misc]
             ref_policy=ref_policy,
             ref_kl_coef=ref_kl_coef,
             ref_kl_target=ref_kl_target,
+            ref_kl_coef_bounds=ref_kl_coef_bounds,
             value_warmup_rollouts=value_warmup_rollouts,
         )
         # MaskablePPO's __init__ (not PPOKL's, which passes gSDE arguments MaskablePPO does not take);

@@ -11,8 +11,8 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 
 from sb3_ppo_kl.common.buffers import KLRecurrentDictRolloutBuffer, KLRecurrentRolloutBuffer
-from sb3_ppo_kl.common.reference import PolicySource
-from sb3_ppo_kl.ppo_kl.ppo_kl import PPOKL
+from sb3_ppo_kl.common.reference import PolicySource, recurrent_reference_dist_params
+from sb3_ppo_kl.ppo_kl.ppo_kl import FULL_PASS_BATCH_SIZE, PPOKL
 
 SelfRecurrentPPOKL = TypeVar("SelfRecurrentPPOKL", bound="RecurrentPPOKL")
 
@@ -61,10 +61,18 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
     :param kl_coef_bounds: ``(low, high)``, two real numbers with ``0 <= low <= high``: adapted beta is clamped
         to this range. Default ``(1e-4, 1e4)``. With ``adaptive_kl=True``, ``low`` must be ``> 0``: a beta of 0
         would stay 0 for good (0 times ``kl_adapt_factor`` is 0).
-    :param ref_policy: Not supported yet: anything but None (default) raises ValueError. A recurrent reference
-        would need its own LSTM states for every sample of the rollout, which are not collected.
-    :param ref_kl_coef: Unused without ``ref_policy``. Default 1.0.
-    :param ref_kl_target: Unused without ``ref_policy``; must be None. Default None.
+    :param ref_policy: None (default), or a frozen recurrent reference policy (a ``RecurrentActorCriticPolicy``, or
+        the zip of a RecurrentPPO / RecurrentPPOKL model): ``ref_kl_coef * KL[pi_ref || pi_theta]`` joins the loss, as
+        in PPOKL (see its docstring). The rollout stores the LSTM states of the policy that collected it, not the
+        reference's, so the reference keeps its own: once per update its actor LSTM runs over the rollout in time
+        order, one sequence of ``n_steps`` per environment with the stored episode starts, from its state at the end
+        of the previous rollout (zeros at the start, and after ``load()``, as RecurrentPPO's own states), and its
+        distribution is stored for every sample (:func:`~sb3_ppo_kl.common.reference.recurrent_reference_dist_params`).
+        Its LSTM may differ in size from the policy's. :meth:`~sb3_ppo_kl.PPOKL.from_pretrained` fine-tunes a
+        pretrained RecurrentPPO policy of the same architecture.
+    :param ref_kl_coef: Coefficient of the KL to the reference, ``>= 0``, or a schedule. Default 1.0.
+    :param ref_kl_target: None (default) keeps ``ref_kl_coef`` fixed; a float ``> 0`` adapts it with beta's rule.
+    :param ref_kl_coef_bounds: ``(low, high)`` clamping the adapted ``ref_kl_coef``; None (default): ``kl_coef_bounds``.
     :param value_warmup_rollouts: Train only the value function for the first N rollouts, ``>= 0``. Default 0.
     :param clip_range: None (default) for pure PPO1. A float or schedule adds PPO2's ratio clipping on
         top of the penalty.
@@ -99,7 +107,8 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
         KLRecurrentDictRolloutBuffer,
     )
     policy: RecurrentActorCriticPolicy  # type: ignore[assignment]
-    supports_ref_policy: ClassVar[bool] = False
+    # The reference's actor LSTM (hidden, cell) states at the end of the last rollout; None: zeros
+    _ref_lstm_states: tuple[th.Tensor, th.Tensor] | None = None
 
     def __init__(
         self,
@@ -118,8 +127,9 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
         kl_adapt_factor: float = 2.0,
         kl_coef_bounds: Sequence[float] = (1e-4, 1e4),
         ref_policy: PolicySource | None = None,
-        ref_kl_coef: float = 1.0,
+        ref_kl_coef: float | Schedule = 1.0,
         ref_kl_target: float | None = None,
+        ref_kl_coef_bounds: Sequence[float] | None = None,
         value_warmup_rollouts: int = 0,
         clip_range: float | Schedule | None = None,
         clip_range_vf: float | Schedule | None = None,
@@ -156,6 +166,7 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
             ref_policy=ref_policy,
             ref_kl_coef=ref_kl_coef,
             ref_kl_target=ref_kl_target,
+            ref_kl_coef_bounds=ref_kl_coef_bounds,
             value_warmup_rollouts=value_warmup_rollouts,
         )
         # RecurrentPPO's __init__ (not PPOKL's, which passes buffer arguments RecurrentPPO does not take);
@@ -195,6 +206,7 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
 
     def _setup_model(self) -> None:
         super()._setup_model()  # PPOKL's, then RecurrentPPO's
+        self._ref_lstm_states = None  # as RecurrentPPO's own LSTM states, not saved: zeros on load
         # RecurrentPPO always builds sb3-contrib's own recurrent buffer: replace it by the KL buffer of
         # the same shape (self.rollout_buffer_class, picked by PPOKL's _setup_model)
         buffer_class: Any = self.rollout_buffer_class  # a recurrent KL buffer, which takes the hidden state shape
@@ -228,6 +240,28 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
     def _valid_samples(self, rollout_data: Any) -> th.Tensor:
         """The unpadded steps of the minibatch, as RecurrentPPO masks its losses."""
         return rollout_data.mask > 1e-8
+
+    def _reference_dist_params(self, ref_policy: BasePolicy) -> th.Tensor:
+        """
+        The reference over the rollout in time order, from its own LSTM states, which it keeps from one rollout to
+        the next (see :func:`~sb3_ppo_kl.common.reference.recurrent_reference_dist_params`).
+        """
+        params, self._ref_lstm_states = recurrent_reference_dist_params(
+            ref_policy,  # type: ignore[arg-type]
+            self.rollout_buffer,  # type: ignore[arg-type]
+            self._ref_lstm_states,
+            FULL_PASS_BATCH_SIZE,
+        )
+        return params
+
+    def _skip_ref_snapshot(self) -> None:
+        """A value warm-up rollout: the reference still runs over it, for its LSTM state; nothing is stored."""
+        super()._skip_ref_snapshot()
+        if self.ref_policy is not None:
+            self._reference_dist_params(self.ref_policy)
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_ref_lstm_states"]
 
     def learn(
         self: SelfRecurrentPPOKL,

@@ -75,18 +75,28 @@ def convert_ppo_kl_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
     return hyperparams
 
 
+# PPOKL's arguments that take a schedule, beyond rl_zoo3's own (learning_rate, clip_range, clip_range_vf)
+SCHEDULED = ("kl_target", "ref_kl_coef")
+
+
 def _preprocess_schedules(hyperparams: dict[str, Any]) -> dict[str, Any]:
     """
-    rl_zoo3's schedule preprocessing, extended to ``kl_target``: ``"lin_0.02"`` in a yml file becomes a
-    target that falls linearly from 0.02 to 0 over training, as it does for ``clip_range``.
+    rl_zoo3's schedule preprocessing, extended to ``kl_target`` and ``ref_kl_coef``: ``"lin_0.02"`` in a yml file
+    becomes a value that falls linearly from 0.02 to 0 over training, as it does for ``clip_range``
+    (``ref_kl_coef: lin_1.0``: the KL to the reference weighs 1.0 at the start and nothing at the end).
     """
     hyperparams = _RL_ZOO_PREPROCESS_SCHEDULES(hyperparams)
-    kl_target = hyperparams.get("kl_target")
-    if isinstance(kl_target, str):
-        kind, _, value = kl_target.partition("_")
-        if kind != "lin":
-            raise ValueError(f"`kl_target` in a hyperparameter file must be a number or 'lin_<start>', got {kl_target!r}")
-        hyperparams["kl_target"] = SimpleLinearSchedule(float(value))
+    for key in SCHEDULED:
+        value = hyperparams.get(key)
+        if isinstance(value, str):
+            kind, _, start = value.partition("_")
+            try:
+                initial = float(start)
+            except ValueError:
+                kind = ""
+            if kind != "lin":
+                raise ValueError(f"`{key}` in a hyperparameter file must be a number or 'lin_<start>', got {value!r}")
+            hyperparams[key] = SimpleLinearSchedule(initial)
     return hyperparams
 
 
