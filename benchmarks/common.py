@@ -97,11 +97,13 @@ def write_rows(path: Path, fields: list[str], rows: list[dict]) -> None:
 # Dispatch: the runs of a grid on a local process pool or on a Ray cluster
 
 
-def add_dispatch_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every grid runner shares: where its runs go (:func:`run_jobs`) and where its results land."""
-    parser.add_argument(
-        "--workers", type=int, default=min(2, os.cpu_count() or 1), help="parallel local processes (without --ray)"
-    )
+def add_dispatch_arguments(parser: argparse.ArgumentParser, workers: int | None = None) -> None:
+    """
+    The options every grid runner shares: where its runs go (:func:`run_jobs`) and where its results land.
+    ``workers``: the default of ``--workers`` (else 2, or 1 on a machine of one core).
+    """
+    default = min(2, os.cpu_count() or 1) if workers is None else workers
+    parser.add_argument("--workers", type=int, default=default, help="parallel local processes (without --ray)")
     parser.add_argument(
         "--ray",
         metavar="ADDRESS",
