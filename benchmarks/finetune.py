@@ -71,7 +71,7 @@ the first update at or past every ``--eval-every`` steps (default one rollout) a
   ``ppokl-ref`` it is what the penalty holds down), with beta and the reference coefficient at the end.
 
 Every model runs on the CPU with one torch thread per process; ``--workers`` runs that many in parallel
-(the experts, one per task, then the fine-tuning runs). Each finished run appends one row to
+(the experts, one per task, then the fine-tuning runs), and ``--ray ADDRESS`` runs them on a Ray cluster instead. Each finished run appends one row to
 ``results/finetune.csv`` and writes its curve (one row per evaluation) to
 ``results/finetune_curves/<task>__<method>__<seed>.csv``. ``--results-dir DIR`` puts every result file (models
 included) under DIR instead, e.g. for a quick try on CartPole-v1, whose entry is small::

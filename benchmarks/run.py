@@ -43,6 +43,7 @@ update: timesteps, mean reward of the last 100 episodes, d, the std, and for PPO
     python -m benchmarks.run --workers 2                                          # the full grid: 11+3 settings x 7 envs x 3 seeds x 1M
     python -m benchmarks.run --grid paper-lite --workers 2                        # 3 settings x 7 envs x 3 seeds x 300k
     python -m benchmarks.run --grid discrete --workers 2                          # LunarLander-v3 and Acrobot-v1
+    python -m benchmarks.run --grid paper --ray auto                              # on a Ray cluster (docs: "Run a grid on a cluster")
     python -m benchmarks.run --settings clip-0.2 kl-fixed-1 --envs Hopper-v5 --seeds 0 --timesteps 100000
     python -m benchmarks.run --grid paper-lite --settings clip-0.2 kl-adaptive-0.01 --remeasure   # add eval, d, std to old rows
     python -m benchmarks.run --random                                             # measure the random policy's score
