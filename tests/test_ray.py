@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -38,10 +38,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def ray_node(log: Path, pythonpath: Path, *args: str) -> Iterator[None]:
+def ray_node(log: Path, pythonpath: Path, *args: str) -> Iterator[Callable[[], None]]:
     """
     ``ray start --block`` whose workers import from ``pythonpath``, in its own process group: stopping it stops this
-    node's processes and no other Ray on the machine.
+    node's processes and no other Ray on the machine. Yields a function that waits until the node is up.
     """
     ports = ["--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port())]
     node = subprocess.Popen(
@@ -51,13 +51,16 @@ def ray_node(log: Path, pythonpath: Path, *args: str) -> Iterator[None]:
         env={**os.environ, "PYTHONPATH": str(pythonpath)},
         start_new_session=True,
     )
-    try:
+
+    def started() -> None:
         deadline = time.monotonic() + 90
         while "Ray runtime started" not in log.read_text():
             if node.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"ray start failed:\n{log.read_text()}")
             time.sleep(0.1)
-        yield
+
+    try:
+        yield started
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(node.pid, signal.SIGKILL)
@@ -65,19 +68,21 @@ def ray_node(log: Path, pythonpath: Path, *args: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def ray_head(pythonpath: Path, cpus: int) -> Iterator[tuple[str, Path]]:
-    """A head node with ``cpus`` CPUs: (its address, its folder)."""
+def ray_head(pythonpath: Path, cpus: int) -> Iterator[tuple[str, Path, Callable[[], None]]]:
+    """A head node with ``cpus`` CPUs: (its address, its folder, a function that waits until it is up)."""
     folder = Path(tempfile.mkdtemp(prefix="ray-"))  # short: a path in /tmp/pytest-of-*/ is too long for Ray's sockets
     port = free_port()
     head = ["--head", "--port", str(port), "--num-cpus", str(cpus), "--include-dashboard=false"]
     try:
-        with ray_node(folder / "head.log", pythonpath, *head, "--dashboard-port", str(free_port()), "--temp-dir", str(folder)):
-            yield f"127.0.0.1:{port}", folder
+        with ray_node(
+            folder / "head.log", pythonpath, *head, "--dashboard-port", str(free_port()), "--temp-dir", str(folder)
+        ) as started:
+            yield f"127.0.0.1:{port}", folder, started
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def runner(*args: str, cwd: Path = ROOT) -> list[str]:
+def runner(*args: str) -> list[str]:
     return [sys.executable, "-m", "benchmarks.run", *args]
 
 
@@ -93,23 +98,25 @@ def by_key(rows: list[dict[str, str]]) -> dict[tuple[str, ...], dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A one-node Ray cluster of 2 CPUs, its workers importing this checkout."""
-    with ray_head(ROOT, cpus=2) as (address, _):
-        yield address
+    """A one-node Ray cluster of 2 CPUs, its workers importing this checkout: (its address, wait until it is up)."""
+    with ray_head(ROOT, cpus=2) as (address, _, started):
+        yield address, started
 
 
 def test_ray_grid_equals_local_pool_resumes_and_reports_failures(ray_cluster, tmp_path, monkeypatch):
     local = tmp_path / "local"
     monkeypatch.setattr(run, "RESULTS", local / "table1.csv")
     monkeypatch.setattr(run, "CURVES", local / "curves")
-    run.run_grid(["clip-0.2", "kl-adaptive-0.01"], ["CartPole-v1"], [0, 1], 2048, workers=2)
+    run.run_grid(["clip-0.2", "kl-adaptive-0.01"], ["CartPole-v1"], [0, 1], 2048, workers=2)  # while Ray starts
     expected = by_key(read_rows(local / "table1.csv"))
     assert len(expected) == 4
+    address, started = ray_cluster
+    started()
 
     # The same grid on Ray, plus a task that does not exist: each of its runs raises. The driver is killed once the
     # first row is in; the same command again runs only the missing runs.
     results = tmp_path / "ray"
-    command = runner(*GRID, "--envs", "CartPole-v1", "NoSuchEnv-v0", "--ray", ray_cluster, "--results-dir", str(results))
+    command = runner(*GRID, "--envs", "CartPole-v1", "NoSuchEnv-v0", "--ray", address, "--results-dir", str(results))
     driver = subprocess.Popen(command, cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not read_rows(results / "table1.csv"):
@@ -144,20 +151,20 @@ def test_a_node_running_other_code_is_refused(tmp_path):
     init.write_text(init.read_text() + "# one changed line\n")
     results = tmp_path / "results"
     # The head has no CPU for runs: every run goes to the other node.
-    with (
-        ray_head(ROOT, cpus=0) as (address, folder),
-        ray_node(folder / "other.log", other, "--address", address, "--num-cpus", "1"),
-    ):
-        # the driver runs outside the checkout: Ray puts the driver's folder first on its workers' paths
-        done = subprocess.run(
-            runner(*GRID, "--envs", "CartPole-v1", "--ray", address, "--results-dir", str(results)),
-            cwd=tmp_path,
-            env=cli_env(),
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+    with ray_head(ROOT, cpus=0) as (address, folder, head_started):
+        head_started()
+        with ray_node(folder / "other.log", other, "--address", address, "--num-cpus", "1") as other_started:
+            other_started()
+            # the driver runs outside the checkout: Ray puts the driver's folder first on its workers' paths
+            done = subprocess.run(
+                runner(*GRID, "--envs", "CartPole-v1", "--ray", address, "--results-dir", str(results)),
+                cwd=tmp_path,
+                env=cli_env(),
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
     assert done.returncode == 1
     assert f"worker node {socket.gethostname()} (" in done.stderr and "node id" in done.stderr, done.stderr
     assert "runs other code than this driver" in done.stderr
