@@ -272,7 +272,10 @@ def _collect(outcomes, jobs, bar, show_running, failed) -> Iterator[tuple[Any, A
 
 
 def _run_ray(fn, jobs, address, working_dir, bar, show, failed, describe) -> Iterator[tuple[Any, Any]]:
-    import ray
+    try:
+        import ray
+    except ImportError as error:
+        raise ImportError('--ray needs Ray: pip install -e ".[ray]"') from error
 
     runtime_env = None
     if working_dir is not None:
