@@ -287,7 +287,6 @@ def _run_ray(fn, jobs, address, working_dir, bar, show, failed, describe) -> Ite
         task = ray.remote(num_cpus=1, max_retries=3)(_attempt_on_node)
         fn_ref = ray.put(fn)
         pending = {task.remote(fn_ref, job, fingerprint): job for job in jobs}
-        cpus = ray.cluster_resources().get("CPU", 0)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
             for ref in done:
@@ -311,7 +310,8 @@ def _run_ray(fn, jobs, address, working_dir, bar, show, failed, describe) -> Ite
                     else:
                         failed(job, f"on {node}:\n{value}")
                 bar.update(1)
-            busy = cpus - ray.available_resources().get("CPU", 0)
+            # CPUs in use (nodes may join or leave): this grid's running runs, unless other jobs share the cluster
+            busy = ray.cluster_resources().get("CPU", 0) - ray.available_resources().get("CPU", 0)
             show(int(min(len(pending), max(busy, 0))))
     finally:
         ray.shutdown()

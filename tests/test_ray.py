@@ -45,7 +45,7 @@ def ray_node(log: Path, pythonpath: Path, *args: str) -> Iterator[Callable[[], N
     """
     ports = ["--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port())]
     node = subprocess.Popen(
-        [RAY, "start", "--block", "--disable-usage-stats", *ports, *args],
+        [RAY, "start", "--block", "--disable-usage-stats", "--object-store-memory", str(100 * 2**20), *ports, *args],
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONPATH": str(pythonpath)},
