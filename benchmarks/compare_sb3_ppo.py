@@ -12,14 +12,22 @@ Each finished run is appended to a CSV; a rerun skips finished runs.
 
 import argparse
 import json
-import os
+import sys
 import time
-from multiprocessing import Pool
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from benchmarks.common import append_row, read_rows
+from benchmarks.common import (
+    FingerprintMismatch,
+    RunsFailed,
+    add_dispatch_arguments,
+    append_new_row,
+    dispatch_options,
+    read_rows,
+    run_jobs,
+)
 
 RESULTS = Path(__file__).parent / "results" / "compare_sb3_ppo.csv"
 FIELDS = [
@@ -138,14 +146,16 @@ def _done() -> set[tuple[str, str, int]]:
     return {(row["algo"], row["env"], int(row["seed"])) for row in read_rows(RESULTS)}
 
 
-def run(envs: list[str], seeds: list[int], workers: int) -> None:
+def run(envs: list[str], seeds: list[int], workers: int, **dispatch: Any) -> None:
+    """The grid's unfinished runs, in a pool of ``workers`` processes or on Ray (:func:`~benchmarks.common.run_jobs`)."""
+    from tqdm import tqdm
+
     done = _done()
     jobs = [(algo, env, seed) for seed in seeds for env in envs for algo in ALGOS if (algo, env, seed) not in done]
     print(f"{len(jobs)} runs to do ({len(done)} already in {RESULTS})", flush=True)
-    with Pool(workers) as pool:
-        for row in pool.imap_unordered(run_one, jobs):
-            append_row(RESULTS, FIELDS, row)
-            print({k: v for k, v in row.items() if k != "curve"}, flush=True)
+    for _, row in run_jobs(run_one, jobs, workers=workers, **dispatch):
+        if append_new_row(RESULTS, FIELDS, ["algo", "env", "seed"], row):
+            tqdm.write(str({k: v for k, v in row.items() if k != "curve"}))
 
 
 def summary() -> str:
@@ -199,15 +209,34 @@ def plot(path: Path | None = None) -> None:
     fig.savefig(path, dpi=110)
 
 
-if __name__ == "__main__":
+def use_results_dir(path: Path) -> None:
+    """Write (and read) the result files under ``path`` instead of ``benchmarks/results``."""
+    global RESULTS
+    RESULTS = path / RESULTS.name
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", nargs="+", default=list(SETTINGS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--summary", action="store_true", help="print the results table and exit")
+    add_dispatch_arguments(parser)
     args = parser.parse_args()
+    dispatch = dispatch_options(parser, args)
+    if args.results_dir is not None:
+        use_results_dir(args.results_dir)
     if args.summary:
         print(summary())
         plot()
     else:
-        run(args.envs, args.seeds, args.workers)
+        try:
+            run(args.envs, args.seeds, **dispatch)
+        except (RunsFailed, FingerprintMismatch) as error:
+            sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    # the importable module's main: its functions, not copies of __main__'s, go to the workers
+    from benchmarks.compare_sb3_ppo import main as imported_main
+
+    imported_main()

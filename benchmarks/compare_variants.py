@@ -15,14 +15,23 @@ defaults (adaptive KL penalty, kl_target=0.01, no clipping).
 """
 
 import argparse
+import sys
 import time
-from multiprocessing import Pool
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
-from benchmarks.common import append_row, read_rows
+from benchmarks.common import (
+    FingerprintMismatch,
+    RunsFailed,
+    add_dispatch_arguments,
+    append_new_row,
+    dispatch_options,
+    read_rows,
+    run_jobs,
+)
 
 RESULTS = Path(__file__).parent / "results" / "compare_variants.csv"
 FIELDS = ["task", "algo", "seed", "timesteps", "mean_reward", "std_reward", "train_seconds", "final_kl_coef", "kl_per_update"]
@@ -122,6 +131,18 @@ def run_one(job: tuple[str, str, int]) -> dict:
                 kl_per_update=" ".join(f"{kl:.4f}" for kl in kl_log.values))  # fmt: skip
 
 
+def run(tasks: list[str], **dispatch: Any) -> None:
+    """The unfinished runs of ``tasks``, in a local pool or on Ray (:func:`~benchmarks.common.run_jobs`)."""
+    from tqdm import tqdm
+
+    done = {(r["task"], r["algo"], int(r["seed"])) for r in read_rows(RESULTS)}
+    jobs = [(t, a, s) for t in tasks for s in JOBS[t][1] for a in JOBS[t][0] if (t, a, s) not in done]
+    print(f"{len(jobs)} runs to do ({len(done)} already in {RESULTS})", flush=True)
+    for _, row in run_jobs(run_one, jobs, **dispatch):
+        if append_new_row(RESULTS, FIELDS, ["task", "algo", "seed"], row):
+            tqdm.write(str(row))
+
+
 def summary() -> str:
     rows = read_rows(RESULTS)
     lines = ["| task | algorithm | steps | mean reward per seed | mean ± std |", "|---|---|---|---|---|"]
@@ -135,18 +156,32 @@ def summary() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+def use_results_dir(path: Path) -> None:
+    """Write (and read) the result files under ``path`` instead of ``benchmarks/results``."""
+    global RESULTS
+    RESULTS = path / RESULTS.name
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=list(JOBS))
-    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--summary", action="store_true")
+    add_dispatch_arguments(parser)
     args = parser.parse_args()
+    dispatch = dispatch_options(parser, args)
+    if args.results_dir is not None:
+        use_results_dir(args.results_dir)
     if args.summary:
         print(summary())
     else:
-        done = {(r["task"], r["algo"], int(r["seed"])) for r in read_rows(RESULTS)}
-        jobs = [(t, a, s) for t in args.tasks for s in JOBS[t][1] for a in JOBS[t][0] if (t, a, s) not in done]
-        with Pool(args.workers) as pool:
-            for row in pool.imap_unordered(run_one, jobs):
-                append_row(RESULTS, FIELDS, row)
-                print(row, flush=True)
+        try:
+            run(args.tasks, **dispatch)
+        except (RunsFailed, FingerprintMismatch) as error:
+            sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    # the importable module's main: its functions, not copies of __main__'s, go to the workers
+    from benchmarks.compare_variants import main as imported_main
+
+    imported_main()

@@ -80,7 +80,7 @@ the first update at or past every ``--eval-every`` steps (default one rollout) a
   ``ppokl-ref`` it is what the penalty holds down), with beta and the reference coefficient at the end.
 
 Every model runs on the CPU with one torch thread per process; ``--workers`` runs that many in parallel
-(the experts, one per task, then the fine-tuning runs). Each finished run appends one row to
+(the experts, one per task, then the fine-tuning runs), and ``--ray ADDRESS`` runs them on a Ray cluster instead. Each finished run appends one row to
 ``results/finetune.csv`` and writes its curve (one row per evaluation) to
 ``results/finetune_curves/<task>__<method>__<seed>.csv``. ``--results-dir DIR`` puts every result file (models
 included) under DIR instead, e.g. for a quick try on CartPole-v1, whose entry is small::
@@ -92,8 +92,8 @@ included) under DIR instead, e.g. for a quick try on CartPole-v1, whose entry is
 import argparse
 import csv
 import dataclasses
-import multiprocessing as mp
-import os
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,8 +109,17 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
+from tqdm import tqdm
 
-from benchmarks.common import append_row, read_rows
+from benchmarks.common import (
+    FingerprintMismatch,
+    RunsFailed,
+    add_dispatch_arguments,
+    append_new_row,
+    dispatch_options,
+    read_rows,
+    run_jobs,
+)
 from benchmarks.run import machine
 from sb3_ppo_kl import PPOKL, HoldThenLinearSchedule
 from sb3_ppo_kl.common.kl import distribution_params, per_state_kl
@@ -609,17 +618,62 @@ def _check_settings(done: list[dict[str, str]], task_id: str, task: Task, method
                 )
 
 
-def _map(function: Any, jobs: list, workers: int):
-    """Results of ``function`` over ``jobs`` as they finish: in a pool of ``workers`` processes, or here for 1."""
-    if workers <= 1 or len(jobs) <= 1:
-        yield from map(function, jobs)
-        return
-    with mp.Pool(min(workers, len(jobs))) as pool:
-        yield from pool.imap_unordered(function, jobs)
+# Every run (an expert and clone, or a fine-tuning run) works in a private copy of the result files it reads, so that
+# it can run in another process or on another machine (run_jobs, Ray included); the driver alone writes the files
+# it returns. Files by kind: "models" (MODELS), "experts" (EXPERTS / name), "curves" (CURVES / name).
+Files = dict[tuple[str, str], bytes]
 
 
-def _prepare(job: tuple[str, Task]) -> list[dict[str, Any]]:
-    return prepare_models(*job)
+def _path(kind: str, name: str) -> Path:
+    return MODELS if kind == "models" else {"experts": EXPERTS, "curves": CURVES}[kind] / name
+
+
+def _inputs(task_id: str, task: Task) -> Files:
+    """The files a run of the task reads: the models CSV and the task's expert and clone, where they exist."""
+    wanted = [("models", "")] + [
+        ("experts", f"{name}.zip") for name in (expert_name(task_id, task), clone_name(task_id, task))
+    ]
+    return {(kind, name): _path(kind, name).read_bytes() for kind, name in wanted if _path(kind, name).exists()}
+
+
+def _in_own_folder(job: tuple[Any, tuple, Files]) -> tuple[Any, Files]:
+    """``fn(*args)`` in a temporary results folder holding ``inputs``: its result, and the files it wrote there."""
+    fn, args, inputs = job
+    saved = RESULTS, CURVES, MODELS, EXPERTS, FIGURES
+    with tempfile.TemporaryDirectory() as folder:
+        use_results_dir(Path(folder))
+        try:
+            for (kind, name), data in inputs.items():
+                _path(kind, name).parent.mkdir(parents=True, exist_ok=True)
+                _path(kind, name).write_bytes(data)
+            result = fn(*args)
+            written = {
+                (kind, path.name): path.read_bytes()
+                for kind in ("experts", "curves")
+                if _path(kind, "").exists()
+                for path in sorted(_path(kind, "").iterdir())
+                if (kind, path.name) not in inputs
+            }
+        finally:
+            _set_paths(*saved)
+    return result, written
+
+
+def _write(files: Files) -> None:
+    """Write the files a run returned, each atomically (a temporary file moved into place)."""
+    for (kind, name), data in files.items():
+        path = _path(kind, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+
+
+def _describe(job: tuple[Any, tuple, Files]) -> str:
+    fn, args, _ = job
+    return f"{fn.__name__} " + " ".join(
+        str(arg) for arg in (args[:1] if fn is prepare_models else (args[0][0], *args[0][2:4]))
+    )
 
 
 def run(
@@ -629,12 +683,20 @@ def run(
     options: MethodOptions,
     workers: int = 1,
     models_only: bool = False,
+    ray_address: str | None = None,
+    ray_working_dir: str | Path | None = None,
 ) -> None:
-    """The whole benchmark, resumable: experts and clones (one job per task), then the fine-tuning runs."""
+    """
+    The whole benchmark, resumable: experts and clones (one job per task), then the fine-tuning runs; in a pool of
+    ``workers`` processes or on the Ray cluster at ``ray_address`` (:func:`~benchmarks.common.run_jobs`).
+    """
     th.set_num_threads(1)
-    for rows in _map(_prepare, list(tasks.items()), workers):
+    dispatch = dict(workers=workers, ray_address=ray_address, ray_working_dir=ray_working_dir, describe=_describe)
+    preparations = [(prepare_models, (task_id, task), _inputs(task_id, task)) for task_id, task in tasks.items()]
+    for _, (rows, written) in run_jobs(_in_own_folder, preparations, **dispatch):
+        _write(written)
         for row in rows:
-            append_row(MODELS, MODEL_FIELDS, row)
+            append_new_row(MODELS, MODEL_FIELDS, ["name", "eval_episodes"], row)
     for task_id, task in tasks.items():
         returns = {kind: model_return(name, task.eval_episodes) for kind, name in _model_names(task_id, task).items()}
         print(
@@ -657,14 +719,18 @@ def run(
         for method in methods
         if (task_id, method, seed) not in finished
     ]
-    print(f"{len(jobs)} runs to do, {len(finished)} rows already in {RESULTS}; {workers} workers", flush=True)
-    for row in _map(run_one, jobs, workers):
-        append_row(RESULTS, FIELDS, row)
-        print(
-            f"{row['task']} {row['method']} seed {row['seed']}: step 0 {row['step0_return']}, dip {row['dip']}, "
-            f"final {row['final_return']}, steps to expert {_steps(str(row['steps_to_expert']))} ({row['wall_seconds']} s)",
-            flush=True,
-        )
+    where = f"Ray cluster {ray_address}" if ray_address else f"{workers} workers"
+    print(f"{len(jobs)} runs to do, {len(finished)} rows already in {RESULTS}; {where}", flush=True)
+    inputs = {task_id: _inputs(task_id, task) for task_id, task in tasks.items()}
+    runs = [(run_one, (job,), inputs[job[0]]) for job in jobs]
+    for _, (row, written) in run_jobs(_in_own_folder, runs, **dispatch):
+        _write(written)  # the curve, before its row
+        if append_new_row(RESULTS, FIELDS, ["task", "method", "seed"], row):
+            tqdm.write(
+                f"{row['task']} {row['method']} seed {row['seed']}: step 0 {row['step0_return']}, dip {row['dip']}, "
+                f"final {row['final_return']}, steps to expert {_steps(str(row['steps_to_expert']))} "
+                f"({row['wall_seconds']} s)"
+            )
 
 
 def _model_names(task_id: str, task: Task) -> dict[str, str]:
@@ -790,9 +856,12 @@ def report() -> str:
 
 def use_results_dir(path: Path) -> None:
     """Write (and read) every result file under ``path`` instead of ``benchmarks/results``."""
+    _set_paths(path / "finetune.csv", path / "finetune_curves", path / "finetune_models.csv", path / "finetune_experts", path)
+
+
+def _set_paths(results: Path, curves: Path, models: Path, experts: Path, figures: Path) -> None:
     global RESULTS, CURVES, MODELS, EXPERTS, FIGURES
-    RESULTS, CURVES, MODELS = path / "finetune.csv", path / "finetune_curves", path / "finetune_models.csv"
-    EXPERTS, FIGURES = path / "finetune_experts", path
+    RESULTS, CURVES, MODELS, EXPERTS, FIGURES = results, curves, models, experts, figures
 
 
 def main() -> None:
@@ -809,18 +878,16 @@ def main() -> None:
     parser.add_argument("--ref-kl-coef", type=float, default=MethodOptions.ref_kl_coef)
     parser.add_argument("--ref-kl-target", type=float, default=MethodOptions.ref_kl_target)
     parser.add_argument("--warmup-rollouts", type=int, default=MethodOptions.warmup_rollouts, help="for ppokl-ref-warmup")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="parallel processes")
     parser.add_argument("--models-only", action="store_true", help="train and evaluate the experts and clones only")
     parser.add_argument("--summary", action="store_true", help="print the tables and draw the figures, run nothing")
-    parser.add_argument("--results-dir", type=Path, help="another folder for every result file (default: benchmarks/results)")
+    add_dispatch_arguments(parser)
     args = parser.parse_args()
+    dispatch = dispatch_options(parser, args)
     if args.results_dir is not None:
         use_results_dir(args.results_dir)
     if args.summary:
         report()
         return
-    if args.workers < 1:
-        parser.error(f"--workers must be >= 1, got {args.workers}")
     overrides = {
         key: getattr(args, key)
         for key in ("expert_timesteps", "timesteps", "eval_every", "eval_episodes", "bc_transitions", "bc_epochs")
@@ -828,8 +895,14 @@ def main() -> None:
     }
     tasks = {task_id: dataclasses.replace(TASKS[task_id], **overrides) for task_id in args.tasks}
     options = MethodOptions(args.ref_kl_coef, args.ref_kl_target, args.warmup_rollouts)
-    run(tasks, args.methods, args.seeds, options, workers=args.workers, models_only=args.models_only)
+    try:
+        run(tasks, args.methods, args.seeds, options, models_only=args.models_only, **dispatch)
+    except (RunsFailed, FingerprintMismatch) as error:
+        sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":
-    main()
+    # the importable module's main: its functions, not copies of __main__'s, go to the workers
+    from benchmarks.finetune import main as imported_main
+
+    imported_main()

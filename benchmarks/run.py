@@ -44,6 +44,7 @@ update: timesteps, mean reward of the last 100 episodes, d, the std, and for PPO
     python -m benchmarks.run --grid paper-lite --workers 2                        # 3 settings x 7 envs x 3 seeds x 300k
     python -m benchmarks.run --grid table1-300k --workers 2                       # the other 11 settings at 300k
     python -m benchmarks.run --grid discrete --workers 2                          # LunarLander-v3 and Acrobot-v1
+    python -m benchmarks.run --grid paper --ray auto                              # on a Ray cluster (docs: "Run a grid on a cluster")
     python -m benchmarks.run --settings clip-0.2 kl-fixed-1 --envs Hopper-v5 --seeds 0 --timesteps 100000
     python -m benchmarks.run --grid paper-lite --settings clip-0.2 kl-adaptive-0.01 --remeasure   # add eval, d, std to old rows
     python -m benchmarks.run --random                                             # measure the random policy's score
@@ -51,10 +52,9 @@ update: timesteps, mean reward of the last 100 episodes, d, the std, and for PPO
 """
 
 import argparse
-import csv
-import multiprocessing as mp
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -66,13 +66,32 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.utils import obs_as_tensor
 
-from benchmarks.common import append_row, read_rows, replace_row
+from benchmarks.common import (
+    FingerprintMismatch,
+    RunsFailed,
+    add_dispatch_arguments,
+    append_new_row,
+    append_row,
+    dispatch_options,
+    read_rows,
+    replace_row,
+    run_jobs,
+    write_rows,
+)
 from sb3_ppo_kl.common.kl import distribution_params, per_state_kl
 
 RESULTS_DIR = Path(__file__).parent / "results"
 RESULTS = RESULTS_DIR / "table1.csv"
 CURVES = RESULTS_DIR / "table1_curves"
 RANDOM = RESULTS_DIR / "table1_random.csv"
+
+
+def use_results_dir(path: Path) -> None:
+    """Write (and read) every result file under ``path`` instead of ``benchmarks/results``."""
+    global RESULTS_DIR, RESULTS, CURVES, RANDOM
+    RESULTS_DIR, RESULTS, CURVES, RANDOM = path, path / "table1.csv", path / "table1_curves", path / "table1_random.csv"
+
+
 FIELDS = [
     "setting",
     "env",
@@ -255,13 +274,13 @@ class UpdateMeasures(BaseCallback):
         self._record_update()
 
 
-def run_one(job: tuple[str, str, int, int], progress=None) -> dict[str, Any]:
-    """Train one (setting, env, seed) for ``timesteps``; evaluate it; write its curve; return its CSV row."""
+def run_one(job: tuple[str, str, int, int]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train one (setting, env, seed) for ``timesteps`` and evaluate it; return its CSV row and its curve's rows."""
     setting, env_id, seed, timesteps = job
     th.set_num_threads(1)
 
     model = make_model(setting, env_id, seed)
-    measures = UpdateMeasures(progress)
+    measures = UpdateMeasures()
     start = time.perf_counter()
     model.learn(timesteps, callback=measures)
     wall = time.perf_counter() - start
@@ -273,13 +292,8 @@ def run_one(job: tuple[str, str, int, int], progress=None) -> dict[str, Any]:
         model, eval_env, n_eval_episodes=EVAL_EPISODES, deterministic=True, return_episode_rewards=True
     )
     eval_env.close()
-    CURVES.mkdir(parents=True, exist_ok=True)
-    with (CURVES / f"{setting}__{env_id}__{seed}__{timesteps}.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, CURVE_FIELDS)
-        writer.writeheader()
-        writer.writerows(measures.rows)
     final_kls = [row["kl"] for row in measures.rows[-FINAL_UPDATES:] if row["kl"] != ""]
-    return dict(
+    row = dict(
         setting=setting,
         env=env_id,
         seed=seed,
@@ -295,67 +309,61 @@ def run_one(job: tuple[str, str, int, int], progress=None) -> dict[str, Any]:
         final_kl=round(float(np.mean(final_kls)), 5) if final_kls else "",
         final_std=round(measures.rows[-1]["std"], 4) if measures.rows and measures.rows[-1]["std"] != "" else "",
     )
+    return row, measures.rows
 
 
-_progress = None
-
-
-def _init_worker(progress) -> None:
-    global _progress
-    _progress = progress
-
-
-def _run_in_worker(job: tuple[str, str, int, int]) -> dict[str, Any]:
-    return run_one(job, _progress)
+def curve_path(setting: str, env_id: str, seed: int, timesteps: int) -> Path:
+    return CURVES / f"{setting}__{env_id}__{seed}__{timesteps}.csv"
 
 
 def run_grid(
-    settings: list[str], envs: list[str], seeds: list[int], timesteps: int, workers: int, remeasure: bool = False
+    settings: list[str],
+    envs: list[str],
+    seeds: list[int],
+    timesteps: int,
+    workers: int,
+    remeasure: bool = False,
+    ray_address: str | None = None,
+    ray_working_dir: str | Path | None = None,
 ) -> None:
     """
     Run the grid's unfinished runs. With ``remeasure``, rerun instead its finished runs that have no deterministic
     evaluation (rows from before that column existed) and replace their rows: a seeded run reproduces its training
     score, so this adds the evaluation, ``d`` and std columns, and the curve's ``d`` and std.
+
+    The runs go to a pool of ``workers`` local processes, or to the Ray cluster at ``ray_address``
+    (:func:`~benchmarks.common.run_jobs`); either way this process alone writes the rows and curves, as each run
+    finishes. Raises :class:`~benchmarks.common.RunsFailed` at the end if some runs raised.
     """
     from tqdm import tqdm
 
     rows = {(r["setting"], r["env"], int(r["seed"]), int(r["timesteps"])): r for r in read_rows(RESULTS)}
-    grid = [(setting, env, seed, timesteps) for seed in seeds for env in envs for setting in settings]
+    grid = list(dict.fromkeys((setting, env, seed, timesteps) for seed in seeds for env in envs for setting in settings))
     if remeasure:
         jobs = [job for job in grid if job in rows and rows[job]["eval_score"] == ""]
     else:
         jobs = [job for job in grid if job not in rows]
-    print(
-        f"{len(jobs)} runs to {'re-measure' if remeasure else 'do'}, {len(rows)} rows in {RESULTS}; {workers} workers",
-        flush=True,
-    )
-    if not jobs:
-        return
-    progress = mp.Value("q", 0)
+    where = f"Ray cluster {ray_address}" if ray_address else f"{workers} workers"
+    print(f"{len(jobs)} runs to {'re-measure' if remeasure else 'do'}, {len(rows)} rows in {RESULTS}; {where}", flush=True)
     start = time.perf_counter()
-    with mp.Pool(workers, initializer=_init_worker, initargs=(progress,)) as pool:
-        pending = [pool.apply_async(_run_in_worker, (job,)) for job in jobs]
-        runs_bar = tqdm(total=len(jobs), desc="runs", position=0)
-        steps_bar = tqdm(total=len(jobs) * timesteps, desc="steps", unit="step", unit_scale=True, position=1)
-        while pending:
-            time.sleep(2.0)
-            for result in [p for p in pending if p.ready()]:
-                pending.remove(result)
-                row = result.get()  # re-raises a worker's error
-                if remeasure:
-                    old = replace_row(RESULTS, FIELDS, ["setting", "env", "seed", "timesteps"], row)
-                    same = "reproduced" if float(old["score"]) == row["score"] else f"WAS {old['score']}"
-                    tqdm.write(
-                        f"{row['setting']} {row['env']} seed {row['seed']}: {row['score']} ({same}), eval {row['eval_score']}"
-                    )
-                else:
-                    append_row(RESULTS, FIELDS, row)
-                    tqdm.write(f"{row['setting']} {row['env']} seed {row['seed']}: {row['score']} ({row['fps']} fps)")
-                runs_bar.update(1)
-            steps_bar.update(progress.value - steps_bar.n)
-        runs_bar.close()
-        steps_bar.close()
-    print(f"grid finished in {time.perf_counter() - start:.0f} s", flush=True)
+    key = ["setting", "env", "seed", "timesteps"]
+    for job, (row, curve) in run_jobs(
+        run_one,
+        jobs,
+        workers=workers,
+        ray_address=ray_address,
+        ray_working_dir=ray_working_dir,
+        describe=lambda job: " ".join(map(str, job)),
+    ):
+        write_rows(curve_path(*job), CURVE_FIELDS, curve)  # before its row: a row always has its curve
+        if remeasure:
+            old = replace_row(RESULTS, FIELDS, key, row)
+            same = "reproduced" if float(old["score"]) == row["score"] else f"WAS {old['score']}"
+            tqdm.write(f"{row['setting']} {row['env']} seed {row['seed']}: {row['score']} ({same}), eval {row['eval_score']}")
+        elif append_new_row(RESULTS, FIELDS, key, row):
+            tqdm.write(f"{row['setting']} {row['env']} seed {row['seed']}: {row['score']} ({row['fps']} fps)")
+    if jobs:
+        print(f"grid finished in {time.perf_counter() - start:.0f} s", flush=True)
 
 
 def measure_random(envs: list[str], episodes: int = 100, seed: int = 0) -> None:
@@ -392,25 +400,32 @@ def main() -> None:
     parser.add_argument("--envs", nargs="+")
     parser.add_argument("--seeds", nargs="+", type=int)
     parser.add_argument("--timesteps", type=int)
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="parallel processes")
     parser.add_argument("--random", action="store_true", help="measure the random policy's score on the envs and exit")
     parser.add_argument(
         "--remeasure",
         action="store_true",
         help="rerun the grid's finished runs that lack a deterministic evaluation, replacing their rows",
     )
+    add_dispatch_arguments(parser)
     args = parser.parse_args()
+    dispatch = dispatch_options(parser, args)
+    if args.results_dir is not None:
+        use_results_dir(args.results_dir)
     grid = dict(GRIDS[args.grid])
     for key in ("settings", "envs", "seeds", "timesteps"):
         if getattr(args, key) is not None:
             grid[key] = getattr(args, key)
-    if args.workers < 1:
-        parser.error(f"--workers must be >= 1, got {args.workers}")
     if args.random:
         measure_random(grid["envs"])
         return
-    run_grid(grid["settings"], grid["envs"], grid["seeds"], grid["timesteps"], args.workers, remeasure=args.remeasure)
+    try:
+        run_grid(grid["settings"], grid["envs"], grid["seeds"], grid["timesteps"], remeasure=args.remeasure, **dispatch)
+    except (RunsFailed, FingerprintMismatch) as error:
+        sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":
-    main()
+    # the importable module's main: its functions, not copies of __main__'s, go to the workers
+    from benchmarks.run import main as imported_main
+
+    imported_main()

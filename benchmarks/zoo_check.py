@@ -26,8 +26,17 @@ from pathlib import Path
 import numpy as np
 import rl_zoo3
 import yaml
+from tqdm import tqdm
 
-from benchmarks.common import append_row, read_rows
+from benchmarks.common import (
+    FingerprintMismatch,
+    RunsFailed,
+    add_dispatch_arguments,
+    append_new_row,
+    dispatch_options,
+    read_rows,
+    run_jobs,
+)
 from sb3_ppo_kl.zoo import ALGOS, default_config
 
 RESULTS = Path(__file__).parent / "results" / "zoo_check.csv"
@@ -153,6 +162,18 @@ def run_one(algo: str, env: str, seed: int, eval_steps: int, params: list[str]) 
     )
 
 
+def run_job(job: tuple[str, str, int, int, tuple[str, ...]]) -> dict:
+    """:func:`run_one` of (algo, env, seed, eval steps, params)."""
+    algo, env, seed, eval_steps, params = job
+    return run_one(algo, env, seed, eval_steps, list(params))
+
+
+def use_results_dir(path: Path) -> None:
+    """Write (and read) the result file under ``path`` instead of ``benchmarks/results``."""
+    global RESULTS
+    RESULTS = path / RESULTS.name
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algo", default="ppo_kl")
@@ -161,7 +182,11 @@ def main() -> None:
     parser.add_argument("--eval-steps", type=int, default=10_000)
     parser.add_argument("--params", nargs="+", default=[], help="RL Zoo -params on top of the entry (recorded per row)")
     parser.add_argument("--summary", action="store_true")
+    add_dispatch_arguments(parser, workers=1)
     args = parser.parse_args()
+    dispatch = dispatch_options(parser, args)
+    if args.results_dir is not None:
+        use_results_dir(args.results_dir)
     rows = read_rows(RESULTS)
     if args.summary:
         counterpart = SB3_COUNTERPART[args.algo]
@@ -197,6 +222,7 @@ def main() -> None:
                 )
         return
     params = " ".join(args.params)
+    jobs = []
     for env in args.envs:
         # done: a row with this seed and --params that records the entry as it is now (a row from before the entry
         # was recorded does not count: it may have run an earlier version)
@@ -206,13 +232,17 @@ def main() -> None:
             for r in rows
             if r["algo"] == args.algo and r["env"] == env and r["params"] == params and r.get("entry") == current
         }
-        for seed in args.seeds:
-            if seed in done:
-                continue
-            row = run_one(args.algo, env, seed, args.eval_steps, args.params)
-            append_row(RESULTS, FIELDS, row)
-            print(row, flush=True)
+        jobs += [(args.algo, env, seed, args.eval_steps, tuple(args.params)) for seed in args.seeds if seed not in done]
+    try:
+        for _, row in run_jobs(run_job, jobs, **dispatch, describe=lambda job: " ".join(map(str, job[:3]))):
+            if append_new_row(RESULTS, FIELDS, ["algo", "env", "seed", "params", "entry"], row):
+                tqdm.write(str(row))
+    except (RunsFailed, FingerprintMismatch) as error:
+        sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":
-    main()
+    # the importable module's main: its functions, not copies of __main__'s, go to the workers
+    from benchmarks.zoo_check import main as imported_main
+
+    imported_main()

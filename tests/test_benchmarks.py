@@ -7,7 +7,7 @@ from sb3_contrib import TRPO
 from stable_baselines3 import PPO
 
 from benchmarks import report, run
-from benchmarks.common import append_row, read_rows
+from benchmarks.common import RunsFailed, append_new_row, append_row, read_rows, run_jobs
 from sb3_ppo_kl import PPOKL
 
 ENV = "InvertedPendulum-v5"
@@ -73,6 +73,27 @@ def test_old_csv_gains_new_columns(tmp_path):
     assert read_rows(path) == [dict(a="1", b="2", c=""), dict(a="3", b="4", c="5")]
     with pytest.raises(ValueError, match=r"has columns \['b'\]"):
         append_row(path, ["a", "c"], dict(a=6, c=7))
+
+
+def test_a_run_is_recorded_once(tmp_path):
+    path = tmp_path / "rows.csv"
+    assert append_new_row(path, ["a", "b", "c"], ["a", "b"], dict(a=1, b=2, c=3))
+    assert not append_new_row(path, ["a", "b", "c"], ["a", "b"], dict(a=1, b=2, c=4))  # the same run again
+    assert append_new_row(path, ["a", "b", "c"], ["a", "b"], dict(a=1, b=3, c=4))
+    assert read_rows(path) == [dict(a="1", b="2", c="3"), dict(a="1", b="3", c="4")]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_local_pool_reports_a_failing_run_after_the_others(workers):
+    """run_jobs yields every run that finishes; one that raises is listed at the end (RunsFailed), with its error."""
+    finished = []
+    with pytest.raises(RunsFailed) as failed:
+        for job, result in run_jobs(int, ["1", "x", "3"], workers=workers, describe=repr):
+            finished.append((job, result))
+    assert sorted(finished) == [("1", 1), ("3", 3)]
+    [(run, error)] = failed.value.failures
+    assert run == "'x'" and "ValueError: invalid literal for int() with base 10: 'x'" in error
+    assert "1 run(s) failed" in str(failed.value)
 
 
 def test_grid_resumes_and_report_renders(tmp_path, monkeypatch):
