@@ -200,6 +200,7 @@ def plot_profile(matrices: dict[str, np.ndarray], timesteps: int, path: Path) ->
     n_runs, n_envs = next(iter(matrices.values())).shape
     ax.set_title(f"Performance profiles, {timesteps:,} steps ({n_runs} seeds x {n_envs} envs; bands: 95% CI)", fontsize=10)
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 

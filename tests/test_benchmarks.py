@@ -141,6 +141,8 @@ def test_grid_resumes_and_report_renders(tmp_path, monkeypatch):
     assert f"| {ENV} | clip-0.2 | 1 |" in text  # the measurements table, with the deterministic evaluation
     assert (tmp_path / "results" / "table1_4096_curves.png").stat().st_size > 0
     assert (tmp_path / "results" / "table1_4096_kl.png").stat().st_size > 0
+    assert (tmp_path / "results" / "table1_4096_profile.png").stat().st_size > 0  # rliable's performance profile
+    assert "P(> clip-0.2)" in text and f"| kl-adaptive-0.01 | {ENV} |" in text  # rliable; beta's band
 
 
 def test_zoo_check_entries_and_summary(tmp_path, monkeypatch, capsys):
