@@ -21,9 +21,10 @@ For each budget (timesteps per run) found in ``results/table1.csv``:
 """
 
 import csv
-import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -130,28 +131,39 @@ def score_matrices(norm: dict[str, dict[str, dict[int, float]]]) -> tuple[dict[s
     return matrices, envs, seeds
 
 
-def _bootstrap_state() -> np.random.RandomState:
-    """The same bootstrap draws on every run of the report, so that its numbers do not move between renders."""
-    return np.random.RandomState(0)
+def _estimates(scores: dict[str, Any], func: Callable[..., Any], reps: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """
+    rliable's ``get_interval_estimates`` for each key on its own, with the bootstrap seeded afresh for each: a
+    setting's interval depends only on its runs (and clip-0.2's), not on which other settings have rows, and the
+    report's numbers do not move between renders. rliable draws its resamples from NumPy's global generator (its
+    ``random_state`` argument does not reach them), so that generator is seeded here and restored afterwards.
+    """
+    from rliable import library
+
+    points, intervals = {}, {}
+    state = np.random.get_state()
+    try:
+        for key, value in scores.items():
+            np.random.seed(0)
+            point, interval = library.get_interval_estimates({key: value}, func, reps=reps)
+            points[key], intervals[key] = point[key], interval[key]
+    finally:
+        np.random.set_state(state)
+    return points, intervals
 
 
 def aggregates(matrices: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """rliable's IQM and mean of each setting's normalised scores, with stratified-bootstrap 95% intervals."""
-    from rliable import library, metrics
+    from rliable import metrics
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # arch's notice about its random_state argument
-        return library.get_interval_estimates(
-            matrices,
-            lambda scores: np.array([metrics.aggregate_iqm(scores), metrics.aggregate_mean(scores)]),
-            reps=BOOTSTRAP_REPS,
-            random_state=_bootstrap_state(),
-        )
+    return _estimates(
+        matrices, lambda scores: np.array([metrics.aggregate_iqm(scores), metrics.aggregate_mean(scores)]), BOOTSTRAP_REPS
+    )
 
 
 def improvement_over_baseline(matrices: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """rliable's probability of improvement of every PPOKL setting over clip-0.2, with its 95% interval."""
-    from rliable import library, metrics
+    from rliable import metrics
 
     # every PPOKL setting: the runnable ones and the removed candidates (all PPOKL)
     pairs = {
@@ -161,11 +173,7 @@ def improvement_over_baseline(matrices: dict[str, np.ndarray]) -> tuple[dict[str
     }
     if BASELINE not in matrices or not pairs:
         return {}, {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        return library.get_interval_estimates(
-            pairs, metrics.probability_of_improvement, reps=POI_REPS, random_state=_bootstrap_state()
-        )
+    return _estimates(pairs, metrics.probability_of_improvement, POI_REPS)
 
 
 def plot_profile(matrices: dict[str, np.ndarray], timesteps: int, path: Path) -> None:
@@ -179,10 +187,12 @@ def plot_profile(matrices: dict[str, np.ndarray], timesteps: int, path: Path) ->
 
     everything = np.concatenate([m.ravel() for m in matrices.values()])
     taus = np.linspace(min(0.0, everything.min()), everything.max() + 0.05, 81)
-    np.random.seed(0)  # create_performance_profile takes no random state
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
+    state = np.random.get_state()
+    np.random.seed(0)  # rliable resamples with NumPy's global generator
+    try:
         profiles, bands = library.create_performance_profile(matrices, taus, reps=BOOTSTRAP_REPS)
+    finally:
+        np.random.set_state(state)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     plot_utils.plot_performance_profiles(
         profiles,

@@ -50,6 +50,10 @@ def test_paper_normalisation_takes_the_best_of_the_papers_settings():
     assert mean == pytest.approx(np.mean(matrices["kl-adaptive-0.01"]))
     assert intervals["kl-adaptive-0.01"][0][1] <= mean <= intervals["kl-adaptive-0.01"][1][1]
 
+    # the intervals are the same on every render, and a setting's do not depend on which others have rows
+    alone = report.aggregates({"kl-adaptive-0.01": matrices["kl-adaptive-0.01"]})[1]["kl-adaptive-0.01"]
+    np.testing.assert_array_equal(alone, intervals["kl-adaptive-0.01"])
+
     poi, _ = report.improvement_over_baseline(matrices)
     assert set(poi) == {"kl-adaptive-0.01"}  # PPOKL settings only: not TRPO, not clip-0.2 itself
     assert float(poi["kl-adaptive-0.01"]) == 0.0  # every run below every clip-0.2 run on both envs
