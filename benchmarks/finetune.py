@@ -812,9 +812,10 @@ def plot_task(task_id: str, rows: list[dict[str, str]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(9, 4.2))
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
     methods += sorted({r["method"] for r in rows} - set(methods))
+    drawn: dict[str, np.ndarray] = {}
     for method in methods:
         seeds = sorted(int(r["seed"]) for r in rows if r["method"] == method)
         curves = [c for c in (read_curve(task_id, method, seed) for seed in seeds) if c is not None]
@@ -823,8 +824,12 @@ def plot_task(task_id: str, rows: list[dict[str, str]], path: Path) -> None:
         length = min(len(c["timesteps"]) for c in curves)
         steps = curves[0]["timesteps"][:length]
         returns = np.array([c["return"][:length] for c in curves])
-        (line,) = ax.plot(steps, returns.mean(0), lw=1.4, label=f"{method} ({len(curves)})")
+        # a method whose runs came out identical to another's is drawn dashed over it, and says so
+        twin = next((other for other, seen in drawn.items() if np.array_equal(seen, returns)), None)
+        label = f"{method} ({len(curves)})" if twin is None else f"{method} ({len(curves)}; the same runs as {twin})"
+        (line,) = ax.plot(steps, returns.mean(0), lw=1.4, ls="-" if twin is None else "--", label=label)
         ax.fill_between(steps, returns.min(0), returns.max(0), color=line.get_color(), alpha=0.15)
+        drawn[method] = returns
     ax.axhline(float(rows[0]["expert_return"]), color="black", ls="--", lw=1.0, label="expert")
     ax.axhline(float(rows[0]["clone_return"]), color="grey", ls="-.", lw=0.8, label="clone (step 0)")
     ax.axvline(DIP_FRACTION * int(rows[0]["timesteps"]), color="grey", ls=":", lw=0.8, label="10% of the budget")
@@ -832,10 +837,10 @@ def plot_task(task_id: str, rows: list[dict[str, str]], path: Path) -> None:
     ax.set_xlabel("fine-tuning timesteps")
     ax.set_ylabel(f"return, {rows[0]['eval_episodes']} deterministic episodes")
     ax.set_title(f"{task_id}: fine-tuning a behaviour clone\n(line: mean over seeds, band: min-max)", fontsize=10)
-    ax.legend(fontsize=8, title="method (seeds)", title_fontsize=8)
+    ax.legend(fontsize=8, title="method (seeds)", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
