@@ -245,11 +245,6 @@ def check_coef_bounds(name: str, bounds: Any, adaptive: bool) -> tuple[float, fl
     return low, high
 
 
-def _check_float(name: str, value: float, valid: str, ok: bool) -> None:
-    if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and ok):
-        raise ValueError(f"`{name}` must be {valid}, got {value!r}")
-
-
 def _check_kl_target(kl_target: float | Callable[[float], float]) -> None:
     """
     A float > 0, or a schedule of the progress remaining that starts > 0 and ends >= 0 (a target annealed
@@ -275,7 +270,7 @@ def _check_schedule(name: str, schedule: Callable[[float], float]) -> None:
 def _scheduled(name: str, schedule: Callable[[float], float], progress_remaining: float) -> float:
     """``schedule(progress_remaining)`` as a float; ValueError naming ``name`` unless it is finite and ``>= 0``."""
     value = schedule(progress_remaining)
-    if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value >= 0):
+    if not (_is_real(value) and math.isfinite(value) and value >= 0):
         raise ValueError(
             f"`{name}` as a schedule must give finite numbers >= 0, got {value!r} at progress_remaining={progress_remaining}"
         )

@@ -8,7 +8,6 @@ module before the weights are loaded into it. The module itself is never pickled
 """
 
 import inspect
-import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,11 +48,6 @@ def _constant_schedule(progress_remaining: float) -> float:
 def accepts(cls: type, name: str) -> bool:
     """Whether ``cls``'s constructor has a parameter of this name."""
     return name in inspect.signature(cls.__init__).parameters  # type: ignore[misc]
-
-
-def is_real(value: Any) -> bool:
-    """A real number, not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def policy_spec(policy: BasePolicy) -> dict[str, Any]:
