@@ -77,6 +77,7 @@ COLORS = {
     "kl-fixed-10": "darkgreen",
     "no-clip-no-penalty": "gray",
     "kl-adaptive-0.01+clip-0.2": "tab:purple",
+    "kl-adaptive-0.03+clip-0.2": "sienna",
     "trpo": "tab:orange",
     "kl-0.02+cutoff": "tab:brown",
     "kl-sched-0.01-0.03+cutoff": "tab:pink",
