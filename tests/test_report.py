@@ -91,3 +91,23 @@ def test_decision_conditions():
     assert (
         "| kl-adaptive-0.01+clip-0.2 | 300,000 | 0.50: short by 0.50 | 550.0 ± 0.0 vs 1100.0 ± 57.7: short by 492.3 |" in text
     )
+
+
+def test_band_table_says_how_often_d_leaves_the_band(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "CURVES", tmp_path)
+    # seeds 0 and 1 of the default on one env: 2 updates below the band, 3 inside, 1 above
+    d_by_seed = {0: [0.001, 0.01, 0.012], 1: [0.006, 0.009, 0.02]}
+    rows = []
+    for seed, d in d_by_seed.items():
+        with (tmp_path / f"kl-adaptive-0.01__Hopper-v5__{seed}__300000.csv").open("w") as f:
+            f.write(",".join(report.CURVE_FIELDS) + "\n")
+            for i, value in enumerate(d):
+                values = {name: "" for name in report.CURVE_FIELDS} | {"timesteps": str(2048 * (i + 1)), "kl": str(value)}
+                f.write(",".join(values[name] for name in report.CURVE_FIELDS) + "\n")
+        rows.append(dict(setting="kl-adaptive-0.01", env="Hopper-v5", seed=str(seed), timesteps="300000", score="1"))
+    lines = report.band_table(rows, 300_000)
+    assert "| kl-adaptive-0.01 | Hopper-v5 | 6 | 33% | 50% | 17% | 0.95 |" in lines
+    assert (
+        "- kl-adaptive-0.01: beta left `d` inside its band in 50% of the updates and outside it in 50% "
+        "(33% below, 17% above), with the median `d` at 0.95 of the target." in lines
+    )
