@@ -78,18 +78,20 @@ def test_band_shares_and_targets():
     assert report.adaptive_target("kl-fixed-1") is None and report.adaptive_target("clip-0.2") is None
 
 
-def test_decision_conditions():
+def test_decision_conditions(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "CURVES", tmp_path)  # no curves: the conditions alone
     clip = {env: [1000.0, 1100.0, 1200.0] for env in report.ENVS}
     random = dict.fromkeys(report.ENVS, 0.0)
     better = {env: [1100.0, 1100.0, 1100.0] for env in report.ENVS}  # relative 1.0 everywhere, within one s.e.
     text = "\n".join(report.decision(rows_of({"clip-0.2": clip, "kl-adaptive-0.03+clip-0.2": better}), random))
-    assert "| kl-adaptive-0.03+clip-0.2 | 300,000 | 1.00: met | 1100.0 ± 0.0 vs 1100.0 ± 57.7: met |" in text
+    assert "| kl-adaptive-0.03+clip-0.2 | 300,000 | 1.000: met | 1100.0 ± 0.0 vs 1100.0 ± 57.7: met |" in text
     assert "| kl-adaptive-0.03+clip-0.2 | 1,000,000 | pending (0 of 21 runs) |" in text
     assert "| kl-adaptive-0.01+clip-0.2 | 300,000 | pending (0 of 21 runs) | pending (0 of 3 seeds) |" in text
     worse = {env: [550.0, 550.0, 550.0] for env in report.ENVS}
     text = "\n".join(report.decision(rows_of({"clip-0.2": clip, "kl-adaptive-0.01+clip-0.2": worse}), random))
     assert (
-        "| kl-adaptive-0.01+clip-0.2 | 300,000 | 0.50: short by 0.50 | 550.0 ± 0.0 vs 1100.0 ± 57.7: short by 492.3 |" in text
+        "| kl-adaptive-0.01+clip-0.2 | 300,000 | 0.500: short by 0.500 | 550.0 ± 0.0 vs 1100.0 ± 57.7: short by 492.3 |"
+        in text
     )
 
 
@@ -111,3 +113,28 @@ def test_band_table_says_how_often_d_leaves_the_band(tmp_path, monkeypatch):
         "- kl-adaptive-0.01: beta left `d` inside its band in 50% of the updates and outside it in 50% "
         "(33% below, 17% above), with the median `d` at 0.95 of the target." in lines
     )
+
+
+def test_penalty_effect_tells_a_parked_penalty_from_one_that_acts(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "CURVES", tmp_path)
+
+    def curve(setting: str, d: list[float], beta: list[float]) -> dict[str, str]:
+        with (tmp_path / f"{setting}__Hopper-v5__0__300000.csv").open("w") as f:
+            f.write(",".join(report.CURVE_FIELDS) + "\n")
+            for i, (value, coef) in enumerate(zip(d, beta, strict=True)):
+                row = {"timesteps": str(2048 * (i + 1)), "reward": "", "kl": str(value), "kl_coef": str(coef), "std": ""}
+                f.write(",".join(row[name] for name in report.CURVE_FIELDS) + "\n")
+        return dict(setting=setting, env="Hopper-v5", seed="0", timesteps="300000", score="1")
+
+    rows = [
+        curve("clip-0.2", [0.01, 0.02, 0.05, 0.01], [float("nan")] * 4),
+        curve("kl-adaptive-0.01+clip-0.2", [0.01, 0.01, 0.012, 0.009], [1.0, 0.5, 1e-4, 1.0]),
+        curve("kl-adaptive-0.03+clip-0.2", [0.01, 0.02, 0.05, 0.01], [1e-4, 1e-4, 1e-4, 2e-4]),
+    ]
+    lines = report.penalty_effect(rows, 300_000)
+    assert "| clip-0.2 | 4 | 0.0150 | 0.0410 | 0.0491 | 50.0% | 25.0% | (no penalty) |" in lines
+    assert any(line.startswith("| kl-adaptive-0.01+clip-0.2 | 4 | 0.0100 |") and line.endswith("| 25% |") for line in lines)
+    assert any(line.startswith("| kl-adaptive-0.03+clip-0.2 | 4 |") and line.endswith("| 75% |") for line in lines)
+    # only the penalty parked at its floor in most updates is called out
+    notes = [line for line in lines if line.startswith("- ")]
+    assert len(notes) == 1 and notes[0].startswith("- kl-adaptive-0.03+clip-0.2: beta sat at its lower bound in 75%")
