@@ -43,6 +43,7 @@ update: timesteps, mean reward of the last 100 episodes, d, the std, and for PPO
     python -m benchmarks.run --workers 2                                          # the full grid: 11+3 settings x 7 envs x 3 seeds x 1M
     python -m benchmarks.run --grid paper-lite --workers 2                        # 3 settings x 7 envs x 3 seeds x 300k
     python -m benchmarks.run --grid table1-300k --workers 2                       # the other 11 settings at 300k
+    python -m benchmarks.run --grid table1-1m --workers 2                         # issue 20's rows at 1M
     python -m benchmarks.run --grid discrete --workers 2                          # LunarLander-v3 and Acrobot-v1
     python -m benchmarks.run --grid paper --ray auto                              # on a Ray cluster (docs: "Run a grid on a cluster")
     python -m benchmarks.run --settings clip-0.2 kl-fixed-1 --envs Hopper-v5 --seeds 0 --timesteps 100000
@@ -183,6 +184,14 @@ GRIDS: dict[str, dict[str, Any]] = {
         envs=ENVS,
         seeds=[0, 1, 2],
         timesteps=300_000,
+    ),
+    # issue 20's 1M rows: the paper's headline pair on all 7 tasks (the 4 of stage 3 are done and skipped), and
+    # kl-adaptive-0.03+clip-0.2, the clip + penalty setting that met the recommendation's 300k conditions
+    "table1-1m": dict(
+        settings=["clip-0.2", "kl-adaptive-0.01", "kl-adaptive-0.03+clip-0.2"],
+        envs=ENVS,
+        seeds=[0, 1, 2],
+        timesteps=1_000_000,
     ),
     # issue 11's discrete check: two discrete-action tasks with the protocol above, which is SB3 PPO's default
     # hyperparameters (n_steps 2048, batch 64, 10 epochs, lr 3e-4, gamma 0.99, lambda 0.95)
