@@ -179,8 +179,21 @@ def improvement_over_baseline(matrices: dict[str, np.ndarray]) -> tuple[dict[str
     return _estimates(pairs, metrics.probability_of_improvement, POI_REPS)
 
 
+# the performance profile's panels: each family of settings beside clip-0.2
+PROFILE_PANELS = {
+    "clipping": ["no-clip-no-penalty", "clip-0.1", "clip-0.2", "clip-0.3"],
+    "adaptive KL penalty (PPO1)": ["kl-adaptive-0.003", "kl-adaptive-0.01", "kl-adaptive-0.03", "clip-0.2"],
+    "fixed KL penalty": ["kl-fixed-0.3", "kl-fixed-1", "kl-fixed-3", "kl-fixed-10", "clip-0.2"],
+    "beyond the paper": ["kl-adaptive-0.01+clip-0.2", "kl-adaptive-0.03+clip-0.2", "trpo", "clip-0.2"],
+}
+
+
 def plot_profile(matrices: dict[str, np.ndarray], timesteps: int, path: Path) -> None:
-    """rliable's performance profile: the fraction of runs whose normalised score exceeds tau, with 95% bands."""
+    """
+    rliable's performance profiles: the fraction of runs whose normalised score exceeds tau, with 95% bands; one
+    panel per family of settings (:data:`PROFILE_PANELS`), each with clip-0.2 for reference, and one for the
+    removed candidates with the same runs (every setting of the runner is in a family).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -196,22 +209,33 @@ def plot_profile(matrices: dict[str, np.ndarray], timesteps: int, path: Path) ->
         profiles, bands = library.create_performance_profile(matrices, taus, reps=BOOTSTRAP_REPS)
     finally:
         np.random.set_state(state)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    plot_utils.plot_performance_profiles(
-        profiles,
-        taus,
-        performance_profile_cis=bands,
-        colors={setting: COLORS.get(setting, "black") for setting in matrices},
-        xlabel=r"normalised score $\tau$ (random 0, best of the paper's settings 1)",
-        ylabel=r"fraction of runs with score $> \tau$",
-        ax=ax,
-        labelsize="medium",
-        ticklabelsize="small",
-    )
-    handles = [Line2D([], [], color=COLORS.get(setting, "black"), lw=2) for setting in profiles]
-    ax.legend(handles, list(profiles), fontsize=7, loc="lower left")
+    panels = {title: [s for s in names if s in profiles] for title, names in PROFILE_PANELS.items()}
+    listed = {s for names in PROFILE_PANELS.values() for s in names}
+    panels["removed candidates (issue 11)"] = [s for s in profiles if s not in listed] + ([BASELINE] if BASELINE in profiles else [])
+    # a panel is drawn when it has a setting besides the reference
+    panels = {title: names for title, names in panels.items() if [s for s in names if s != BASELINE]}
+    columns = min(2, len(panels)) or 1
+    rows = max(1, -(-len(panels) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 3.8 * rows), squeeze=False, sharex=True, sharey=True)
+    for ax, (title, names) in zip(axes.ravel(), panels.items(), strict=False):
+        plot_utils.plot_performance_profiles(
+            {s: profiles[s] for s in names},
+            taus,
+            performance_profile_cis={s: bands[s] for s in names},
+            colors={s: COLORS.get(s, "black") for s in names},
+            xlabel=r"normalised score $\tau$ (random 0, best of the paper's settings 1)",
+            ylabel=r"fraction of runs with score $> \tau$",
+            ax=ax,
+            labelsize="small",
+            ticklabelsize="small",
+        )
+        handles = [Line2D([], [], color=COLORS.get(s, "black"), lw=2) for s in names]
+        ax.legend(handles, names, fontsize=7, loc="lower left")
+        ax.set_title(title, fontsize=10)
+    for ax in axes.ravel()[len(panels) :]:
+        ax.set_visible(False)
     n_runs, n_envs = next(iter(matrices.values())).shape
-    ax.set_title(f"Performance profiles, {timesteps:,} steps ({n_runs} seeds x {n_envs} envs; bands: 95% CI)", fontsize=10)
+    fig.suptitle(f"Performance profiles, {timesteps:,} steps ({n_runs} seeds x {n_envs} envs; bands: 95% CI)", fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight")
