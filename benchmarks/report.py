@@ -211,7 +211,9 @@ def plot_profile(matrices: dict[str, np.ndarray], timesteps: int, path: Path) ->
         np.random.set_state(state)
     panels = {title: [s for s in names if s in profiles] for title, names in PROFILE_PANELS.items()}
     listed = {s for names in PROFILE_PANELS.values() for s in names}
-    panels["removed candidates (issue 11)"] = [s for s in profiles if s not in listed] + ([BASELINE] if BASELINE in profiles else [])
+    panels["removed candidates (issue 11)"] = [s for s in profiles if s not in listed] + (
+        [BASELINE] if BASELINE in profiles else []
+    )
     # a panel is drawn when it has a setting besides the reference
     panels = {title: names for title, names in panels.items() if [s for s in names if s != BASELINE]}
     columns = min(2, len(panels)) or 1
