@@ -710,10 +710,15 @@ def decision(rows: list[dict[str, str]], random: dict[str, float]) -> list[str]:
             f'the KL held near a target" only if (a) its mean over the 7 envs of `(score - random) / ({BASELINE} - '
             f"random)` is at least 1 at 300k, (b) the same at 1M, and (c) on {DECISION_ENV} its mean score is within "
             f"one standard error of {BASELINE}'s (at least {BASELINE}'s mean minus its s.e.). A condition reads "
-            "pending until both settings have seeds 0-2 on every env at that budget."
+            "pending until both settings have seeds 0-2 on every env at that budget. The interval of (a)/(b) is "
+            "rliable's stratified bootstrap over both settings' runs: where it holds 1, three seeds cannot tell the "
+            "setting from clipping, whichever side of 1 its mean falls."
         ),
         "",
-        "| setting | budget | (a)/(b): mean relative to clip-0.2 | (c): HalfCheetah-v5, setting vs clip-0.2 (mean ± s.e.) |",
+        (
+            "| setting | budget | (a)/(b): mean relative to clip-0.2 [95% CI] | (c): HalfCheetah-v5, setting vs "
+            "clip-0.2 (mean ± s.e.) |"
+        ),
         "|---|---|---|---|",
     ]
     for setting in CLIP_PENALTY:
@@ -728,7 +733,13 @@ def decision(rows: list[dict[str, str]], random: dict[str, float]) -> list[str]:
             if complete:
                 rel = relative_to_clip([r for r in at if r["setting"] in (setting, BASELINE)], random)[setting]
                 value = float(np.mean(list(rel.values())))
-                rel_cell = f"{value:.3f}: {'met' if value >= 1 else f'short by {1 - value:.3f}'}"
+                low, high = relative_interval(
+                    *(
+                        np.array([[float(x) - random[env] for x in runs(name, env)] for env in ENVS]).T
+                        for name in (setting, BASELINE)
+                    )
+                )
+                rel_cell = f"{value:.3f} [{low:.2f}, {high:.2f}]: {'met' if value >= 1 else f'short by {1 - value:.3f}'}"
             else:
                 rel_cell = f"pending ({done} of {len(ENVS) * len(SEEDS)} runs)"
             ours, clip = runs(setting, DECISION_ENV), runs(BASELINE, DECISION_ENV)
@@ -741,6 +752,19 @@ def decision(rows: list[dict[str, str]], random: dict[str, float]) -> list[str]:
                 hc_cell = f"pending ({len(ours)} of {len(SEEDS)} seeds)"
             out.append(f"| {setting} | {timesteps:,} | {rel_cell} | {hc_cell} |")
     return [*out, "", *penalty_effect(rows, 300_000)]
+
+
+def relative_interval(ours: np.ndarray, clip: np.ndarray) -> tuple[float, float]:
+    """
+    The 95% stratified-bootstrap interval (rliable, the runs of each env resampled independently for both
+    settings) of condition (a)'s figure: the mean over envs of ``mean(ours - random) / mean(clip - random)``.
+    ``ours`` and ``clip``: (runs, envs) arrays of ``score - random``.
+    """
+    _, intervals = _estimates(
+        {"relative": [ours, clip]}, lambda x, y: np.mean(x.mean(axis=0) / y.mean(axis=0)), BOOTSTRAP_REPS
+    )
+    low, high = np.asarray(intervals["relative"]).ravel()
+    return float(low), float(high)
 
 
 def penalty_effect(rows: list[dict[str, str]], timesteps: int) -> list[str]:

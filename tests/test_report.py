@@ -84,13 +84,13 @@ def test_decision_conditions(tmp_path, monkeypatch):
     random = dict.fromkeys(report.ENVS, 0.0)
     better = {env: [1100.0, 1100.0, 1100.0] for env in report.ENVS}  # relative 1.0 everywhere, within one s.e.
     text = "\n".join(report.decision(rows_of({"clip-0.2": clip, "kl-adaptive-0.03+clip-0.2": better}), random))
-    assert "| kl-adaptive-0.03+clip-0.2 | 300,000 | 1.000: met | 1100.0 ± 0.0 vs 1100.0 ± 57.7: met |" in text
+    assert "| kl-adaptive-0.03+clip-0.2 | 300,000 | 1.000 [0.97, 1.03]: met | 1100.0 ± 0.0 vs 1100.0 ± 57.7: met |" in text
     assert "| kl-adaptive-0.03+clip-0.2 | 1,000,000 | pending (0 of 21 runs) |" in text
     assert "| kl-adaptive-0.01+clip-0.2 | 300,000 | pending (0 of 21 runs) | pending (0 of 3 seeds) |" in text
     worse = {env: [550.0, 550.0, 550.0] for env in report.ENVS}
     text = "\n".join(report.decision(rows_of({"clip-0.2": clip, "kl-adaptive-0.01+clip-0.2": worse}), random))
     assert (
-        "| kl-adaptive-0.01+clip-0.2 | 300,000 | 0.500: short by 0.500 | 550.0 ± 0.0 vs 1100.0 ± 57.7: short by 492.3 |"
+        "| kl-adaptive-0.01+clip-0.2 | 300,000 | 0.500 [0.49, 0.52]: short by 0.500 | 550.0 ± 0.0 vs 1100.0 ± 57.7: short by 492.3 |"
         in text
     )
 
@@ -138,3 +138,12 @@ def test_penalty_effect_tells_a_parked_penalty_from_one_that_acts(tmp_path, monk
     # only the penalty parked at its floor in most updates is called out
     notes = [line for line in lines if line.startswith("- ")]
     assert len(notes) == 1 and notes[0].startswith("- kl-adaptive-0.03+clip-0.2: beta sat at its lower bound in 75%")
+
+
+def test_relative_interval_of_runs_without_spread_is_the_point():
+    ours, clip = np.full((3, 7), 2.0), np.full((3, 7), 1.0)
+    assert report.relative_interval(ours, clip) == pytest.approx((2.0, 2.0))
+    # one env where clipping's seeds spread: the interval widens around the point, 2 on the 6 others
+    clip[:, 0] = [0.5, 1.0, 1.5]
+    low, high = report.relative_interval(ours, clip)
+    assert low < 2.0 < high and 2.0 + (2 / 1.5 - 2) / 7 <= low and high <= 2.0 + (2 / 0.5 - 2) / 7
