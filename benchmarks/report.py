@@ -101,8 +101,9 @@ def _fmt(values: list[float]) -> str:
 def normalised(rows: list[dict[str, str]], random: dict[str, float]) -> dict[str, dict[str, dict[int, float]]]:
     """
     The paper's normalisation: per env, the random policy scores 0 and the best of the paper's 11 settings with
-    rows there (by mean score over its runs) scores 1. Returns setting -> env -> seed -> the run's normalised
-    score. Settings outside the 11 are normalised by the same two points; they do not compete for the 1.
+    every seed of ``SEEDS`` there (by mean score over its runs) scores 1. Returns setting -> env -> seed -> the
+    run's normalised score. Settings outside the 11 are normalised by the same two points; they do not compete for
+    the 1, and neither does a setting still missing seeds, whose mean would move the 1 as its runs land.
     """
     by_env: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
     for r in rows:
@@ -110,7 +111,9 @@ def normalised(rows: list[dict[str, str]], random: dict[str, float]) -> dict[str
     result: dict[str, dict[str, dict[int, float]]] = defaultdict(dict)
     for env, settings in by_env.items():
         means = {setting: np.mean(list(runs.values())) for setting, runs in settings.items()}
-        competing = [mean for setting, mean in means.items() if setting in PAPER_SETTINGS] or list(means.values())
+        paper = {setting: mean for setting, mean in means.items() if setting in PAPER_SETTINGS}
+        complete = [mean for setting, mean in paper.items() if all(seed in settings[setting] for seed in SEEDS)]
+        competing = complete or list(paper.values()) or list(means.values())
         best = max(competing)
         for setting, runs in settings.items():
             result[setting][env] = {seed: (score - random[env]) / (best - random[env]) for seed, score in runs.items()}
@@ -316,6 +319,17 @@ def read_curve(setting: str, env: str, seed: int, timesteps: int) -> dict[str, n
     return {name: column(name) for name in CURVE_FIELDS}
 
 
+def _curves(
+    rows: list[dict[str, str]], setting: str, env: str, timesteps: int, seeds: list[int] | None = None
+) -> list[dict[str, np.ndarray]]:
+    """The per-update curves of a setting's runs on one env at ``timesteps`` (of ``seeds`` only, when given)."""
+    have = sorted(
+        {int(r["seed"]) for r in rows if r["setting"] == setting and r["env"] == env and int(r["timesteps"]) == timesteps}
+    )
+    found = (read_curve(setting, env, seed, timesteps) for seed in have if seeds is None or seed in seeds)
+    return [c for c in found if c is not None]
+
+
 def _thousands(ax) -> None:
     from matplotlib.ticker import FuncFormatter
 
@@ -340,8 +354,7 @@ def plot_curves(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
     for ax, env in zip(axes.flat, envs):
         for setting in settings:
-            seeds = sorted(int(r["seed"]) for r in rows if r["env"] == env and r["setting"] == setting)
-            curves = [c for c in (read_curve(setting, env, seed, timesteps) for seed in seeds) if c is not None]
+            curves = _curves(rows, setting, env, timesteps)
             if not curves:
                 continue
             length = min(len(c["timesteps"]) for c in curves)
@@ -399,8 +412,7 @@ def plot_kl(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
     fig, axes = plt.subplots(len(panels), len(envs), figsize=(max(3.3 * len(envs), 8), 2.8 * len(panels)), squeeze=False)
     for col, env in enumerate(envs):
         for setting in settings:
-            seeds = sorted(int(r["seed"]) for r in rows if r["env"] == env and r["setting"] == setting)
-            curves = [c for c in (read_curve(setting, env, seed, timesteps) for seed in seeds) if c is not None]
+            curves = _curves(rows, setting, env, timesteps)
             if not curves:
                 continue
             color = COLORS.get(setting)
@@ -493,8 +505,7 @@ def band_table(rows: list[dict[str, str]], timesteps: int) -> list[str]:
         target = adaptive_target(setting)
         assert target is not None
         for env in _envs(rows):
-            seeds = sorted(int(r["seed"]) for r in rows if r["env"] == env and r["setting"] == setting)
-            curves = [c for c in (read_curve(setting, env, seed, timesteps) for seed in seeds) if c is not None]
+            curves = _curves(rows, setting, env, timesteps)
             d = np.concatenate([c["kl"] for c in curves]) if curves else np.array([])
             d = d[np.isfinite(d)]
             if not len(d):
@@ -599,7 +610,7 @@ def budget_section(
         out.append(f"| {_name(setting)} | {n_runs} | {len(norm[setting])} | {' | '.join(cells)} | {rel_cell} | {paper_cell} |")
     if matrices:
         out += ["", f"![performance profiles]({profile})"]
-        plot_profile({s: m for s, m in matrices.items() if s not in REMOVED}, timesteps, REPORT.parent / profile)
+        plot_profile(matrices, timesteps, REPORT.parent / profile)
     bands = band_table(rows, timesteps)
     if bands:
         out += [
@@ -777,16 +788,7 @@ def penalty_effect(rows: list[dict[str, str]], timesteps: int) -> list[str]:
     ]
     words = []
     for setting in [BASELINE, *CLIP_PENALTY]:
-        curves = [
-            c
-            for env in ENVS
-            for seed in sorted(
-                int(r["seed"])
-                for r in rows
-                if r["setting"] == setting and r["env"] == env and int(r["timesteps"]) == timesteps and int(r["seed"]) in SEEDS
-            )
-            if (c := read_curve(setting, env, seed, timesteps)) is not None
-        ]
+        curves = [c for env in ENVS for c in _curves(rows, setting, env, timesteps, SEEDS)]
         d = np.concatenate([c["kl"] for c in curves]) if curves else np.array([])
         d = d[np.isfinite(d)]
         if not len(d):

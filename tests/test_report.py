@@ -43,6 +43,13 @@ def test_paper_normalisation_takes_the_best_of_the_papers_settings():
     partial = report.normalised(rows + rows_of({"clip-0.1": {"HalfCheetah-v5": [600.0]}}), RANDOM)
     assert "clip-0.1" not in report.score_matrices(partial)[0]
 
+    # nor does it compete for the 1 until it has seeds 0-2: one lucky seed must not rescale every other setting
+    lucky = report.normalised(rows + rows_of({"clip-0.3": {"HalfCheetah-v5": [1200.0]}}), RANDOM)
+    assert lucky["clip-0.2"]["HalfCheetah-v5"] == norm["clip-0.2"]["HalfCheetah-v5"]
+    assert lucky["clip-0.3"]["HalfCheetah-v5"][0] == pytest.approx(1.5 / 0.9)
+    complete = report.normalised(rows + rows_of({"clip-0.3": {"HalfCheetah-v5": [1200.0, 1200.0, 1200.0]}}), RANDOM)
+    assert complete["clip-0.2"]["HalfCheetah-v5"][2] == pytest.approx(0.9 / 1.5)
+
     points, intervals = report.aggregates(matrices)
     iqm, mean = points["kl-adaptive-0.01"]
     # 6 runs, 25% cut from each end (one each): 4/9 and 6/9 go, three Hopper runs at 0.5 and 5/9 stay
