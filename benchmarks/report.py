@@ -288,21 +288,22 @@ def band_shares(d: np.ndarray, target: float, tolerance: float = 1.5) -> tuple[f
 def relative_to_clip(rows: list[dict[str, str]], random: dict[str, float]) -> dict[str, dict[str, float]]:
     """
     Per setting and env: ``(mean score - random) / (clip-0.2's mean score - random)``, issue 11's criterion
-    (1 = as good as clipping). Only envs where clip-0.2 ran.
+    (1 = as good as clipping). Both means are over the seeds that the setting and clip-0.2 share on that env, so
+    that clip-0.2's extra seeds on one env do not shift another setting's figure. Only envs where both ran.
     """
-    means: dict[str, dict[str, float]] = defaultdict(dict)
-    for setting in {r["setting"] for r in rows}:
-        for env in {r["env"] for r in rows if r["setting"] == setting}:
-            means[setting][env] = float(
-                np.mean([float(r["score"]) for r in rows if r["setting"] == setting and r["env"] == env])
-            )
-    clip = means.get(BASELINE, {})
-    return {
-        setting: {
-            env: (m - random[env]) / (clip[env] - random[env]) for env, m in by_env.items() if env in clip and env in random
-        }
-        for setting, by_env in means.items()
-    }
+    scores: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    for r in rows:
+        scores[r["setting"]][r["env"]][int(r["seed"])] = float(r["score"])
+    clip = scores.get(BASELINE, {})
+    result: dict[str, dict[str, float]] = {}
+    for setting, by_env in scores.items():
+        result[setting] = {}
+        for env, runs in by_env.items():
+            shared = sorted(set(runs) & set(clip.get(env, {})))
+            if shared and env in random:
+                ours, base = (np.mean([source[seed] for seed in shared]) for source in (runs, clip[env]))
+                result[setting][env] = float((ours - random[env]) / (base - random[env]))
+    return result
 
 
 def read_curve(setting: str, env: str, seed: int, timesteps: int) -> dict[str, np.ndarray] | None:
@@ -578,8 +579,9 @@ def budget_section(
             f"rliable's statistics are over the envs on which {BASELINE} has every seed "
             f"({', '.join(stat_envs) or 'none'}; seeds {', '.join(map(str, stat_seeds)) or 'none'}), for the settings that "
             "have the same runs; a setting with fewer runs shows n/a there. "
-            f"Relative to {BASELINE}: per env `(mean score - random) / ({BASELINE}'s mean score - random)`, then the mean "
-            "over the envs the setting ran on (1 = as good as clipping; issue 20's criterion)."
+            f"Relative to {BASELINE}: per env `(mean score - random) / ({BASELINE}'s mean score - random)`, both means "
+            f"over the seeds the setting shares with {BASELINE} there, then the mean over the envs the setting ran on "
+            "(1 = as good as clipping; issue 20's criterion)."
         ),
         "",
         (

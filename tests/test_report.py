@@ -147,6 +147,15 @@ def test_penalty_effect_tells_a_parked_penalty_from_one_that_acts(tmp_path, monk
     assert len(notes) == 1 and notes[0].startswith("- kl-adaptive-0.03+clip-0.2: beta sat at its lower bound in 75%")
 
 
+def test_relative_to_clip_compares_the_seeds_both_have():
+    clip = {"HalfCheetah-v5": [400.0, 500.0, 600.0, 900.0, 900.0], "Hopper-v5": [1020.0, 1020.0, 1020.0]}
+    ours = {"HalfCheetah-v5": [200.0, 200.0, 200.0], "Hopper-v5": [520.0]}
+    relative = report.relative_to_clip(rows_of({"clip-0.2": clip, "kl-fixed-1": ours}), RANDOM)
+    # HalfCheetah: seeds 0-2 only, (200 + 300) / (500 + 300), not against clip-0.2's five-seed mean of 660
+    assert relative["kl-fixed-1"] == pytest.approx({"HalfCheetah-v5": 500 / 800, "Hopper-v5": 0.5})
+    assert relative["clip-0.2"] == pytest.approx({"HalfCheetah-v5": 1.0, "Hopper-v5": 1.0})
+
+
 def test_relative_interval_of_runs_without_spread_is_the_point():
     ours, clip = np.full((3, 7), 2.0), np.full((3, 7), 1.0)
     assert report.relative_interval(ours, clip) == pytest.approx((2.0, 2.0))
