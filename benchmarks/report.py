@@ -774,6 +774,38 @@ def relative_interval(ours: np.ndarray, clip: np.ndarray) -> tuple[float, float]
     return float(low), float(high)
 
 
+def largest_step(rows: list[dict[str, str]], setting: str, timesteps: int, after: int = 2) -> str:
+    """
+    A sentence on the one update of a setting's runs (seeds 0-2, 7 envs) with the largest ``d``: where it was, and
+    the training reward (mean of the last 100 episodes) just before it and ``after`` updates later. Clipping
+    removes the surrogate's gradient past ``1 +- clip_range`` but does not bound the step, and beta reacts only
+    after an update, so a rare step can leave the band by far.
+    """
+    largest: tuple[float, str, int, dict[str, np.ndarray], int] | None = None
+    for env in ENVS:
+        for seed in SEEDS:
+            ran = any(
+                (r["setting"], r["env"], int(r["seed"]), int(r["timesteps"])) == (setting, env, seed, timesteps) for r in rows
+            )
+            curve = read_curve(setting, env, seed, timesteps) if ran else None
+            if curve is None:
+                continue
+            d = np.nan_to_num(curve["kl"], nan=-np.inf)
+            i = int(np.argmax(d))
+            if largest is None or d[i] > largest[0]:
+                largest = (float(d[i]), env, seed, curve, i)
+    if largest is None:
+        return ""
+    value, env, seed, curve, i = largest
+    reward = curve["reward"]
+    later = min(i + after, len(reward) - 1)
+    return (
+        f"- {setting}'s largest `d`, {value:.3g}, came on {env} (seed {seed}) at {int(curve['timesteps'][i]):,} "
+        f"steps; the training reward was {reward[max(i - 1, 0)]:.0f} before that update and {reward[later]:.0f} "
+        f"{later - i} update{'s' if later - i != 1 else ''} later."
+    )
+
+
 def penalty_effect(rows: list[dict[str, str]], timesteps: int) -> list[str]:
     """
     What the penalty on top of clipping does to ``d``, against clip-0.2 alone: every update of every seed on the
@@ -783,12 +815,12 @@ def penalty_effect(rows: list[dict[str, str]], timesteps: int) -> list[str]:
     low = float(inspect.signature(PPOKL.__init__).parameters["kl_coef_bounds"].default[0])
     table = [
         (
-            "| setting | updates | median d | 90th percentile | 99th percentile | d > 0.015 | d > 0.045 | "
+            "| setting | updates | median d | 90th percentile | 99th percentile | largest | d > 0.015 | d > 0.045 | "
             f"beta at its lower bound ({low:g}) |"
         ),
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    words = []
+    words: list[str] = []
     for setting in [BASELINE, *CLIP_PENALTY]:
         curves = [c for env in ENVS for c in _curves(rows, setting, env, timesteps, SEEDS)]
         d = np.concatenate([c["kl"] for c in curves]) if curves else np.array([])
@@ -810,10 +842,12 @@ def penalty_effect(rows: list[dict[str, str]], timesteps: int) -> list[str]:
                 )
         table.append(
             f"| {setting} | {len(d)} | {np.median(d):.4f} | {np.percentile(d, 90):.4f} | {np.percentile(d, 99):.4f} | "
+            f"{d.max():.3g} | "
             f"{np.mean(d > 0.015):.1%} | {np.mean(d > 0.045):.1%} | {parked} |"
         )
     if len(table) == 2:
         return []
+    words += [largest_step(rows, setting, timesteps) for setting in [BASELINE, *CLIP_PENALTY]]
     out = [
         (
             f"What the penalty does to `d` at {timesteps:,} steps, against {BASELINE} alone (every update of seeds "

@@ -129,7 +129,8 @@ def test_penalty_effect_tells_a_parked_penalty_from_one_that_acts(tmp_path, monk
         with (tmp_path / f"{setting}__Hopper-v5__0__300000.csv").open("w") as f:
             f.write(",".join(report.CURVE_FIELDS) + "\n")
             for i, (value, coef) in enumerate(zip(d, beta, strict=True)):
-                row = {"timesteps": str(2048 * (i + 1)), "reward": "", "kl": str(value), "kl_coef": str(coef), "std": ""}
+                reward = str(10.0 * (i + 1))
+                row = {"timesteps": str(2048 * (i + 1)), "reward": reward, "kl": str(value), "kl_coef": str(coef), "std": ""}
                 f.write(",".join(row[name] for name in report.CURVE_FIELDS) + "\n")
         return dict(setting=setting, env="Hopper-v5", seed="0", timesteps="300000", score="1")
 
@@ -139,12 +140,17 @@ def test_penalty_effect_tells_a_parked_penalty_from_one_that_acts(tmp_path, monk
         curve("kl-adaptive-0.03+clip-0.2", [0.01, 0.02, 0.05, 0.01], [1e-4, 1e-4, 1e-4, 2e-4]),
     ]
     lines = report.penalty_effect(rows, 300_000)
-    assert "| clip-0.2 | 4 | 0.0150 | 0.0410 | 0.0491 | 50.0% | 25.0% | (no penalty) |" in lines
+    assert "| clip-0.2 | 4 | 0.0150 | 0.0410 | 0.0491 | 0.05 | 50.0% | 25.0% | (no penalty) |" in lines
     assert any(line.startswith("| kl-adaptive-0.01+clip-0.2 | 4 | 0.0100 |") and line.endswith("| 25% |") for line in lines)
     assert any(line.startswith("| kl-adaptive-0.03+clip-0.2 | 4 |") and line.endswith("| 75% |") for line in lines)
     # only the penalty parked at its floor in most updates is called out
-    notes = [line for line in lines if line.startswith("- ")]
+    notes = [line for line in lines if line.startswith("- ") and "lower bound" in line]
     assert len(notes) == 1 and notes[0].startswith("- kl-adaptive-0.03+clip-0.2: beta sat at its lower bound in 75%")
+    # and each setting's largest step is located, with the training reward around it
+    assert (
+        "- clip-0.2's largest `d`, 0.05, came on Hopper-v5 (seed 0) at 6,144 steps; the training reward was 20 before "
+        "that update and 40 1 update later." in lines
+    )
 
 
 def test_relative_to_clip_compares_the_seeds_both_have():
