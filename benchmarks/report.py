@@ -320,15 +320,22 @@ def read_curve(setting: str, env: str, seed: int, timesteps: int) -> dict[str, n
     return {name: column(name) for name in CURVE_FIELDS}
 
 
-def _curves(
+def _runs(
     rows: list[dict[str, str]], setting: str, env: str, timesteps: int, seeds: list[int] | None = None
-) -> list[dict[str, np.ndarray]]:
-    """The per-update curves of a setting's runs on one env at ``timesteps`` (of ``seeds`` only, when given)."""
+) -> list[tuple[int, dict[str, np.ndarray]]]:
+    """(seed, per-update curve) of a setting's runs on one env at ``timesteps`` (of ``seeds`` only, when given)."""
     have = sorted(
         {int(r["seed"]) for r in rows if r["setting"] == setting and r["env"] == env and int(r["timesteps"]) == timesteps}
     )
-    found = (read_curve(setting, env, seed, timesteps) for seed in have if seeds is None or seed in seeds)
-    return [c for c in found if c is not None]
+    found = ((seed, read_curve(setting, env, seed, timesteps)) for seed in have if seeds is None or seed in seeds)
+    return [(seed, c) for seed, c in found if c is not None]
+
+
+def _curves(
+    rows: list[dict[str, str]], setting: str, env: str, timesteps: int, seeds: list[int] | None = None
+) -> list[dict[str, np.ndarray]]:
+    """The per-update curves of :func:`_runs`, without their seeds."""
+    return [c for _, c in _runs(rows, setting, env, timesteps, seeds)]
 
 
 def _thousands(ax) -> None:
@@ -774,26 +781,19 @@ def relative_interval(ours: np.ndarray, clip: np.ndarray) -> tuple[float, float]
     return float(low), float(high)
 
 
-def largest_step(rows: list[dict[str, str]], setting: str, timesteps: int, after: int = 2) -> str:
+def largest_step(setting: str, runs: list[tuple[str, int, dict[str, np.ndarray]]], after: int = 2) -> str:
     """
-    A sentence on the one update of a setting's runs (seeds 0-2, 7 envs) with the largest ``d``: where it was, and
-    the training reward (mean of the last 100 episodes) just before it and ``after`` updates later. Clipping
-    removes the surrogate's gradient past ``1 +- clip_range`` but does not bound the step, and beta reacts only
-    after an update, so a rare step can leave the band by far.
+    A sentence on the one update of a setting's runs, given as (env, seed, curve), with the largest ``d``: where it
+    was, and the training reward (mean of the last 100 episodes) just before it and ``after`` updates later.
+    Clipping removes the surrogate's gradient past ``1 +- clip_range`` but does not bound the step, and beta
+    reacts only after an update, so a rare step can leave the band by far.
     """
     largest: tuple[float, str, int, dict[str, np.ndarray], int] | None = None
-    for env in ENVS:
-        for seed in SEEDS:
-            ran = any(
-                (r["setting"], r["env"], int(r["seed"]), int(r["timesteps"])) == (setting, env, seed, timesteps) for r in rows
-            )
-            curve = read_curve(setting, env, seed, timesteps) if ran else None
-            if curve is None:
-                continue
-            d = np.nan_to_num(curve["kl"], nan=-np.inf)
-            i = int(np.argmax(d))
-            if largest is None or d[i] > largest[0]:
-                largest = (float(d[i]), env, seed, curve, i)
+    for env, seed, curve in runs:
+        d = np.nan_to_num(curve["kl"], nan=-np.inf)
+        i = int(np.argmax(d))
+        if largest is None or d[i] > largest[0]:
+            largest = (float(d[i]), env, seed, curve, i)
     if largest is None:
         return ""
     value, env, seed, curve, i = largest
@@ -821,8 +821,10 @@ def penalty_effect(rows: list[dict[str, str]], timesteps: int) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     words: list[str] = []
+    steps: list[str] = []
     for setting in [BASELINE, *CLIP_PENALTY]:
-        curves = [c for env in ENVS for c in _curves(rows, setting, env, timesteps, SEEDS)]
+        runs = [(env, seed, c) for env in ENVS for seed, c in _runs(rows, setting, env, timesteps, SEEDS)]
+        curves = [c for _, _, c in runs]
         d = np.concatenate([c["kl"] for c in curves]) if curves else np.array([])
         d = d[np.isfinite(d)]
         if not len(d):
@@ -845,9 +847,10 @@ def penalty_effect(rows: list[dict[str, str]], timesteps: int) -> list[str]:
             f"{d.max():.3g} | "
             f"{np.mean(d > 0.015):.1%} | {np.mean(d > 0.045):.1%} | {parked} |"
         )
+        steps.append(largest_step(setting, runs))
     if len(table) == 2:
         return []
-    words += [largest_step(rows, setting, timesteps) for setting in [BASELINE, *CLIP_PENALTY]]
+    words += steps
     out = [
         (
             f"What the penalty does to `d` at {timesteps:,} steps, against {BASELINE} alone (every update of seeds "
