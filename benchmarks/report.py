@@ -191,6 +191,20 @@ PROFILE_PANELS = {
 }
 
 
+def families(settings: list[str]) -> dict[str, list[str]]:
+    """
+    The given settings grouped as :data:`PROFILE_PANELS`, in its order, with clip-0.2 (when given) in every group
+    for reference; settings in no family (the removed candidates) form a last group. A group with nothing besides
+    the reference is left out.
+    """
+    groups = {title: [s for s in names if s in settings] for title, names in PROFILE_PANELS.items()}
+    listed = {s for names in PROFILE_PANELS.values() for s in names}
+    groups["removed candidates (issue 11)"] = [s for s in settings if s not in listed] + (
+        [BASELINE] if BASELINE in settings else []
+    )
+    return {title: names for title, names in groups.items() if [s for s in names if s != BASELINE]}
+
+
 def plot_profile(matrices: dict[str, np.ndarray], timesteps: int, path: Path) -> None:
     """
     rliable's performance profiles: the fraction of runs whose normalised score exceeds tau, with 95% bands; one
@@ -212,13 +226,7 @@ def plot_profile(matrices: dict[str, np.ndarray], timesteps: int, path: Path) ->
         profiles, bands = library.create_performance_profile(matrices, taus, reps=BOOTSTRAP_REPS)
     finally:
         np.random.set_state(state)
-    panels = {title: [s for s in names if s in profiles] for title, names in PROFILE_PANELS.items()}
-    listed = {s for names in PROFILE_PANELS.values() for s in names}
-    panels["removed candidates (issue 11)"] = [s for s in profiles if s not in listed] + (
-        [BASELINE] if BASELINE in profiles else []
-    )
-    # a panel is drawn when it has a setting besides the reference
-    panels = {title: names for title, names in panels.items() if [s for s in names if s != BASELINE]}
+    panels = families(list(profiles))
     columns = min(2, len(panels)) or 1
     rows = max(1, -(-len(panels) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 3.8 * rows), squeeze=False, sharex=True, sharey=True)
@@ -350,42 +358,52 @@ def _envs(rows: list[dict[str, str]]) -> list[str]:
 
 
 def plot_curves(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
+    """
+    Reward against timesteps: one row of panels per family of settings (:func:`families`, clip-0.2 in each for
+    reference), one column per env; each setting's mean over seeds, with its min-max band.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     envs = _envs(rows)
-    settings = [s for s in ORDER if any(r["setting"] == s for r in rows)]
-    cols = 4
-    nrows = (len(envs) + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
-    for ax, env in zip(axes.flat, envs):
-        for setting in settings:
-            curves = _curves(rows, setting, env, timesteps)
-            if not curves:
-                continue
-            length = min(len(c["timesteps"]) for c in curves)
-            steps = curves[0]["timesteps"][:length]
-            reward = np.array([c["reward"][:length] for c in curves])
-            color = COLORS.get(setting)
-            ax.plot(steps, np.nanmean(reward, 0), color=color, lw=1.3, label=f"{setting} ({len(curves)})")
-            ax.fill_between(steps, np.nanmin(reward, 0), np.nanmax(reward, 0), color=color, alpha=0.15)
-        ax.set_title(env, fontsize=10)
-        _thousands(ax)
-        ax.set_xlabel("timesteps", fontsize=8)
-        ax.set_ylabel("mean reward, last 100 episodes", fontsize=8)
-        ax.tick_params(labelsize=7)
-    for ax in axes.flat[len(envs) :]:
-        ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    spare = axes.flat[len(envs)] if len(envs) < axes.size else None
-    legend = dict(fontsize=8, title="setting (seeds)\nline: mean, band: min-max", title_fontsize=8)
-    if spare:
-        spare.legend(handles, labels, loc="center", **legend)
-    else:  # every panel is taken: the legend goes to the right of the figure
-        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), **legend)
-    fig.suptitle(f"Table 1 protocol, {timesteps:,} steps per run", fontsize=11)
+    groups = families([s for s in ORDER if any(r["setting"] == s for r in rows)])
+    fig, axes = plt.subplots(
+        len(groups), len(envs), figsize=(2.9 * len(envs) + 2.6, 2.4 * len(groups)), squeeze=False, sharex=True
+    )
+    for row, (title, settings) in enumerate(groups.items()):
+        seeds: dict[str, set[int]] = defaultdict(set)  # the row's settings: how many seeds each env's curve has
+        for col, env in enumerate(envs):
+            ax = axes[row, col]
+            for setting in settings:
+                curves = _curves(rows, setting, env, timesteps)
+                if not curves:
+                    continue
+                seeds[setting].add(len(curves))
+                length = min(len(c["timesteps"]) for c in curves)
+                steps = curves[0]["timesteps"][:length]
+                reward = np.array([c["reward"][:length] for c in curves])
+                color = COLORS.get(setting)
+                ax.plot(steps, np.nanmean(reward, 0), color=color, lw=1.2)
+                ax.fill_between(steps, np.nanmin(reward, 0), np.nanmax(reward, 0), color=color, alpha=0.15)
+            if row == 0:
+                ax.set_title(env, fontsize=9)
+            _thousands(ax)
+            ax.tick_params(labelsize=6)
+        axes[row, 0].set_ylabel(f"{title}\nreward, last 100 ep.", fontsize=7)
+        if seeds:  # one legend entry per setting of the row: "clip-0.2 (3-5)" where envs have different seed counts
+            handles = [Line2D([], [], color=COLORS.get(s), lw=1.5) for s in seeds]
+            labels = [f"{s} ({min(n)})" if len(n) == 1 else f"{s} ({min(n)}-{max(n)})" for s, n in seeds.items()]
+            axes[row, -1].legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.04, 0.5))
+    for col in range(len(envs)):
+        axes[-1, col].set_xlabel("timesteps", fontsize=7)
+    fig.suptitle(
+        f"Table 1 protocol, {timesteps:,} steps per run: one row per family, clip-0.2 in each "
+        "(legend: setting (seeds); line: mean over seeds, band: min-max)",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)

@@ -169,3 +169,16 @@ def test_relative_interval_of_runs_without_spread_is_the_point():
     clip[:, 0] = [0.5, 1.0, 1.5]
     low, high = report.relative_interval(ours, clip)
     assert low < 2.0 < high and 2.0 + (2 / 1.5 - 2) / 7 <= low and high <= 2.0 + (2 / 0.5 - 2) / 7
+
+
+def test_families_group_the_settings_with_clip_in_each():
+    groups = report.families(["clip-0.2", "clip-0.1", "kl-fixed-1", "kl-meanonly-0.02", "trpo"])
+    assert groups == {
+        "clipping": ["clip-0.1", "clip-0.2"],
+        "fixed KL penalty": ["kl-fixed-1", "clip-0.2"],
+        "beyond the paper": ["trpo", "clip-0.2"],
+        "removed candidates (issue 11)": ["kl-meanonly-0.02", "clip-0.2"],
+    }
+    # a family with nothing besides the reference is left out; without the reference, none is added
+    assert report.families(["clip-0.2"]) == {}
+    assert report.families(["kl-adaptive-0.01"]) == {"adaptive KL penalty (PPO1)": ["kl-adaptive-0.01"]}
