@@ -14,8 +14,10 @@ For each budget (timesteps per run) found in ``results/table1.csv``:
   ``[kl_target / 1.5, kl_target * 1.5]``, above and below;
 - the decision on a clip + penalty recommendation (issue 20's three conditions);
 - per env: training and deterministic-evaluation scores (mean ± s.e.), ``d`` and std; raw scores (mean ± std);
-- ``results/table1_<budget>_curves.png``: reward (mean of the last 100 episodes) against timesteps, per env;
-- ``results/table1_<budget>_kl.png``: d (the KL of each update) and beta over training, for the PPOKL settings.
+- ``results/table1_<budget>_curves.png``: reward (mean of the last 100 episodes) against timesteps, per family of
+  settings and env;
+- ``results/table1_<budget>_kl.png``: d (the KL of each update), beta and the action std over training, per family
+  of settings and env.
 
     python -m benchmarks.report
 """
@@ -419,64 +421,80 @@ def _smooth(values: np.ndarray, window: int = 10) -> np.ndarray:
     return out
 
 
+def _beta_adapts(setting: str) -> bool:
+    """Whether a setting's beta moves during training: an adaptive PPOKL setting (every removed candidate was one)."""
+    algo, kwargs = SETTINGS.get(setting, ("ppo_kl", {}) if setting in REMOVED else ("", {}))
+    return algo == "ppo_kl" and kwargs.get("adaptive_kl", True)
+
+
 def plot_kl(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
     """
-    Per env: d (every setting), beta (PPOKL settings) and the mean action std (every setting): for each setting
-    the mean over its seeds of a 10-update trailing mean.
+    Per family of settings (:func:`families`, clip-0.2 in each for reference) and env: d (every setting), beta (in
+    the families with an adaptive setting) and the mean action std (Gaussian policies): for each setting the mean
+    over its seeds of a 10-update trailing mean. Dashed: an adaptive setting's kl_target.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import NullFormatter
 
     envs = _envs(rows)
-    settings = [s for s in ORDER if s != "no-clip-no-penalty" and any(r["setting"] == s for r in rows)]
-    panels = [("kl", "d: KL(before || after) per update", True), ("kl_coef", "beta after the update", True)]
-    if any(r.get("final_std") for r in rows):  # Gaussian policies only
-        panels.append(("std", "mean action std", False))
-    fig, axes = plt.subplots(len(panels), len(envs), figsize=(max(3.3 * len(envs), 8), 2.8 * len(panels)), squeeze=False)
-    for col, env in enumerate(envs):
-        for setting in settings:
-            curves = _curves(rows, setting, env, timesteps)
-            if not curves:
-                continue
-            color = COLORS.get(setting)
-            length = min(len(c["timesteps"]) for c in curves)
-            steps = curves[0]["timesteps"][:length]
-            for row, (name, _, _) in enumerate(panels):
+    groups = families([s for s in ORDER if s != "no-clip-no-penalty" and any(r["setting"] == s for r in rows)])
+    gaussian = any(r.get("final_std") for r in rows)
+    # one row of panels per (family, quantity): (family, its settings, curve column, y label, log scale)
+    panels: list[tuple[str, list[str], str, str, bool]] = []
+    for title, settings in groups.items():
+        panels.append((title, settings, "kl", "d per update", True))
+        if any(_beta_adapts(s) for s in settings):
+            panels.append((title, settings, "kl_coef", "beta after the update", True))
+        if gaussian:
+            panels.append((title, settings, "std", "mean action std", False))
+    fig, axes = plt.subplots(
+        len(panels), len(envs), figsize=(2.9 * len(envs) + 2.6, 1.9 * len(panels)), squeeze=False, sharex=True
+    )
+    for row, (title, settings, name, ylabel, log) in enumerate(panels):
+        for col, env in enumerate(envs):
+            ax = axes[row, col]
+            for setting in settings:
+                curves = _curves(rows, setting, env, timesteps)
+                if not curves:
+                    continue
+                color = COLORS.get(setting)
+                length = min(len(c["timesteps"]) for c in curves)
+                steps = curves[0]["timesteps"][:length]
                 values = np.array([_smooth(c[name][:length]) for c in curves])
                 if np.isfinite(values).any():
                     with np.errstate(all="ignore"):
-                        mean = np.nanmean(values, 0)
-                    axes[row, col].plot(steps, mean, color=color, lw=1.2, label=f"{setting} ({len(curves)})")
-            algo, kwargs = SETTINGS.get(setting, ("removed", {}))
-            target = kwargs.get("kl_target")
-            if algo == "ppo_kl" and kwargs.get("adaptive_kl", True) and target is not None:
-                values = [target(1 - t / timesteps) for t in steps] if callable(target) else [target] * len(steps)
-                axes[0, col].plot(steps, values, color=color, ls="--", lw=0.8)
-        axes[0, col].set_title(env, fontsize=9)
-        for row, (_, _, log) in enumerate(panels):
-            _thousands(axes[row, col])
-            if log and axes[row, col].lines:
-                axes[row, col].set_yscale("log")
-                axes[row, col].yaxis.set_minor_formatter(NullFormatter())
-            if not axes[row, col].lines:
-                axes[row, col].text(0.5, 0.5, "not recorded", ha="center", va="center", transform=axes[row, col].transAxes)
-            axes[row, col].tick_params(labelsize=7)
-        axes[-1, col].set_xlabel("timesteps", fontsize=8)
-    for row, (_, ylabel, _) in enumerate(panels):
-        axes[row, 0].set_ylabel(ylabel, fontsize=8)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(
-        handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), title="setting (seeds)", title_fontsize=7
-    )
+                        ax.plot(steps, np.nanmean(values, 0), color=color, lw=1.1)
+                algo, kwargs = SETTINGS.get(setting, ("removed", {}))
+                target = kwargs.get("kl_target")
+                if name == "kl" and algo == "ppo_kl" and kwargs.get("adaptive_kl", True) and target is not None:
+                    values = [target(1 - t / timesteps) for t in steps] if callable(target) else [target] * len(steps)
+                    ax.plot(steps, values, color=color, ls="--", lw=0.8)
+            if row == 0:
+                ax.set_title(env, fontsize=9)
+            _thousands(ax)
+            if log and ax.lines:
+                ax.set_yscale("log")
+                ax.yaxis.set_minor_formatter(NullFormatter())
+            if not ax.lines:
+                ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes, fontsize=7)
+            ax.tick_params(labelsize=6)
+        axes[row, 0].set_ylabel(f"{title}\n{ylabel}", fontsize=7)
+        if row == 0 or panels[row - 1][0] != title:  # the family's legend, beside its first row
+            shown = [s for s in settings if any(_curves(rows, s, env, timesteps) for env in envs)]
+            handles = [Line2D([], [], color=COLORS.get(s), lw=1.5) for s in shown]
+            axes[row, -1].legend(handles, shown, fontsize=7, loc="upper left", bbox_to_anchor=(1.04, 1.0))
+    for col in range(len(envs)):
+        axes[-1, col].set_xlabel("timesteps", fontsize=7)
     fig.suptitle(
-        f"{timesteps:,} steps per run: mean over seeds of a 10-update trailing mean (dashed: PPOKL's kl_target). "
-        "d is measured the same way for every algorithm.",
+        f"{timesteps:,} steps per run, one group of rows per family, clip-0.2 in each: mean over seeds of a "
+        "10-update trailing mean (dashed: PPOKL's kl_target). d is measured the same way for every algorithm.",
         fontsize=10,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # room for the title above the env names
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 

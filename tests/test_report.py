@@ -182,3 +182,11 @@ def test_families_group_the_settings_with_clip_in_each():
     # a family with nothing besides the reference is left out; without the reference, none is added
     assert report.families(["clip-0.2"]) == {}
     assert report.families(["kl-adaptive-0.01"]) == {"adaptive KL penalty (PPO1)": ["kl-adaptive-0.01"]}
+
+
+def test_beta_adapts_only_in_adaptive_ppokl_settings():
+    # the KL figure draws a beta row for a family only when one of its settings moves beta
+    assert report._beta_adapts("kl-adaptive-0.01") and report._beta_adapts("kl-adaptive-0.03+clip-0.2")
+    assert report._beta_adapts("kl-meanonly-0.02")  # a removed candidate: adaptive PPOKL
+    assert not report._beta_adapts("kl-fixed-1")
+    assert not report._beta_adapts("clip-0.2") and not report._beta_adapts("trpo")
