@@ -190,3 +190,20 @@ def test_beta_adapts_only_in_adaptive_ppokl_settings():
     assert report._beta_adapts("kl-meanonly-0.02")  # a removed candidate: adaptive PPOKL
     assert not report._beta_adapts("kl-fixed-1")
     assert not report._beta_adapts("clip-0.2") and not report._beta_adapts("trpo")
+
+
+def test_trpo_bound_scales_with_the_action_dimension(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "CURVES", tmp_path)
+    rows = []
+    for env, d in {"HalfCheetah-v5": [0.03, 0.05], "InvertedPendulum-v5": [0.008, 0.011]}.items():
+        with (tmp_path / f"trpo__{env}__0__300000.csv").open("w") as f:
+            f.write(",".join(report.CURVE_FIELDS) + "\n")
+            for i, value in enumerate(d):
+                values = {name: "" for name in report.CURVE_FIELDS} | {"timesteps": str(2048 * (i + 1)), "kl": str(value)}
+                f.write(",".join(values[name] for name in report.CURVE_FIELDS) + "\n")
+        rows.append(dict(setting="trpo", env=env, seed="0", timesteps="300000", score="1", final_kl=str(np.mean(d))))
+    lines = report.trpo_bound(rows)
+    # sb3-contrib's default target_kl 0.01, times 6 action dims for HalfCheetah and 1 for InvertedPendulum
+    assert "| HalfCheetah-v5 | 6 | 0.06 | 0.0400 (1) | 0.0500 |" in lines
+    assert "| InvertedPendulum-v5 | 1 | 0.01 | 0.0095 (1) | 0.0110 |" in lines
+    assert report.trpo_bound([r | dict(setting="clip-0.2") for r in rows]) == []  # no TRPO rows: no section
