@@ -402,11 +402,11 @@ def plot_curves(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
     for col in range(len(envs)):
         axes[-1, col].set_xlabel("timesteps", fontsize=7)
     fig.suptitle(
-        f"Table 1 protocol, {timesteps:,} steps per run: one row per family, clip-0.2 in each "
+        f"Table 1 protocol, {timesteps:,} steps per run: one row per family, clip-0.2 in each\n"
         "(legend: setting (seeds); line: mean over seeds, band: min-max)",
         fontsize=10,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))  # room for the two-line title
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
@@ -491,10 +491,10 @@ def plot_kl(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
         axes[-1, col].set_xlabel("timesteps", fontsize=7)
     fig.suptitle(
         f"{timesteps:,} steps per run, one group of rows per family, clip-0.2 in each: mean over seeds of a "
-        "10-update trailing mean (dashed: PPOKL's kl_target). d is measured the same way for every algorithm.",
+        "10-update trailing mean\n(dashed: PPOKL's kl_target). d is measured the same way for every algorithm.",
         fontsize=10,
     )
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # room for the title above the env names
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))  # room for the title above the env names
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
