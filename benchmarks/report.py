@@ -124,13 +124,17 @@ def normalised(rows: list[dict[str, str]], random: dict[str, float]) -> dict[str
 
 def score_matrices(norm: dict[str, dict[str, dict[int, float]]]) -> tuple[dict[str, np.ndarray], list[str], list[int]]:
     """
-    rliable's input: setting -> (runs, envs) matrix of normalised scores. The envs and seeds are those on which
-    clip-0.2 has every run (seeds 0-2 where it has them); the settings are those with every one of these runs
-    (a stratified bootstrap needs the same runs on every task). Returns the matrices, the envs and the seeds.
+    rliable's input: setting -> (runs, envs) matrix of normalised scores. The envs are those on which clip-0.2 has
+    seeds 0-2, and the seeds those three; only where it has them on no env, the seeds it has on every env it ran
+    (an env whose runs are still landing does not cut the others' seeds). The settings are those with every one of
+    these runs (a stratified bootstrap needs the same runs on every task). Returns the matrices, the envs and the
+    seeds.
     """
     baseline = norm.get(BASELINE, {})
-    seeds = [seed for seed in SEEDS if baseline and all(seed in runs for runs in baseline.values())]
-    envs = [env for env in ENVS + sorted(set(baseline) - set(ENVS)) if env in baseline] if seeds else []
+    order = [env for env in ENVS + sorted(set(baseline) - set(ENVS)) if env in baseline]
+    envs = [env for env in order if all(seed in baseline[env] for seed in SEEDS)]
+    seeds = list(SEEDS) if envs else [seed for seed in SEEDS if baseline and all(seed in runs for runs in baseline.values())]
+    envs = envs or (order if seeds else [])
     matrices = {
         setting: np.array([[by_env[env][seed] for env in envs] for seed in seeds])
         for setting, by_env in norm.items()
@@ -502,8 +506,9 @@ def plot_kl(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
 def _mean_sem(values: list[float]) -> str:
     if not values:
         return "n/a"
-    sem = np.std(values, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else np.nan
-    return f"{np.mean(values):.1f} ± {sem:.1f}"
+    if len(values) == 1:  # one run has no standard error
+        return f"{values[0]:.1f}"
+    return f"{np.mean(values):.1f} ± {np.std(values, ddof=1) / np.sqrt(len(values)):.1f}"
 
 
 def _floats(rows: list[dict[str, str]], key: str) -> list[float]:

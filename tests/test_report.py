@@ -207,3 +207,18 @@ def test_trpo_bound_scales_with_the_action_dimension(tmp_path, monkeypatch):
     assert "| HalfCheetah-v5 | 6 | 0.06 | 0.0400 (1) | 0.0500 |" in lines
     assert "| InvertedPendulum-v5 | 1 | 0.01 | 0.0095 (1) | 0.0110 |" in lines
     assert report.trpo_bound([r | dict(setting="clip-0.2") for r in rows]) == []  # no TRPO rows: no section
+
+
+def test_score_matrices_keep_the_complete_envs_while_an_env_lands():
+    complete = {"HalfCheetah-v5": [700.0, 500.0, 600.0]}
+    rows = rows_of({"clip-0.2": complete, "kl-adaptive-0.01": {"HalfCheetah-v5": [100.0, 200.0, 300.0]}})
+    # seed 0 of a third env has landed for both settings: the statistics stay on the env with seeds 0-2
+    rows += rows_of({"clip-0.2": {"Hopper-v5": [520.0]}, "kl-adaptive-0.01": {"Hopper-v5": [270.0]}})
+    matrices, envs, seeds = report.score_matrices(report.normalised(rows, RANDOM))
+    assert envs == ["HalfCheetah-v5"] and seeds == [0, 1, 2]
+    assert matrices["kl-adaptive-0.01"].shape == (3, 1)
+    # before any env is complete, the seeds clip-0.2 has everywhere
+    matrices, envs, seeds = report.score_matrices(
+        report.normalised(rows_of({"clip-0.2": {"HalfCheetah-v5": [700.0, 500.0], "Hopper-v5": [520.0]}}), RANDOM)
+    )
+    assert envs == ENVS and seeds == [0]
