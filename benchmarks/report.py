@@ -363,6 +363,18 @@ def _envs(rows: list[dict[str, str]]) -> list[str]:
     return [env for env in ENVS if any(r["env"] == env for r in rows)] + sorted({r["env"] for r in rows} - set(ENVS))
 
 
+def _finish(fig, axes, title: str, path: Path) -> None:
+    """The per-family figures' last steps: x labels under the bottom row, a two-line title above the env names."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes[-1]:
+        ax.set_xlabel("timesteps", fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))  # room for the two-line title
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
 def plot_curves(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
     """
     Reward against timesteps: one row of panels per family of settings (:func:`families`, clip-0.2 in each for
@@ -403,16 +415,13 @@ def plot_curves(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
             handles = [Line2D([], [], color=COLORS.get(s), lw=1.5) for s in seeds]
             labels = [f"{s} ({min(n)})" if len(n) == 1 else f"{s} ({min(n)}-{max(n)})" for s, n in seeds.items()]
             axes[row, -1].legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.04, 0.5))
-    for col in range(len(envs)):
-        axes[-1, col].set_xlabel("timesteps", fontsize=7)
-    fig.suptitle(
+    _finish(
+        fig,
+        axes,
         f"Table 1 protocol, {timesteps:,} steps per run: one row per family, clip-0.2 in each\n"
         "(legend: setting (seeds); line: mean over seeds, band: min-max)",
-        fontsize=10,
+        path,
     )
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))  # room for the two-line title
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
 
 
 def _smooth(values: np.ndarray, window: int = 10) -> np.ndarray:
@@ -455,6 +464,7 @@ def plot_kl(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
             panels.append((title, settings, "kl_coef", "beta after the update", True))
         if gaussian:
             panels.append((title, settings, "std", "mean action std", False))
+    read = {(s, env): _curves(rows, s, env, timesteps) for names in groups.values() for s in names for env in envs}
     fig, axes = plt.subplots(
         len(panels), len(envs), figsize=(2.9 * len(envs) + 2.6, 1.9 * len(panels)), squeeze=False, sharex=True
     )
@@ -462,7 +472,7 @@ def plot_kl(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
         for col, env in enumerate(envs):
             ax = axes[row, col]
             for setting in settings:
-                curves = _curves(rows, setting, env, timesteps)
+                curves = read[setting, env]
                 if not curves:
                     continue
                 color = COLORS.get(setting)
@@ -488,19 +498,16 @@ def plot_kl(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
             ax.tick_params(labelsize=6)
         axes[row, 0].set_ylabel(f"{title}\n{ylabel}", fontsize=7)
         if row == 0 or panels[row - 1][0] != title:  # the family's legend, beside its first row
-            shown = [s for s in settings if any(_curves(rows, s, env, timesteps) for env in envs)]
+            shown = [s for s in settings if any(read[s, env] for env in envs)]
             handles = [Line2D([], [], color=COLORS.get(s), lw=1.5) for s in shown]
             axes[row, -1].legend(handles, shown, fontsize=7, loc="upper left", bbox_to_anchor=(1.04, 1.0))
-    for col in range(len(envs)):
-        axes[-1, col].set_xlabel("timesteps", fontsize=7)
-    fig.suptitle(
+    _finish(
+        fig,
+        axes,
         f"{timesteps:,} steps per run, one group of rows per family, clip-0.2 in each: mean over seeds of a "
         "10-update trailing mean\n(dashed: PPOKL's kl_target). d is measured the same way for every algorithm.",
-        fontsize=10,
+        path,
     )
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))  # room for the title above the env names
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
 
 
 def _mean_sem(values: list[float]) -> str:
