@@ -100,6 +100,22 @@ def test_decision_conditions(tmp_path, monkeypatch):
         "| kl-adaptive-0.01+clip-0.2 | 300,000 | 0.500 [0.49, 0.52]: short by 0.500 | 550.0 ± 0.0 vs 1100.0 ± 57.7: short by 492.3 |"
         in text
     )
+    # short at 300k: not run at 1M, and the verdict names each condition it misses, with its numbers
+    assert "| kl-adaptive-0.01+clip-0.2 | 1,000,000 | not run: short at 300,000 | not run |" in text
+    assert (
+        "- **kl-adaptive-0.01+clip-0.2: not recommended.** (a) 0.500 [0.49, 0.52], short by 0.500; "
+        "(c) at 300,000 550.0 ± 0.0 against 1100.0 ± 57.7, short by 492.3." in text
+    )
+    assert "- kl-adaptive-0.03+clip-0.2: undecided until (a) and (c) at 300,000 and (b) and (c) at 1,000,000 are in." in text
+
+    # met at both budgets by both: each qualifies, and the better at 1M is named
+    above = {env: [1200.0, 1200.0, 1200.0] for env in report.ENVS}  # relative 1.09 against the other's 1.0
+    at_1m = {"clip-0.2": clip, "kl-adaptive-0.03+clip-0.2": above, "kl-adaptive-0.01+clip-0.2": clip}
+    rows = rows_of(at_1m) + rows_of(at_1m, timesteps=1_000_000)
+    text = "\n".join(report.decision(rows, random))
+    assert "- **kl-adaptive-0.03+clip-0.2: meets all three conditions.**" in text
+    assert "- **kl-adaptive-0.01+clip-0.2: meets all three conditions.**" in text
+    assert "- Both qualify; the better at 1M, by (b), is kl-adaptive-0.03+clip-0.2." in text
 
 
 def test_band_table_says_how_often_d_leaves_the_band(tmp_path, monkeypatch):
