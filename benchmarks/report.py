@@ -510,12 +510,17 @@ def plot_kl(rows: list[dict[str, str]], timesteps: int, path: Path) -> None:
     )
 
 
+def _sem(values: list[float]) -> float:
+    """The standard error of the mean over runs (two or more)."""
+    return float(np.std(values, ddof=1) / np.sqrt(len(values)))
+
+
 def _mean_sem(values: list[float]) -> str:
     if not values:
         return "n/a"
     if len(values) == 1:  # one run has no standard error
         return f"{values[0]:.1f}"
-    return f"{np.mean(values):.1f} ± {np.std(values, ddof=1) / np.sqrt(len(values)):.1f}"
+    return f"{np.mean(values):.1f} ± {_sem(values):.1f}"
 
 
 def _floats(rows: list[dict[str, str]], key: str) -> list[float]:
@@ -790,6 +795,7 @@ def decision(rows: list[dict[str, str]], random: dict[str, float]) -> list[str]:
     for setting in CLIP_PENALTY:
         failed: list[str] = []  # the conditions it falls short of, each with its numbers
         pending: list[str] = []
+        relative: dict[int, float] = {}  # budget -> the (a)/(b) figure, where complete
         for timesteps in (300_000, 1_000_000):
             at = [r for r in rows if int(r["timesteps"]) == timesteps and int(r["seed"]) in SEEDS]
 
@@ -807,7 +813,7 @@ def decision(rows: list[dict[str, str]], random: dict[str, float]) -> list[str]:
                 continue
             if complete:
                 rel = relative_to_clip([r for r in at if r["setting"] in (setting, BASELINE)], random)[setting]
-                value = float(np.mean(list(rel.values())))
+                value = relative[timesteps] = float(np.mean(list(rel.values())))
                 low, high = relative_interval(
                     *(
                         np.array([[float(x) - random[env] for x in runs(name, env)] for env in ENVS]).T
@@ -821,8 +827,7 @@ def decision(rows: list[dict[str, str]], random: dict[str, float]) -> list[str]:
                 rel_cell = f"pending ({done} of {len(ENVS) * len(SEEDS)} runs)"
                 pending.append(rel_name)
             if len(ours) == len(SEEDS) and len(clip) == len(SEEDS):
-                sem = float(np.std(clip, ddof=1) / np.sqrt(len(clip)))
-                gap = np.mean(ours) - (np.mean(clip) - sem)
+                gap = np.mean(ours) - (np.mean(clip) - _sem(clip))
                 verdict = "met" if gap >= 0 else f"short by {-gap:.1f}"
                 hc_cell = f"{_mean_sem(ours)} vs {_mean_sem(clip)}: {verdict}"
                 if gap < 0:
@@ -837,7 +842,7 @@ def decision(rows: list[dict[str, str]], random: dict[str, float]) -> list[str]:
             verdicts.append(f"- {setting}: undecided until {' and '.join(pending)} are in.")
         else:
             verdicts.append(f"- **{setting}: meets all three conditions.**")
-            qualified[setting] = value  # the last budget's, 1M
+            qualified[setting] = relative[1_000_000]
     if len(qualified) > 1:
         best = max(qualified, key=lambda name: qualified[name])
         verdicts.append(f"- Both qualify; the better at 1M, by (b), is {best}.")
