@@ -8,6 +8,7 @@ Train PPOKL on a Gymnasium environment, evaluate it, save it and print the mean 
 import argparse
 import ast
 
+import gymnasium as gym
 import torch as th
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -41,8 +42,16 @@ def main(argv: list[str] | None = None) -> float:
     args = parser.parse_args(argv)
     th.set_num_threads(args.threads)
 
-    env = make_vec_env(args.env, n_envs=args.n_envs, seed=args.seed)
-    model = PPOKL("MlpPolicy", env, seed=args.seed, verbose=0, **dict(args.param))
+    # A bad --env or --param is the user's input, not a bug: one line and exit status 2, as argparse reports its own
+    # errors. What fails later, in training, is not caught.
+    try:
+        env = make_vec_env(args.env, n_envs=args.n_envs, seed=args.seed)
+    except gym.error.Error as error:
+        parser.error(f"--env {args.env}: {error}")
+    try:
+        model = PPOKL("MlpPolicy", env, seed=args.seed, verbose=0, **dict(args.param))
+    except (TypeError, ValueError) as error:
+        parser.error(f"--param: {error}")
     model.learn(args.timesteps, progress_bar=not args.no_progress_bar)
     path = args.save or f"ppokl_{args.env}"
     model.save(path)

@@ -71,8 +71,20 @@ class TupleActionEnv(gym.Env):
         (dict(batch_size=1), ValueError, "`batch_size` must be an integer >= 2 when normalize_advantage=True"),
         (dict(n_steps=0), ValueError, "`n_steps` must be an integer >= 1"),
         (dict(n_epochs=0), ValueError, "`n_epochs` must be an integer >= 1"),
-        (dict(clip_range=0.0), ValueError, "`clip_range` must be > 0"),
-        (dict(target_kl=-0.1), ValueError, "`target_kl` must be > 0"),
+        (dict(clip_range=0.0), ValueError, r"`clip_range` must be None \(off\), a finite number > 0 or a schedule"),
+        (dict(target_kl=-0.1), ValueError, r"`target_kl` must be None \(off\), a finite number > 0, got -0.1"),
+        # a wrong type is a TypeError naming the argument, before SB3's buffer fails on it without a name
+        (dict(n_steps=True), TypeError, r"`n_steps` must be an integer >= 1, got True \(bool\)"),
+        (dict(n_steps=2048.0), TypeError, r"`n_steps` must be an integer >= 1, got 2048.0 \(float\)"),
+        (dict(batch_size="64"), TypeError, r"`batch_size` must be an integer >= 2 when normalize_advantage=True, got '64'"),
+        (dict(n_epochs=None), TypeError, r"`n_epochs` must be an integer >= 1, got None \(NoneType\)"),
+        (dict(normalize_advantage="no"), TypeError, r"`normalize_advantage` must be a bool"),
+        (
+            dict(clip_range="0.2"),
+            TypeError,
+            r"`clip_range` must be None \(off\), a finite number > 0 or a schedule, got '0.2'",
+        ),
+        (dict(target_kl=float("nan")), ValueError, "`target_kl` must be None"),
     ],
 )
 def test_bad_hyperparameters_raise_an_error_naming_them(kwargs, error, message):
@@ -259,3 +271,24 @@ def test_non_finite_kl_is_named(rollout):
 
 def test_non_finite_error_is_both_floating_point_and_value_error():
     assert issubclass(NonFiniteError, FloatingPointError) and issubclass(NonFiniteError, ValueError)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--env", "NotAnEnv-v0"], "error: --env NotAnEnv-v0: Environment `NotAnEnv` doesn't exist."),
+        (["--param", "kl_target=abc"], "error: --param: `kl_target` must be a finite number > 0"),
+        (["--param", "nonsense=1"], "error: --param: PPOKL.__init__() got an unexpected keyword argument 'nonsense'"),
+    ],
+)
+def test_command_line_reports_a_bad_argument_in_one_line(argv, message, capsys):
+    from sb3_ppo_kl.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--timesteps", "8", "--no-progress-bar"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    *usage, last = err.strip().splitlines()  # argparse's usage, then the error on one line
+    assert usage[0].startswith("usage: python -m sb3_ppo_kl") and last.startswith("python -m sb3_ppo_kl: error:")
+    assert message in last

@@ -19,10 +19,8 @@ This module holds the pieces an algorithm needs:
 
 import math
 import numbers
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch as th
 from sb3_contrib.common.maskable.distributions import MaskableCategoricalDistribution, MaskableMultiCategoricalDistribution
 from stable_baselines3.common.distributions import (
@@ -34,6 +32,8 @@ from stable_baselines3.common.distributions import (
     StateDependentNoiseDistribution,
 )
 from torch.nn import functional as F
+
+from sb3_ppo_kl.common.checks import check_bool, check_coef_bounds, check_real
 
 # Distributions whose per-state parameters are (mean, std) of independent Gaussians.
 # gSDE's distribution is a diagonal Gaussian per state too (its noise matrix only enters
@@ -54,6 +54,14 @@ _DISCRETE = (
 def has_analytic_kl(distribution: Distribution) -> bool:
     """Whether :func:`per_state_kl` has a closed form for this distribution class."""
     return isinstance(distribution, _GAUSSIAN + _DISCRETE)
+
+
+def comparable_distributions(first: Distribution, second: Distribution) -> bool:
+    """
+    Whether :func:`per_state_kl` can compare these two distributions state by state: both Gaussian (diagonal or
+    gSDE), or both of the same discrete class, so that their :func:`distribution_params` line up.
+    """
+    return (isinstance(first, _GAUSSIAN) and isinstance(second, _GAUSSIAN)) or type(first) is type(second)
 
 
 def distribution_params(distribution: Distribution) -> th.Tensor:
@@ -148,103 +156,6 @@ def sampled_kl(old_log_prob: th.Tensor, new_log_prob: th.Tensor) -> th.Tensor:
     return th.expm1(log_ratio) - log_ratio
 
 
-def _is_real(value: Any) -> bool:
-    """A real number: an int, a float or a NumPy number; not a bool (``True`` is not a coefficient)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
-def _got(value: Any) -> str:
-    """``value`` as an error message shows it: its repr and, for a wrong type, the type's name."""
-    return f"{value!r} ({type(value).__name__})"
-
-
-def check_real(name: str, value: Any, valid: str, condition: Callable[[float], bool] | None = None) -> float:
-    """
-    Validate a numeric argument and return it as a float.
-
-    :param name: the argument's name, for the error message
-    :param value: the value given
-    :param valid: what the argument accepts, in words (``"a finite number > 0"``): the messages say
-        "`name` must be <valid>, got ..."
-    :param condition: the range the value must lie in (``lambda v: v > 0``); None: any finite number
-    :return: ``float(value)``
-    :raises TypeError: if ``value`` is not a real number (an int, a float or a NumPy number): a string, as a
-        config file easily gives, None, or a bool (a bool is a bool, never a number)
-    :raises ValueError: if ``value`` is not finite or fails ``condition``
-    """
-    if not _is_real(value):
-        raise TypeError(f"`{name}` must be {valid}, got {_got(value)}")
-    if not (math.isfinite(value) and (condition is None or condition(value))):
-        raise ValueError(f"`{name}` must be {valid}, got {value!r}")
-    return float(value)
-
-
-def check_int(name: str, value: Any, valid: str, condition: Callable[[int], bool] | None = None) -> int:
-    """
-    Validate an integer argument (a Python or NumPy integer, not a bool) and return it as an int.
-
-    :param name: the argument's name, for the error message
-    :param value: the value given
-    :param valid: what the argument accepts, in words (``"an integer >= 0"``)
-    :param condition: the range the value must lie in; None: any integer
-    :return: ``int(value)``
-    :raises TypeError: if ``value`` is not an integer (a float such as ``2.0``, a string, a bool)
-    :raises ValueError: if it fails ``condition``
-    """
-    if not (isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))):
-        raise TypeError(f"`{name}` must be {valid}, got {_got(value)}")
-    if condition is not None and not condition(value):  # type: ignore[arg-type]
-        raise ValueError(f"`{name}` must be {valid}, got {value!r}")
-    return int(value)  # type: ignore[arg-type]
-
-
-def check_bool(name: str, value: Any) -> bool:
-    """
-    Validate a flag: ``True`` or ``False`` (or a NumPy bool), nothing else.
-
-    :param name: the argument's name, for the error message
-    :param value: the value given
-    :return: ``bool(value)``
-    :raises TypeError: for anything but a bool: ``"yes"``, ``"False"`` (a true string) or ``1`` would otherwise be read
-        as True in silence
-    """
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"`{name}` must be a bool (True or False), got {_got(value)}")
-    return bool(value)
-
-
-def check_coef_bounds(name: str, bounds: Any, adaptive: bool) -> tuple[float, float]:
-    """
-    Validate the bounds of an adaptive KL coefficient and return them as ``(low, high)`` floats.
-
-    :param name: the argument's name, for the error message
-    :param bounds: ``(low, high)``, a pair of real numbers with ``0 <= low <= high`` (``high`` may be ``inf``)
-    :param adaptive: whether the coefficient adapts. An adaptive coefficient needs ``low > 0``: the rule multiplies
-        and divides the coefficient, so a coefficient of 0 would stay 0 for good (0 times any factor is 0) and the
-        penalty would be off in silence. A fixed coefficient never reads the bounds, and may be 0.
-    :return: ``(low, high)``
-    :raises TypeError: if ``bounds`` is not a pair of real numbers (a string, None, a pair with a string or a bool)
-    :raises ValueError: for a pair of the wrong length, a NaN, ``low < 0``, ``low > high``, or ``low == 0`` when
-        ``adaptive``
-    """
-    valid = "a pair (low, high) of real numbers with 0 <= low <= high"
-    if isinstance(bounds, (str, bytes)) or not isinstance(bounds, Iterable):
-        raise TypeError(f"`{name}` must be {valid}, got {_got(bounds)}")
-    pair = tuple(bounds)
-    if not all(_is_real(bound) for bound in pair):
-        raise TypeError(f"`{name}` must be {valid}, got {bounds!r}")
-    if not (len(pair) == 2 and not any(math.isnan(bound) for bound in pair) and 0 <= pair[0] <= pair[1]):
-        raise ValueError(f"`{name}` must be {valid}, got {bounds!r}")
-    low, high = float(pair[0]), float(pair[1])
-    if adaptive and low == 0:
-        raise ValueError(
-            f"`{name}` must have low > 0 when the coefficient adapts (adaptive_kl=True): a coefficient of 0 would stay 0 "
-            f"(0 times kl_adapt_factor is 0) and the penalty would be off for good, got {bounds!r}. For no penalty, use "
-            "kl_coef=0 with adaptive_kl=False"
-        )
-    return low, high
-
-
 def _check_kl_target(kl_target: float | Callable[[float], float]) -> None:
     """
     A float > 0, or a schedule of the progress remaining that starts > 0 and ends >= 0 (a target annealed
@@ -259,22 +170,6 @@ def _check_kl_target(kl_target: float | Callable[[float], float]) -> None:
         ok = isinstance(value, numbers.Real) and math.isfinite(value) and (value > 0 if progress == 1.0 else value >= 0)
         if not ok:
             raise ValueError(f"`kl_target` as a schedule must be finite, {valid}, got {value!r}")
-
-
-def _check_schedule(name: str, schedule: Callable[[float], float]) -> None:
-    """A schedule of the progress remaining must give finite values ``>= 0`` at the start and at the end of training."""
-    for progress in (1.0, 0.0):
-        _scheduled(name, schedule, progress)
-
-
-def _scheduled(name: str, schedule: Callable[[float], float], progress_remaining: float) -> float:
-    """``schedule(progress_remaining)`` as a float; ValueError naming ``name`` unless it is finite and ``>= 0``."""
-    value = schedule(progress_remaining)
-    if not (_is_real(value) and math.isfinite(value) and value >= 0):
-        raise ValueError(
-            f"`{name}` as a schedule must give finite numbers >= 0, got {value!r} at progress_remaining={progress_remaining}"
-        )
-    return float(value)
 
 
 class KLCoefController:

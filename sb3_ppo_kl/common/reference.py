@@ -13,11 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import numpy as np
 import torch as th
 from gymnasium import spaces
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
-from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
@@ -25,16 +23,8 @@ from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
 from sb3_ppo_kl.common.buffers import KLBufferMixin
-from sb3_ppo_kl.common.kl import (
-    _GAUSSIAN,
-    KLCoefController,
-    _check_schedule,
-    _scheduled,
-    check_coef_bounds,
-    check_real,
-    distribution_params,
-    has_analytic_kl,
-)
+from sb3_ppo_kl.common.checks import check_coef_bounds, check_real, check_schedule, scheduled_value
+from sb3_ppo_kl.common.kl import KLCoefController, comparable_distributions, has_analytic_kl
 
 PolicySource = BasePolicy | str | os.PathLike
 
@@ -163,7 +153,7 @@ def check_reference(reference: BasePolicy, policy: BasePolicy, algorithm: str) -
         raise ValueError(  # noqa: TRY004
             f"`ref_policy` ({type(reference).__name__}) has no SB3 action distribution (`action_dist`)"
         )
-    if not (isinstance(ours, _GAUSSIAN) and isinstance(theirs, _GAUSSIAN)) and type(ours) is not type(theirs):
+    if not comparable_distributions(ours, theirs):
         raise ValueError(
             f"`ref_policy`'s action distribution is a {type(theirs).__name__}, {algorithm}'s policy's a "
             f"{type(ours).__name__}: the KL between them is not defined state by state. Give a reference of "
@@ -198,63 +188,6 @@ def copy_weights(source: BasePolicy, target: BasePolicy, name: str) -> None:
         )
     with th.no_grad():
         target.load_state_dict(theirs)
-
-
-def recurrent_reference_dist_params(
-    policy: RecurrentActorCriticPolicy,
-    buffer: RolloutBuffer,
-    lstm_states: tuple[th.Tensor, th.Tensor] | None,
-    max_batch: int,
-) -> tuple[th.Tensor, tuple[th.Tensor, th.Tensor]]:
-    """
-    A recurrent reference's :func:`~sb3_ppo_kl.common.kl.distribution_params` for every sample of a recurrent
-    rollout buffer, from the reference's own LSTM states.
-
-    The buffer stores the LSTM states of the policy that collected the rollout, not the reference's. So the
-    reference's actor LSTM is run over the rollout in time order: one sequence per environment, its ``n_steps``
-    observations with their ``episode_starts`` (which reset the state where an episode starts, as in collection),
-    starting from ``lstm_states``, the reference's state at the end of the previous rollout. Chunks of at most
-    ``max_batch`` samples (``max_batch // n_envs`` steps of every environment) carry the state from one to the next.
-    The result is in the buffer's flattened order, environment-major (sample ``t`` of environment ``e`` at row
-    ``e * n_steps + t``, sb3-contrib's ``swap_and_flatten``), the order in which minibatches index it.
-
-    :param policy: the reference, a ``RecurrentActorCriticPolicy`` on the buffer's device
-    :param buffer: a full sb3-contrib recurrent rollout buffer (``get()`` called or not)
-    :param lstm_states: the reference actor's ``(hidden, cell)`` states, each ``(n_lstm_layers, n_envs, hidden)``,
-        at the start of the rollout; None for zeros (the start of training)
-    :param max_batch: the most samples per forward pass
-    :return: the parameters, ``(n_envs * n_steps, k)``, and the reference's states after the rollout's last step
-    """
-    n_envs, n_steps = buffer.n_envs, buffer.buffer_size
-    lstm = policy.lstm_actor
-    if lstm_states is None:
-        zeros = th.zeros((lstm.num_layers, n_envs, lstm.hidden_size), device=buffer.device)
-        lstm_states = (zeros, zeros.clone())
-
-    def env_major(array: np.ndarray) -> np.ndarray:  # (n_envs * n_steps, ...), whether get() has flattened it or not
-        return array if buffer.generator_ready else buffer.swap_and_flatten(array)
-
-    observations: Any = buffer.observations
-    if isinstance(observations, dict):
-        observations = {key: env_major(value) for key, value in observations.items()}
-    else:
-        observations = env_major(observations)
-    episode_starts = env_major(buffer.episode_starts).reshape(n_envs, n_steps)
-    steps_per_pass = max(1, max_batch // n_envs)
-    params = []
-    with th.no_grad():
-        for start in range(0, n_steps, steps_per_pass):
-            end = min(start + steps_per_pass, n_steps)
-            rows = (np.arange(n_envs)[:, None] * n_steps + np.arange(start, end)[None, :]).ravel()  # env-major
-            if isinstance(observations, dict):
-                obs: Any = {key: buffer.to_torch(value[rows]) for key, value in observations.items()}
-            else:
-                obs = buffer.to_torch(observations[rows])
-            starts = buffer.to_torch(episode_starts[:, start:end].ravel())
-            distribution, (hidden, cell) = policy.get_distribution(obs, lstm_states, starts)
-            lstm_states = (hidden, cell)
-            params.append(distribution_params(distribution).reshape(n_envs, end - start, -1))
-    return th.cat(params, dim=1).reshape(n_envs * n_steps, -1), lstm_states
 
 
 def policy_kwargs_for(source: BasePolicy, policy_class: type) -> dict[str, Any]:
@@ -311,7 +244,7 @@ class ReferencePolicyMixin(_Algorithm):
         or fixed value, or the schedule's value at the current progress remaining.
         """
         if self._ref_kl_coef_schedule is not None:
-            return _scheduled("ref_kl_coef", self._ref_kl_coef_schedule, self._current_progress_remaining)
+            return scheduled_value("ref_kl_coef", self._ref_kl_coef_schedule, self._current_progress_remaining)
         return self.ref_kl_controller.kl_coef
 
     @ref_kl_coef.setter
@@ -320,9 +253,9 @@ class ReferencePolicyMixin(_Algorithm):
         if callable(value):
             if self.ref_kl_controller.adaptive_kl:
                 raise ValueError("`ref_kl_coef` cannot be a schedule while it is adapted toward `ref_kl_target`")
-            _check_schedule("ref_kl_coef", value)
+            check_schedule("ref_kl_coef", value)
             self._ref_kl_coef_schedule = value
-            self.ref_kl_controller.kl_coef = _scheduled("ref_kl_coef", value, 1.0)
+            self.ref_kl_controller.kl_coef = scheduled_value("ref_kl_coef", value, 1.0)
             return
         self.ref_kl_controller.kl_coef = check_real(
             "ref_kl_coef", value, "a finite number >= 0 or a schedule", lambda v: v >= 0
@@ -349,8 +282,8 @@ class ReferencePolicyMixin(_Algorithm):
                     "`ref_kl_coef` is a schedule and `ref_kl_target` is set: the coefficient cannot follow both. Give "
                     f"ref_kl_target=None to follow the schedule, or a number ref_kl_coef to adapt it; got ref_kl_target={ref_kl_target!r}"
                 )
-            _check_schedule("ref_kl_coef", schedule)
-            start = _scheduled("ref_kl_coef", schedule, 1.0)
+            check_schedule("ref_kl_coef", schedule)
+            start = scheduled_value("ref_kl_coef", schedule, 1.0)
         else:
             start = check_real("ref_kl_coef", ref_kl_coef, "a finite number >= 0 or a schedule", lambda v: v >= 0)
         if ref_kl_coef_bounds is None:
@@ -489,7 +422,7 @@ class ReferencePolicyMixin(_Algorithm):
         The reference's :func:`~sb3_ppo_kl.common.kl.distribution_params` for every sample of the rollout, in the
         buffer's flattened order: by default the algorithm's full pass over the rollout (``_rollout_dist_params``,
         which a feed-forward reference needs); RecurrentPPOKL runs its reference over the rollout in time order with
-        the reference's own LSTM states (:func:`recurrent_reference_dist_params`).
+        the reference's own LSTM states (:func:`~sb3_ppo_kl.ppo_kl_recurrent.ppo_kl_recurrent.recurrent_reference_dist_params`).
         """
         return self._rollout_dist_params(ref_policy)
 

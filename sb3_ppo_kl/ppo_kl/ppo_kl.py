@@ -20,16 +20,9 @@ from torch.nn import functional as F
 
 from sb3_ppo_kl.common.atomic import atomic_write, save_target
 from sb3_ppo_kl.common.buffers import KLBufferMixin, KLDictRolloutBuffer, KLRolloutBatch, KLRolloutBuffer
+from sb3_ppo_kl.common.checks import check_bool, check_int, check_optional_positive, check_real
 from sb3_ppo_kl.common.finite import CheckFiniteCallback, NonFiniteError
-from sb3_ppo_kl.common.kl import (
-    KLCoefController,
-    check_int,
-    check_real,
-    distribution_params,
-    has_analytic_kl,
-    per_state_kl,
-    sampled_kl,
-)
+from sb3_ppo_kl.common.kl import KLCoefController, distribution_params, has_analytic_kl, per_state_kl, sampled_kl
 from sb3_ppo_kl.common.reference import PolicySource, ReferencePolicyMixin
 
 SelfPPOKL = TypeVar("SelfPPOKL", bound="PPOKL")
@@ -743,18 +736,17 @@ def _check_hyperparameters(
     clip_range_vf: float | Schedule | None,
     target_kl: float | None,
 ) -> None:
-    """Raise ValueError, naming the parameter and its valid range, for out-of-range PPO arguments."""
-    if not (isinstance(n_steps, (int, np.integer)) and n_steps >= 1):
-        raise ValueError(f"`n_steps` must be an integer >= 1, got {n_steps!r}")
-    if not (isinstance(n_epochs, (int, np.integer)) and n_epochs >= 1):
-        raise ValueError(f"`n_epochs` must be an integer >= 1, got {n_epochs!r}")
+    """
+    The PPO arguments PPOKL shares with SB3 PPO, checked by this package's one rule (:mod:`sb3_ppo_kl.common.checks`):
+    TypeError for a wrong type (``n_steps=True``, ``batch_size=64.0``, ``clip_range="0.2"``), ValueError for a value
+    out of range, each naming the parameter and what it accepts.
+    """
+    check_int("n_steps", n_steps, "an integer >= 1", lambda value: value >= 1)
+    check_int("n_epochs", n_epochs, "an integer >= 1", lambda value: value >= 1)
+    check_bool("normalize_advantage", normalize_advantage)
     min_batch = 2 if normalize_advantage else 1
-    if not (isinstance(batch_size, (int, np.integer)) and batch_size >= min_batch):
-        raise ValueError(
-            f"`batch_size` must be an integer >= {min_batch}"
-            + (" when normalize_advantage=True" if normalize_advantage else "")
-            + f", got {batch_size!r}"
-        )
-    for name, value in (("clip_range", clip_range), ("clip_range_vf", clip_range_vf), ("target_kl", target_kl)):
-        if isinstance(value, (int, float)) and not value > 0:
-            raise ValueError(f"`{name}` must be > 0 (or None to disable it), got {value!r}")
+    when = " when normalize_advantage=True" if normalize_advantage else ""
+    check_int("batch_size", batch_size, f"an integer >= {min_batch}{when}", lambda value: value >= min_batch)
+    check_optional_positive("clip_range", clip_range, schedule=True)
+    check_optional_positive("clip_range_vf", clip_range_vf, schedule=True)
+    check_optional_positive("target_kl", target_kl)

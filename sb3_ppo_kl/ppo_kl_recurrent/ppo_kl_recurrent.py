@@ -1,6 +1,7 @@
 from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
 
+import numpy as np
 import torch as th
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
@@ -11,7 +12,8 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 
 from sb3_ppo_kl.common.buffers import KLRecurrentDictRolloutBuffer, KLRecurrentRolloutBuffer
-from sb3_ppo_kl.common.reference import PolicySource, recurrent_reference_dist_params
+from sb3_ppo_kl.common.kl import distribution_params
+from sb3_ppo_kl.common.reference import PolicySource
 from sb3_ppo_kl.ppo_kl.ppo_kl import FULL_PASS_BATCH_SIZE, PPOKL
 
 SelfRecurrentPPOKL = TypeVar("SelfRecurrentPPOKL", bound="RecurrentPPOKL")
@@ -67,7 +69,7 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
         reference's, so the reference keeps its own: once per update its actor LSTM runs over the rollout in time
         order, one sequence of ``n_steps`` per environment with the stored episode starts, from its state at the end
         of the previous rollout (zeros at the start, and after ``load()``, as RecurrentPPO's own states), and its
-        distribution is stored for every sample (:func:`~sb3_ppo_kl.common.reference.recurrent_reference_dist_params`).
+        distribution is stored for every sample (:func:`~sb3_ppo_kl.ppo_kl_recurrent.ppo_kl_recurrent.recurrent_reference_dist_params`).
         Its LSTM may differ in size from the policy's. :meth:`~sb3_ppo_kl.PPOKL.from_pretrained` fine-tunes a
         pretrained RecurrentPPO policy of the same architecture.
     :param ref_kl_coef: Coefficient of the KL to the reference, ``>= 0``, or a schedule. Default 1.0.
@@ -244,7 +246,7 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
     def _reference_dist_params(self, ref_policy: BasePolicy) -> th.Tensor:
         """
         The reference over the rollout in time order, from its own LSTM states, which it keeps from one rollout to
-        the next (see :func:`~sb3_ppo_kl.common.reference.recurrent_reference_dist_params`).
+        the next (see :func:`~sb3_ppo_kl.ppo_kl_recurrent.ppo_kl_recurrent.recurrent_reference_dist_params`).
         """
         params, self._ref_lstm_states = recurrent_reference_dist_params(
             ref_policy,  # type: ignore[arg-type]
@@ -281,3 +283,60 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
         )
+
+
+def recurrent_reference_dist_params(
+    policy: RecurrentActorCriticPolicy,
+    buffer: RolloutBuffer,
+    lstm_states: tuple[th.Tensor, th.Tensor] | None,
+    max_batch: int,
+) -> tuple[th.Tensor, tuple[th.Tensor, th.Tensor]]:
+    """
+    A recurrent reference's :func:`~sb3_ppo_kl.common.kl.distribution_params` for every sample of a recurrent
+    rollout buffer, from the reference's own LSTM states.
+
+    The buffer stores the LSTM states of the policy that collected the rollout, not the reference's. So the
+    reference's actor LSTM is run over the rollout in time order: one sequence per environment, its ``n_steps``
+    observations with their ``episode_starts`` (which reset the state where an episode starts, as in collection),
+    starting from ``lstm_states``, the reference's state at the end of the previous rollout. Chunks of at most
+    ``max_batch`` samples (``max_batch // n_envs`` steps of every environment) carry the state from one to the next.
+    The result is in the buffer's flattened order, environment-major (sample ``t`` of environment ``e`` at row
+    ``e * n_steps + t``, sb3-contrib's ``swap_and_flatten``), the order in which minibatches index it.
+
+    :param policy: the reference, a ``RecurrentActorCriticPolicy`` on the buffer's device
+    :param buffer: a full sb3-contrib recurrent rollout buffer (``get()`` called or not)
+    :param lstm_states: the reference actor's ``(hidden, cell)`` states, each ``(n_lstm_layers, n_envs, hidden)``,
+        at the start of the rollout; None for zeros (the start of training)
+    :param max_batch: the most samples per forward pass
+    :return: the parameters, ``(n_envs * n_steps, k)``, and the reference's states after the rollout's last step
+    """
+    n_envs, n_steps = buffer.n_envs, buffer.buffer_size
+    lstm = policy.lstm_actor
+    if lstm_states is None:
+        zeros = th.zeros((lstm.num_layers, n_envs, lstm.hidden_size), device=buffer.device)
+        lstm_states = (zeros, zeros.clone())
+
+    def env_major(array: np.ndarray) -> np.ndarray:  # (n_envs * n_steps, ...), whether get() has flattened it or not
+        return array if buffer.generator_ready else buffer.swap_and_flatten(array)
+
+    observations: Any = buffer.observations
+    if isinstance(observations, dict):
+        observations = {key: env_major(value) for key, value in observations.items()}
+    else:
+        observations = env_major(observations)
+    episode_starts = env_major(buffer.episode_starts).reshape(n_envs, n_steps)
+    steps_per_pass = max(1, max_batch // n_envs)
+    params = []
+    with th.no_grad():
+        for start in range(0, n_steps, steps_per_pass):
+            end = min(start + steps_per_pass, n_steps)
+            rows = (np.arange(n_envs)[:, None] * n_steps + np.arange(start, end)[None, :]).ravel()  # env-major
+            if isinstance(observations, dict):
+                obs: Any = {key: buffer.to_torch(value[rows]) for key, value in observations.items()}
+            else:
+                obs = buffer.to_torch(observations[rows])
+            starts = buffer.to_torch(episode_starts[:, start:end].ravel())
+            distribution, (hidden, cell) = policy.get_distribution(obs, lstm_states, starts)
+            lstm_states = (hidden, cell)
+            params.append(distribution_params(distribution).reshape(n_envs, end - start, -1))
+    return th.cat(params, dim=1).reshape(n_envs * n_steps, -1), lstm_states
