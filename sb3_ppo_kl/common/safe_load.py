@@ -31,6 +31,7 @@ import json
 import os
 import pathlib
 import pickle
+import re
 import sys
 import zipfile
 from collections import OrderedDict
@@ -76,7 +77,14 @@ def _load_storage(data: bytes) -> Any:
     """
     if not isinstance(data, bytes):
         raise pickle.UnpicklingError(f"a torch storage must be bytes, got {type(data).__name__}")
-    return th.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    try:
+        return th.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's message advises add_safe_globals, which is not for a file's reader: name the global as ours do
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if refused is None:
+            raise
+        raise _Refused(f"{refused.group(1)} (in a torch storage, read by torch.load(weights_only=True))") from None
 
 
 def _check_no_hooks(backward_hooks: Any) -> None:
