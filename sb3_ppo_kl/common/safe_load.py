@@ -218,20 +218,23 @@ def safe_loads(data: bytes, field: str, context: str = "", remedy: str = "") -> 
     :param remedy: the end of the error message: how to load the file if it is trusted
     :raises SafeLoadError: naming the field and, for a global outside the allowlist, the global
     """
-    prefix = f"{context}: " if context else ""
     try:
         return SafeUnpickler(io.BytesIO(data)).load()
     except _Refused as refusal:
-        message = (
-            f"{prefix}the field {field!r} refers to {refusal.refused}, which the safe decoder does not admit (it "
-            "admits gymnasium spaces, numpy arrays, SB3's schedules, policies, buffers, activations and optimizers, "
-            "and this package's controllers and schedules: see sb3_ppo_kl.common.safe_load.admitted); nothing "
-            f"from the file was run. {remedy}"
+        problem = (
+            f"refers to {refusal.refused}, which the safe decoder does not admit (it admits gymnasium spaces, numpy "
+            "arrays, SB3's schedules, policies, buffers, activations and optimizers, and this package's controllers "
+            "and schedules: see sb3_ppo_kl.common.safe_load.admitted); nothing from the file was run"
         )
-        raise SafeLoadError(message.strip(), field, refusal.refused) from None
+        raise SafeLoadError(_message(context, field, problem, remedy), field, refusal.refused) from None
     except Exception as error:  # a damaged pickle, or an admitted class refusing its arguments
-        message = f"{prefix}the field {field!r} could not be decoded safely ({type(error).__name__}: {error}). {remedy}"
-        raise SafeLoadError(message.strip(), field) from error
+        problem = f"could not be decoded safely ({type(error).__name__}: {error})"
+        raise SafeLoadError(_message(context, field, problem, remedy), field) from error
+
+
+def _message(context: str, field: str, problem: str, remedy: str) -> str:
+    """``"<context>: the field '<field>' <problem>. <remedy>"``, without the parts that are empty."""
+    return f"{context}: " * bool(context) + f"the field {field!r} {problem}. {remedy}".strip()
 
 
 def _serialized_fields(path: str | pathlib.Path | io.BufferedIOBase) -> dict[str, Any]:
@@ -289,6 +292,6 @@ def safe_custom_objects(
         try:
             data = base64.b64decode(item[":serialized:"].encode(), validate=True)
         except (AttributeError, binascii.Error) as error:
-            raise SafeLoadError(f"{context}: the field {key!r} is not base64 ({error}). {remedy}".strip(), key) from None
+            raise SafeLoadError(_message(context, key, f"is not base64 ({error})", remedy), key) from None
         objects[key] = safe_loads(data, key, context, remedy)
     return objects

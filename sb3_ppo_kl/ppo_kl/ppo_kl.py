@@ -770,10 +770,11 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
             the error names the field and the refused global
         """
         if check_bool("safe", safe):
+            where = repr(str(path)) if isinstance(path, (str, os.PathLike)) else "<file object>"
             custom_objects = safe_custom_objects(
                 path,
                 {"lr_schedule": None, **(custom_objects or {})},
-                context=f"{cls.__name__}.load(safe=True)",
+                context=f"{cls.__name__}.load({where}, safe=True)",
                 remedy="If you trust this file, load it with safe=False, or give that field yourself in "
                 "custom_objects (SB3 then does not decode it).",
             )
