@@ -297,6 +297,16 @@ def test_policy_kwargs_and_a_linear_schedule_load_as_sb3_loads_them(tmp_path):
         assert th.equal(safe.ref_policy.state_dict()[key], value), key
 
 
+def test_an_rl_zoo_schedule_loads_as_sb3_loads_it(tmp_path):
+    """lin_<start> in an RL Zoo file (this package's configs use it) is the Zoo's SimpleLinearSchedule."""
+    zoo_utils = pytest.importorskip("rl_zoo3.utils")
+    model = PPOKL("MlpPolicy", "CartPole-v1", learning_rate=zoo_utils.SimpleLinearSchedule(1e-3), **SMALL)
+    model.save(tmp_path / "model")
+    safe = PPOKL.load(tmp_path / "model", safe=True)
+    _assert_same_model(safe, PPOKL.load(tmp_path / "model"), tmp_path / "model.zip")
+    assert isinstance(safe.learning_rate, zoo_utils.SimpleLinearSchedule) and safe.lr_schedule(0.5) == 5e-4
+
+
 def test_an_sb3_ppo_zip_through_from_pretrained(ppo_zip):
     trusted = PPO.load(ppo_zip, device="cpu")
     model = PPOKL.from_pretrained(ppo_zip, "CartPole-v1", **SMALL)

@@ -122,6 +122,7 @@ _BY_NAME: dict[str, tuple[str, ...]] = {
     "numpy.random._sfc64": ("SFC64",),
     "collections": ("deque", "OrderedDict"),
     "stable_baselines3.common.utils": ("FloatSchedule", "LinearSchedule", "ConstantSchedule"),
+    "rl_zoo3.utils": ("SimpleLinearSchedule",),  # lin_<start> of RL Zoo files (this package's too); if installed
     "sb3_contrib.common.recurrent.type_aliases": ("RNNStates",),
     "torch": ("device", "Size"),
     "torch._utils": ("_rebuild_tensor_v2", "_rebuild_parameter"),
@@ -166,7 +167,7 @@ def admitted(module: str, name: str) -> Any:
     - by name: numpy's ``dtype``, ``ndarray``, ``_reconstruct``, ``scalar`` and ``_frombuffer`` (``numpy.core.*``,
       NumPy 1's spelling, read as ``numpy._core.*``), and its random ``Generator``, ``RandomState``, bit generators,
       ``SeedSequence`` and their pickling helpers; SB3's ``FloatSchedule``, ``LinearSchedule`` and
-      ``ConstantSchedule``; ``collections.deque`` and ``OrderedDict``; sb3-contrib's ``RNNStates``;
+      ``ConstantSchedule``, and the RL Zoo's ``SimpleLinearSchedule`` (``lin_<start>``) where it is installed; ``collections.deque`` and ``OrderedDict``; sb3-contrib's ``RNNStates``;
       ``torch.device``, ``torch.Size``, torch's dtypes (``torch.float32``...) and tensors (rebuilt without backward
       hooks, their storages read by ``torch.load(weights_only=True)``);
     - by kind, classes only: every class of ``gymnasium.spaces``; torch's activation modules
@@ -188,7 +189,12 @@ def admitted(module: str, name: str) -> Any:
     if module in _BY_NAME:
         if name not in _BY_NAME[module]:
             return None
-        return _REPLACED.get(f"{module}.{name}") or getattr(importlib.import_module(module), name)
+        if f"{module}.{name}" in _REPLACED:
+            return _REPLACED[f"{module}.{name}"]
+        try:
+            return getattr(importlib.import_module(module), name)
+        except ImportError:  # the RL Zoo is optional
+            return None
     obj = getattr(sys.modules.get(module), "__dict__", {}).get(name)
     if isinstance(obj, type) and obj.__module__ == module and _by_kind(module, obj):
         return obj
