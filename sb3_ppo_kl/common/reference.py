@@ -25,6 +25,7 @@ from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from sb3_ppo_kl.common.buffers import KLBufferMixin
 from sb3_ppo_kl.common.checks import check_coef_bounds, check_real, check_schedule, scheduled_value
 from sb3_ppo_kl.common.kl import KLCoefController, comparable_distributions, has_analytic_kl
+from sb3_ppo_kl.common.safe_load import safe_custom_objects
 
 PolicySource = BasePolicy | str | os.PathLike
 
@@ -88,6 +89,8 @@ def load_policy(source: Any, name: str) -> BasePolicy:
         ``save()``: PPO, A2C, MaskablePPO, PPOKL, MaskablePPOKL...
     :param name: the argument's name, for error messages
     :raises ValueError: for anything else, a missing file, or a zip without a policy
+    :raises ~sb3_ppo_kl.common.safe_load.SafeLoadError: (a ValueError) if a field the policy needs names a class or
+        function outside :func:`~sb3_ppo_kl.common.safe_load.admitted`: a zip is decoded without running its code
     """
     if isinstance(source, BasePolicy):
         policy = build_policy(policy_spec(source))
@@ -102,10 +105,23 @@ def load_policy(source: Any, name: str) -> BasePolicy:
         path = path.with_suffix(".zip")
     if not path.is_file():
         raise ValueError(f"`{name}`: no SB3 model zip at {str(source)!r}")
-    data, params, _ = load_from_zip_file(path, device="cpu")
+    # Someone else's file, so no code from it is run: the fields the policy needs are decoded with the allowlist
+    # of sb3_ppo_kl.common.safe_load, the others not at all
+    custom_objects = safe_custom_objects(
+        path,
+        fields=("policy_class", "policy_kwargs", "observation_space", "action_space"),
+        context=f"`{name}` ({str(source)!r})",
+        remedy="If you trust this file, load the model with its algorithm's load() (e.g. PPO.load(path)) and give "
+        f"its policy: {name}=model.policy.",
+    )
+    data, params, _ = load_from_zip_file(path, device="cpu", custom_objects=custom_objects)
     if not data or "policy_class" not in data or "policy" not in params:
         raise ValueError(f"`{name}`: {str(source)!r} is not an SB3 model zip with a policy")
     policy_class = data["policy_class"]
+    if not (isinstance(policy_class, type) and issubclass(policy_class, BasePolicy)):
+        raise ValueError(  # noqa: TRY004 (a bad file, as the other errors of this function)
+            f"`{name}`: the policy_class of {str(source)!r} is not an SB3 policy class: {policy_class!r}"
+        )
     policy_kwargs = dict(data.get("policy_kwargs") or {})
     policy_kwargs.pop("device", None)
     net_arch = policy_kwargs.get("net_arch")
@@ -117,7 +133,7 @@ def load_policy(source: Any, name: str) -> BasePolicy:
     if accepts(policy_class, "use_sde") and "use_sde" not in policy_kwargs:
         kwargs["use_sde"] = bool(data.get("use_sde", False))
     policy = policy_class(**kwargs, **policy_kwargs)
-    policy.load_state_dict(params["policy"])
+    policy.load_state_dict(params["policy"])  # type: ignore[arg-type]  # SB3 types its state dicts as tensors
     return policy
 
 

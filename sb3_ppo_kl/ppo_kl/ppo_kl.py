@@ -24,6 +24,7 @@ from sb3_ppo_kl.common.checks import check_bool, check_int, check_optional_posit
 from sb3_ppo_kl.common.finite import CheckFiniteCallback, NonFiniteError
 from sb3_ppo_kl.common.kl import KLCoefController, distribution_params, has_analytic_kl, per_state_kl, sampled_kl
 from sb3_ppo_kl.common.reference import PolicySource, ReferencePolicyMixin
+from sb3_ppo_kl.common.safe_load import safe_custom_objects
 
 SelfPPOKL = TypeVar("SelfPPOKL", bound="PPOKL")
 
@@ -720,6 +721,64 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
             return
         with atomic_write(save_target(path)) as file:
             super().save(file, exclude=exclude, include=include)  # type: ignore[arg-type]
+
+    @classmethod
+    def load(
+        cls: type[SelfPPOKL],
+        path: str | pathlib.Path | io.BufferedIOBase,
+        env: GymEnv | None = None,
+        device: th.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        safe: bool = False,
+        **kwargs: Any,
+    ) -> SelfPPOKL:
+        """
+        Load the model from a zip-file: SB3's ``load``, and with ``safe=True`` without running code from the file.
+
+        SB3 decodes the zip's ``":serialized:"`` fields (spaces, policy class, schedules, ``kl_controller``...) with
+        ``cloudpickle``, which runs whatever a crafted file names. With ``safe=True`` each field is decoded instead by
+        :class:`~sb3_ppo_kl.common.safe_load.SafeUnpickler`, which admits only the classes and functions a model of
+        SB3, sb3-contrib or this package saves (:func:`~sb3_ppo_kl.common.safe_load.admitted`) and refuses anything
+        else before it is called; SB3's ``load`` then takes the decoded fields as ``custom_objects``. ``lr_schedule``
+        is not decoded: it is rebuilt from ``learning_rate``, as on every load.
+
+        :param path: path to the file (or a file-like) where to load the agent from
+        :param env: the new environment to run the loaded model on (can be None if you only need prediction from a
+            trained model); has priority over any saved environment
+        :param device: Device on which the code should run.
+        :param custom_objects: Dictionary of objects to replace upon loading: a field given here is not decoded at
+            all (with ``safe=True`` either), as in SB3
+        :param print_system_info: Whether to print system info from the saved model and the current system info
+        :param force_reset: Force call to ``reset()`` before training to avoid unexpected behavior.
+        :param safe: False (default): SB3's ``load``, which trusts the file. True: decode the file's fields with the
+            allowlist; for a file from someone else.
+        :param kwargs: extra arguments to change the model when loading
+        :return: new model instance with loaded parameters
+        :raises TypeError: if ``safe`` is not a bool
+        :raises ~sb3_ppo_kl.common.safe_load.SafeLoadError: with ``safe=True``, for a field that names a class or
+            function outside the allowlist (a lambda schedule, a custom features extractor...) or cannot be decoded;
+            the error names the field and the refused global
+        """
+        if check_bool("safe", safe):
+            where = repr(str(path)) if isinstance(path, (str, os.PathLike)) else "<file object>"
+            custom_objects = safe_custom_objects(
+                path,
+                {"lr_schedule": None, **(custom_objects or {})},
+                context=f"{cls.__name__}.load({where}, safe=True)",
+                remedy="If you trust this file, load it with safe=False, or give that field yourself in "
+                "custom_objects (SB3 then does not decode it).",
+            )
+        return super().load(
+            path,
+            env=env,
+            device=device,
+            custom_objects=custom_objects,
+            print_system_info=print_system_info,
+            force_reset=force_reset,
+            **kwargs,
+        )
 
 
 def _masked_mean(x: th.Tensor, valid: th.Tensor | None) -> th.Tensor:
