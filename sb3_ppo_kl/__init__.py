@@ -2,6 +2,7 @@
 
 from sb3_ppo_kl.common.finite import NonFiniteError
 from sb3_ppo_kl.common.kl import KLCoefController, distribution_params, has_analytic_kl, per_state_kl, sampled_kl
+from sb3_ppo_kl.common.safe_load import SafeLoadError
 from sb3_ppo_kl.common.schedules import HoldThenLinearSchedule
 from sb3_ppo_kl.ppo_kl import PPOKL
 from sb3_ppo_kl.ppo_kl_mask import MaskablePPOKL
@@ -16,6 +17,7 @@ __all__ = [
     "MaskablePPOKL",
     "NonFiniteError",
     "RecurrentPPOKL",
+    "SafeLoadError",
     "__version__",
     "distribution_params",
     "has_analytic_kl",
