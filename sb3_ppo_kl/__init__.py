@@ -1,6 +1,13 @@
 """sb3_ppo_kl: PPO with the adaptive KL penalty ("PPO1", Schulman et al. 2017) for Stable-Baselines3."""
 
-from sb3_ppo_kl.common.kl import KLCoefController, distribution_params, has_analytic_kl, per_state_kl, sampled_kl
+from sb3_ppo_kl.common.kl import (
+    KLCoefController,
+    LogProportionalKLController,
+    distribution_params,
+    has_analytic_kl,
+    per_state_kl,
+    sampled_kl,
+)
 from sb3_ppo_kl.common.schedules import HoldThenLinearSchedule
 from sb3_ppo_kl.ppo_kl import PPOKL
 from sb3_ppo_kl.ppo_kl.ppo_kl import NonFiniteError
@@ -13,6 +20,7 @@ __all__ = [
     "PPOKL",
     "HoldThenLinearSchedule",
     "KLCoefController",
+    "LogProportionalKLController",
     "MaskablePPOKL",
     "NonFiniteError",
     "RecurrentPPOKL",
