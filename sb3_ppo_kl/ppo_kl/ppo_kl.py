@@ -701,7 +701,10 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
 
                 # Control inside the update (kl_stop): end the epochs once d over the whole rollout reaches stop_at
                 if stop_at is not None and n_steps_run % self.kl_stop_interval == 0:
+                    # the pass shuffles the rollout as get() does: keep the RNG, so that the minibatches stay as without it
+                    rng_state = np.random.get_state()
                     kl_checked = self._measured_rollout_kl()
+                    np.random.set_state(rng_state)
                     self.policy.set_training_mode(True)
                     if kl_checked[0] >= stop_at:
                         stopped = True
