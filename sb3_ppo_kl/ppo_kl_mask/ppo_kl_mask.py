@@ -70,7 +70,9 @@ class MaskablePPOKL(PPOKL, MaskablePPO):  # type: ignore[misc]
     :param kl_controller_kwargs: None (default), or a dict of the controller class's own arguments, e.g.
         ``dict(gain=0.3)`` for :class:`~sb3_ppo_kl.LogProportionalKLController`.
     :param kl_stop: None (default), or a float ``> 0``: end the epochs of an update once ``d`` over the whole
-        rollout reaches ``kl_stop * kl_target``, measured every ``kl_stop_interval`` minibatches; see PPOKL.
+        rollout reaches ``kl_stop * kl_target``, measured every ``kl_stop_interval`` minibatches (the policies masked with the stored action masks, as the
+        penalty compares them);
+        see PPOKL.
     :param kl_stop_interval: Minibatches between two checks of ``kl_stop``, ``>= 1``. Default 4.
     :param ref_policy: None (default), or a frozen reference policy: ``ref_kl_coef * KL[pi_ref || pi_theta]``
         joins the loss, as in PPOKL (see its docstring for the direction). It must be a maskable policy
