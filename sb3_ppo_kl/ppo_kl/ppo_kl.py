@@ -101,12 +101,13 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
         ``target_kl`` stops it). A float ``> 0``, a multiple of ``kl_target``: every ``kl_stop_interval`` minibatches
         ``d``, the KL between the rollout policy and the current one, is measured over the whole rollout, as beta's
         rule measures it, and the epochs end once ``d >= kl_stop * kl_target``. ``kl_stop=1.0`` stops at the
-        target: ``d`` then ends between the target and what ``kl_stop_interval`` minibatches add past it, inside
-        the band unless they add more than ``kl_tolerance``. The stopped update's ``d`` adapts beta as any update's
-        does (no extra pass is needed for it). Logged as ``train/stopped`` (1 or 0), ``train/n_minibatches_run`` and
-        ``train/n_epochs_run`` (minibatches run over minibatches per epoch). The cost is one forward pass of the
-        actor over the rollout, without gradients, per check. Independent of ``target_kl``, which stops on one
-        minibatch's sampled estimate, before its step; both may be set.
+        target: ``d`` then ends a little past it, inside the band unless the last ``kl_stop_interval`` minibatches
+        carry it past ``kl_target * kl_tolerance``. The stopped update's ``d`` adapts beta (no extra pass is
+        needed for it), but a stopped update never raises beta: the stop, not beta, limited it (see ``stopped`` in
+        :meth:`~sb3_ppo_kl.KLCoefController.update`). Logged as ``train/stopped`` (1 or 0),
+        ``train/n_minibatches_run`` and ``train/n_epochs_run`` (minibatches run over minibatches per epoch). The
+        cost is one forward pass of the actor over the rollout, without gradients, per check. Independent of
+        ``target_kl``, which stops on one minibatch's sampled estimate, before its step; both may be set.
     :param kl_stop_interval: Minibatches (gradient steps, counted across epochs) between two checks of
         ``kl_stop``, an integer ``>= 1``. Default 4: with the paper's 2048 samples and minibatches of 64, one check
         per 256 samples trained on. Fewer checks cost less and overshoot more.
@@ -196,12 +197,13 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
     #: :class:`~sb3_ppo_kl.NonFiniteError` naming the env and the step at the first non-finite one (see
     #: :class:`~sb3_ppo_kl.common.finite.CheckFiniteCallback`). Set ``model.check_finite_env = False`` to skip it.
     check_finite_env: bool = True
-    # Design options of kl_stop under trial (issue 32), off by default; set them on a model before learn().
-    # _kl_stop_backtrack: when a check finds d above the band (kl_target * kl_tolerance), restore the parameters and
-    # the optimizer's state of the last check that found d inside the band, as TRPO's line search backtracks.
-    # _kl_stop_tell_controller: tell the controller that the update was stopped (then it does not raise beta).
+    # Design options of kl_stop under trial (issue 32); set them on a model before learn().
+    # _kl_stop_backtrack (off): when a check finds d above the band (kl_target * kl_tolerance), restore the parameters
+    # and the optimizer's state of the last check that found d inside the band, as TRPO's line search backtracks.
+    # _kl_stop_tell_controller (on): tell the controller that the update was stopped, so that it does not raise beta
+    # (False: the controller sees d alone, as in the issue's first trial).
     _kl_stop_backtrack: bool = False
-    _kl_stop_tell_controller: bool = False
+    _kl_stop_tell_controller: bool = True
 
     def __init__(
         self,
