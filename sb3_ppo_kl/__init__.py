@@ -1,7 +1,14 @@
 """sb3_ppo_kl: PPO with the adaptive KL penalty ("PPO1", Schulman et al. 2017) for Stable-Baselines3."""
 
 from sb3_ppo_kl.common.finite import NonFiniteError
-from sb3_ppo_kl.common.kl import KLCoefController, distribution_params, has_analytic_kl, per_state_kl, sampled_kl
+from sb3_ppo_kl.common.kl import (
+    KLCoefController,
+    LogProportionalKLController,
+    distribution_params,
+    has_analytic_kl,
+    per_state_kl,
+    sampled_kl,
+)
 from sb3_ppo_kl.common.safe_load import SafeLoadError
 from sb3_ppo_kl.common.schedules import HoldThenLinearSchedule
 from sb3_ppo_kl.ppo_kl import PPOKL
@@ -14,6 +21,7 @@ __all__ = [
     "PPOKL",
     "HoldThenLinearSchedule",
     "KLCoefController",
+    "LogProportionalKLController",
     "MaskablePPOKL",
     "NonFiniteError",
     "RecurrentPPOKL",

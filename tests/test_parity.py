@@ -10,7 +10,7 @@ from sb3_contrib.common.envs import InvalidActionEnvDiscrete
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
-from sb3_ppo_kl import PPOKL, HoldThenLinearSchedule, MaskablePPOKL, RecurrentPPOKL
+from sb3_ppo_kl import PPOKL, HoldThenLinearSchedule, LogProportionalKLController, MaskablePPOKL, RecurrentPPOKL
 
 PAIRS = {
     "ppo": (PPO, PPOKL, "MlpPolicy", "CartPole-v1"),
@@ -126,3 +126,46 @@ def test_every_variant_refuses_the_same_reference_options_by_name(pair):
     ]:
         with pytest.raises(error, match=message):
             ours(policy, _env(env_id, 1), ref_policy=reference, **kwargs)
+
+
+@pytest.mark.parametrize("pair", list(PAIRS))
+def test_every_variant_takes_the_controller_class_and_the_stop(pair):
+    """PPOKL, MaskablePPOKL and RecurrentPPOKL take a controller by class with its kwargs, and the stop inside the update."""
+    _, ours, policy, env_id = PAIRS[pair]
+    model = ours(
+        policy,
+        _env(env_id, 2),
+        n_steps=16,
+        batch_size=8,
+        n_epochs=3,
+        seed=0,
+        kl_controller_class=LogProportionalKLController,
+        kl_controller_kwargs=dict(gain=0.3),
+        kl_stop=1.0,
+        kl_stop_interval=2,
+    )
+    assert type(model.kl_controller) is LogProportionalKLController and model.kl_controller.gain == 0.3
+    assert (model.kl_stop, model.kl_stop_interval) == (1.0, 2)
+    model.learn(2 * 32)
+    logged = model.logger.name_to_value
+    assert logged["train/n_minibatches_run"] in range(2, 13) and logged["train/stopped"] in (0, 1)
+    assert logged["train/n_epochs_run"] == logged["train/n_minibatches_run"] / 4
+    assert logged["train/kl_coef"] == model.kl_coef
+
+
+@pytest.mark.parametrize("pair", list(PAIRS))
+def test_every_variant_refuses_bad_controller_and_stop_options_by_name(pair):
+    _, ours, policy, env_id = PAIRS[pair]
+    for kwargs, error, message in [
+        (dict(kl_controller_class=dict), TypeError, "`kl_controller_class` must be a subclass of sb3_ppo_kl.KLCoefController"),
+        (dict(kl_controller_kwargs=dict(kl_target=0.02)), ValueError, "`kl_controller_kwargs` must not contain kl_target"),
+        (
+            dict(kl_controller_class=LogProportionalKLController, kl_controller_kwargs=dict(gain=0)),
+            ValueError,
+            "`gain` must be a finite number > 0",
+        ),
+        (dict(kl_stop="1"), TypeError, "`kl_stop` must be None or a finite number > 0"),
+        (dict(kl_stop=1.0, kl_stop_interval=0), ValueError, "`kl_stop_interval` must be an integer >= 1"),
+    ]:
+        with pytest.raises(error, match=message):
+            ours(policy, _env(env_id, 1), **kwargs)

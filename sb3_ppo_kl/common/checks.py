@@ -19,7 +19,7 @@ def is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
-def _got(value: Any) -> str:
+def described(value: Any) -> str:
     """``value`` as an error message shows it: its repr and, for a wrong type, the type's name."""
     return f"{value!r} ({type(value).__name__})"
 
@@ -39,7 +39,7 @@ def check_real(name: str, value: Any, valid: str, condition: Callable[[float], b
     :raises ValueError: if ``value`` is not finite or fails ``condition``
     """
     if not is_real(value):
-        raise TypeError(f"`{name}` must be {valid}, got {_got(value)}")
+        raise TypeError(f"`{name}` must be {valid}, got {described(value)}")
     if not (math.isfinite(value) and (condition is None or condition(value))):
         raise ValueError(f"`{name}` must be {valid}, got {value!r}")
     return float(value)
@@ -58,7 +58,7 @@ def check_int(name: str, value: Any, valid: str, condition: Callable[[int], bool
     :raises ValueError: if it fails ``condition``
     """
     if not (isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))):
-        raise TypeError(f"`{name}` must be {valid}, got {_got(value)}")
+        raise TypeError(f"`{name}` must be {valid}, got {described(value)}")
     if condition is not None and not condition(value):  # type: ignore[arg-type]
         raise ValueError(f"`{name}` must be {valid}, got {value!r}")
     return int(value)  # type: ignore[arg-type]
@@ -75,7 +75,7 @@ def check_bool(name: str, value: Any) -> bool:
         as True in silence
     """
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"`{name}` must be a bool (True or False), got {_got(value)}")
+        raise TypeError(f"`{name}` must be a bool (True or False), got {described(value)}")
     return bool(value)
 
 
@@ -110,7 +110,7 @@ def check_coef_bounds(name: str, bounds: Any, adaptive: bool) -> tuple[float, fl
     """
     valid = "a pair (low, high) of real numbers with 0 <= low <= high"
     if isinstance(bounds, (str, bytes)) or not isinstance(bounds, Iterable):
-        raise TypeError(f"`{name}` must be {valid}, got {_got(bounds)}")
+        raise TypeError(f"`{name}` must be {valid}, got {described(bounds)}")
     pair = tuple(bounds)
     if not all(is_real(bound) for bound in pair):
         raise TypeError(f"`{name}` must be {valid}, got {bounds!r}")

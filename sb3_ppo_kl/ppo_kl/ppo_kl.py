@@ -1,3 +1,4 @@
+import copy
 import io
 import math
 import os
@@ -22,7 +23,14 @@ from sb3_ppo_kl.common.atomic import atomic_write, save_target
 from sb3_ppo_kl.common.buffers import KLBufferMixin, KLDictRolloutBuffer, KLRolloutBatch, KLRolloutBuffer
 from sb3_ppo_kl.common.checks import check_bool, check_int, check_optional_positive, check_real
 from sb3_ppo_kl.common.finite import CheckFiniteCallback, NonFiniteError
-from sb3_ppo_kl.common.kl import KLCoefController, distribution_params, has_analytic_kl, per_state_kl, sampled_kl
+from sb3_ppo_kl.common.kl import (
+    KLCoefController,
+    distribution_params,
+    has_analytic_kl,
+    make_kl_controller,
+    per_state_kl,
+    sampled_kl,
+)
 from sb3_ppo_kl.common.reference import PolicySource, ReferencePolicyMixin
 from sb3_ppo_kl.common.safe_load import safe_custom_objects
 
@@ -52,7 +60,8 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
     policy before and after the update adapts beta (see :class:`~sb3_ppo_kl.KLCoefController`):
     divided by ``kl_adapt_factor`` when ``d < kl_target / kl_tolerance``, multiplied when
     ``d > kl_target * kl_tolerance``, clamped to ``kl_coef_bounds``. ``model.kl_coef`` is always
-    the current beta; it is saved and loaded with the model.
+    the current beta; it is saved and loaded with the model. ``kl_controller_class`` chooses another rule, and
+    ``kl_stop`` ends an update's epochs once ``d`` reaches a multiple of the target.
 
     With ``ref_policy`` (fine-tuning a pretrained policy), the loss also has
     ``+ ref_kl_coef * KL[pi_ref(.|s) || pi_theta(.|s)].mean()``, the KL to a frozen reference policy.
@@ -80,6 +89,28 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
     :param kl_coef_bounds: ``(low, high)``, two real numbers with ``0 <= low <= high``: adapted beta is clamped
         to this range. Default ``(1e-4, 1e4)``. With ``adaptive_kl=True``, ``low`` must be ``> 0``: a beta of 0
         would stay 0 for good (0 times ``kl_adapt_factor`` is 0).
+    :param kl_controller_class: The rule that adapts beta: :class:`~sb3_ppo_kl.KLCoefController` (default, the
+        paper's rule above) or a subclass of it, built as ``kl_controller_class(kl_coef=..., kl_target=...,
+        adaptive_kl=..., kl_tolerance=..., kl_adapt_factor=..., kl_coef_bounds=..., **kl_controller_kwargs)``, as
+        SB3 builds ``rollout_buffer_class``. :class:`~sb3_ppo_kl.LogProportionalKLController` multiplies beta by
+        ``(d / kl_target) ** gain`` after each update, a step that grows with the error. The controller is
+        ``model.kl_controller``; its class and state (beta, its own arguments) are saved and loaded with the model.
+    :param kl_controller_kwargs: None (default), or a dict of the controller class's own arguments, e.g.
+        ``dict(gain=0.3)``; the standard ones above are refused there (give them as this algorithm's arguments).
+    :param kl_stop: Control inside the update. None (default): every update runs its ``n_epochs`` (unless
+        ``target_kl`` stops it). A float ``> 0``, a multiple of ``kl_target``: every ``kl_stop_interval`` minibatches
+        ``d``, the KL between the rollout policy and the current one, is measured over the whole rollout, as beta's
+        rule measures it, and the epochs end once ``d >= kl_stop * kl_target``. ``kl_stop=1.0`` stops at the
+        target: ``d`` then ends a little past it, inside the band unless the last ``kl_stop_interval`` minibatches
+        carry it past ``kl_target * kl_tolerance``. The stopped update's ``d`` adapts beta (no extra pass is
+        needed for it), but a stopped update never raises beta: the stop, not beta, limited it (see ``stopped`` in
+        :meth:`~sb3_ppo_kl.KLCoefController.update`). Logged as ``train/stopped`` (1 or 0),
+        ``train/n_minibatches_run`` and ``train/n_epochs_run`` (minibatches run over minibatches per epoch). The
+        cost is one forward pass of the actor over the rollout, without gradients, per check. Independent of
+        ``target_kl``, which stops on one minibatch's sampled estimate, before its step; both may be set.
+    :param kl_stop_interval: Minibatches (gradient steps, counted across epochs) between two checks of
+        ``kl_stop``, an integer ``>= 1``. Default 4: with the paper's 2048 samples and minibatches of 64, one check
+        per 256 samples trained on. Fewer checks cost less and overshoot more.
     :param ref_policy: None (default), or a frozen reference policy to stay close to, e.g. a pretrained
         policy being fine-tuned: an SB3 policy (a ``BasePolicy``, copied) or the path of an SB3 model zip
         (PPO, A2C, PPOKL, MaskablePPO...). Its observation and action spaces must be the environment's.
@@ -139,7 +170,8 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
 
     The arguments of this package's own are checked before an environment is made or a network built, and an
     error names the argument and what it accepts. For ``kl_target``, ``kl_coef``, ``adaptive_kl``,
-    ``kl_tolerance``, ``kl_adapt_factor``, ``kl_coef_bounds`` and ``value_warmup_rollouts`` a wrong type raises
+    ``kl_tolerance``, ``kl_adapt_factor``, ``kl_coef_bounds``, ``kl_controller_class``, ``kl_controller_kwargs``,
+    ``kl_stop``, ``kl_stop_interval`` and ``value_warmup_rollouts`` a wrong type raises
     TypeError (a string such as ``"0.01"`` from a config file; a bool where a number is expected; anything but a
     bool for ``adaptive_kl``), a value out of range ValueError.
     """
@@ -165,6 +197,13 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
     #: :class:`~sb3_ppo_kl.NonFiniteError` naming the env and the step at the first non-finite one (see
     #: :class:`~sb3_ppo_kl.common.finite.CheckFiniteCallback`). Set ``model.check_finite_env = False`` to skip it.
     check_finite_env: bool = True
+    # Design options of kl_stop under trial (issue 32); set them on a model before learn().
+    # _kl_stop_backtrack (off): when a check finds d above the band (kl_target * kl_tolerance), restore the parameters
+    # and the optimizer's state of the last check that found d inside the band, as TRPO's line search backtracks.
+    # _kl_stop_tell_controller (on): tell the controller that the update was stopped, so that it does not raise beta
+    # (False: the controller sees d alone, as in the issue's first trial).
+    _kl_stop_backtrack: bool = False
+    _kl_stop_tell_controller: bool = True
 
     def __init__(
         self,
@@ -182,6 +221,10 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
         kl_tolerance: float = 1.5,
         kl_adapt_factor: float = 2.0,
         kl_coef_bounds: Sequence[float] = (1e-4, 1e4),
+        kl_controller_class: type[KLCoefController] = KLCoefController,
+        kl_controller_kwargs: dict[str, Any] | None = None,
+        kl_stop: float | None = None,
+        kl_stop_interval: int = 4,
         ref_policy: PolicySource | None = None,
         ref_kl_coef: float | Schedule = 1.0,
         ref_kl_target: float | None = None,
@@ -214,6 +257,10 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
             kl_tolerance=kl_tolerance,
             kl_adapt_factor=kl_adapt_factor,
             kl_coef_bounds=kl_coef_bounds,
+            kl_controller_class=kl_controller_class,
+            kl_controller_kwargs=kl_controller_kwargs,
+            kl_stop=kl_stop,
+            kl_stop_interval=kl_stop_interval,
             n_steps=n_steps,
             batch_size=batch_size,
             n_epochs=n_epochs,
@@ -274,6 +321,10 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
         kl_tolerance: float,
         kl_adapt_factor: float,
         kl_coef_bounds: Sequence[float],
+        kl_controller_class: type[KLCoefController],
+        kl_controller_kwargs: dict[str, Any] | None,
+        kl_stop: float | None,
+        kl_stop_interval: int,
         n_steps: int,
         batch_size: int,
         n_epochs: int,
@@ -290,14 +341,16 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
     ) -> None:
         """
         Validate the arguments (TypeError for a wrong type, ValueError for a wrong value, naming the parameter and
-        what it accepts) and create ``self.kl_controller``,
-        the reference policy (loaded, frozen; moved to the device and checked against the
+        what it accepts) and create ``self.kl_controller`` (a ``kl_controller_class``), ``self.kl_stop`` and
+        ``self.kl_stop_interval``, the reference policy (loaded, frozen; moved to the device and checked against the
         environment's spaces in ``_setup_model``) and ``self.ref_kl_controller``.
 
         Called first in ``__init__`` by PPOKL and its variants: every check runs before an
         environment is made or a network built.
         """
-        self.kl_controller = KLCoefController(
+        self.kl_controller = make_kl_controller(
+            kl_controller_class,
+            kl_controller_kwargs,
             kl_coef=kl_coef,
             kl_target=kl_target,
             adaptive_kl=adaptive_kl,
@@ -306,6 +359,10 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
             kl_coef_bounds=kl_coef_bounds,
         )
         _check_hyperparameters(n_steps, batch_size, n_epochs, normalize_advantage, clip_range, clip_range_vf, target_kl)
+        if kl_stop is not None:
+            kl_stop = check_real("kl_stop", kl_stop, "None or a finite number > 0 (a multiple of kl_target)", lambda v: v > 0)
+        self.kl_stop = kl_stop
+        self.kl_stop_interval = check_int("kl_stop_interval", kl_stop_interval, "an integer >= 1", lambda value: value >= 1)
         if rollout_buffer_class is not None and not issubclass(rollout_buffer_class, KLBufferMixin):
             raise ValueError(
                 f"`rollout_buffer_class` must mix in sb3_ppo_kl.common.buffers.KLBufferMixin, got {rollout_buffer_class.__name__}"
@@ -484,6 +541,34 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
         means = (totals / count).tolist()
         return means[0], means[1] if with_ref else None
 
+    def _measured_rollout_kl(self) -> tuple[float, float | None]:
+        """:meth:`_rollout_kl` in evaluation mode (the mode the rollout policy acted in), refused unless ``d`` is finite."""
+        self.policy.set_training_mode(False)
+        kl, ref_kl = self._rollout_kl()
+        if not math.isfinite(kl):
+            raise NonFiniteError(
+                f"{type(self).__name__}: the KL between the policies before and after the update after "
+                f"{self.num_timesteps} timesteps is {kl}; beta was left at {self.kl_coef}"
+            )
+        return kl, ref_kl
+
+    def _training_state(self) -> dict[str, Any]:
+        """A copy of the policy's parameters and the optimizer's state (Adam's moments), for backtracking."""
+        return {
+            "policy": {name: value.detach().clone() for name, value in self.policy.state_dict().items()},
+            "optimizer": copy.deepcopy(self.policy.optimizer.state_dict()),
+        }
+
+    def _restore_training_state(self, state: dict[str, Any], kl: tuple[float, float | None]) -> tuple[float, float | None]:
+        """Put back a :meth:`_training_state`; return ``kl``, the KLs measured at it."""
+        self.policy.load_state_dict(state["policy"])
+        self.policy.optimizer.load_state_dict(state["optimizer"])
+        return kl
+
+    def _minibatches_per_epoch(self) -> int:
+        """Minibatches in one pass over the rollout (the last one may be truncated; one when it is larger)."""
+        return math.ceil(self.rollout_buffer.buffer_size * self.rollout_buffer.n_envs / self.batch_size)  # type: ignore[attr-defined]
+
     def train(self) -> None:
         """
         Update policy using the currently gathered rollout buffer, then adapt beta.
@@ -511,6 +596,12 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
         ref_penalties: list[float] = []
         progress = self._current_progress_remaining
         kl_target = self.kl_controller.target(progress)
+        # kl_stop: every kl_stop_interval steps, d over the whole rollout; the epochs end once it reaches stop_at
+        stop_at = None if warmup or self.kl_stop is None else self.kl_stop * kl_target
+        band = (kl_target / self.kl_controller.kl_tolerance, kl_target * self.kl_controller.kl_tolerance)
+        kl_checked: tuple[float, float | None] | None = None  # (d, KL to the reference) at the current parameters
+        last_in_band: tuple[dict[str, Any], tuple[float, float | None]] | None = None  # backtracking's snapshot
+        n_steps_run, stopped, backtracked = 0, False, False
 
         entropy_losses, pg_losses, value_losses, kl_divs, kl_penalties, clip_fractions = [], [], [], [], [], []
         continue_training = True
@@ -607,24 +698,40 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
                         "parameters are those of the last finite step and the model can still be saved."
                     )
                 self.policy.optimizer.step()
+                n_steps_run += 1
+                kl_checked = None
+
+                # Control inside the update (kl_stop): end the epochs once d over the whole rollout reaches stop_at
+                if stop_at is not None and n_steps_run % self.kl_stop_interval == 0:
+                    # the pass shuffles the rollout as get() does: keep the RNG, so that the minibatches stay as without it
+                    rng_state = np.random.get_state()
+                    kl_checked = self._measured_rollout_kl()
+                    np.random.set_state(rng_state)
+                    self.policy.set_training_mode(True)
+                    if kl_checked[0] >= stop_at:
+                        stopped = True
+                        if (
+                            kl_checked[0] > band[1] and last_in_band is not None
+                        ):  # overshot: back to the last check in the band
+                            kl_checked = self._restore_training_state(*last_in_band)
+                            backtracked = True
+                        break
+                    if self._kl_stop_backtrack and kl_checked[0] >= band[0]:
+                        last_in_band = self._training_state(), kl_checked
 
             self._n_updates += 1
-            if not continue_training:
+            if not continue_training or stopped:
                 break
 
         # Adapt beta to d, the KL between the policy before and after this update, over the whole rollout
-        # (and ref_kl_coef to the KL to the reference, in the same pass); not during the value warm-up
+        # (and ref_kl_coef to the KL to the reference, in the same pass, or the last check's if nothing moved since);
+        # not during the value warm-up
         self.policy.set_training_mode(False)
         kl_after = 0.0
         ref_kl_after = None
         if not warmup:
-            kl_after, ref_kl_after = self._rollout_kl()
-            if not np.isfinite(kl_after):
-                raise NonFiniteError(
-                    f"{type(self).__name__}: the KL between the policies before and after the update after "
-                    f"{self.num_timesteps} timesteps is {kl_after}; beta was left at {self.kl_coef}"
-                )
-            self.kl_controller.update(kl_after, progress)
+            kl_after, ref_kl_after = self._measured_rollout_kl() if kl_checked is None else kl_checked
+            self.kl_controller.update(kl_after, progress, stopped=stopped and self._kl_stop_tell_controller)
             if ref_kl_after is not None:
                 self.ref_kl_controller.update(ref_kl_after, progress)
 
@@ -658,6 +765,12 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
             self.logger.record("train/clip_range", clip_range)
         if self.clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
+        if self.kl_stop is not None:
+            self.logger.record("train/stopped", int(stopped))
+            self.logger.record("train/n_minibatches_run", n_steps_run)
+            self.logger.record("train/n_epochs_run", n_steps_run / self._minibatches_per_epoch())
+            if self._kl_stop_backtrack:
+                self.logger.record("train/backtracked", int(backtracked))
 
     def learn(
         self: SelfPPOKL,

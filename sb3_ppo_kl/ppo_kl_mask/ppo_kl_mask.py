@@ -12,6 +12,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 
 from sb3_ppo_kl.common.buffers import KLMaskableDictRolloutBuffer, KLMaskableRolloutBuffer
+from sb3_ppo_kl.common.kl import KLCoefController
 from sb3_ppo_kl.common.reference import PolicySource
 from sb3_ppo_kl.ppo_kl.ppo_kl import PPOKL
 
@@ -64,6 +65,15 @@ class MaskablePPOKL(PPOKL, MaskablePPO):  # type: ignore[misc]
     :param kl_coef_bounds: ``(low, high)``, two real numbers with ``0 <= low <= high``: adapted beta is clamped
         to this range. Default ``(1e-4, 1e4)``. With ``adaptive_kl=True``, ``low`` must be ``> 0``: a beta of 0
         would stay 0 for good (0 times ``kl_adapt_factor`` is 0).
+    :param kl_controller_class: The rule that adapts beta, a :class:`~sb3_ppo_kl.KLCoefController` subclass.
+        Default ``KLCoefController`` (the paper's rule); see PPOKL.
+    :param kl_controller_kwargs: None (default), or a dict of the controller class's own arguments, e.g.
+        ``dict(gain=0.3)`` for :class:`~sb3_ppo_kl.LogProportionalKLController`.
+    :param kl_stop: None (default), or a float ``> 0``: end the epochs of an update once ``d`` over the whole
+        rollout reaches ``kl_stop * kl_target``, measured every ``kl_stop_interval`` minibatches (the policies masked with the stored action masks, as the
+        penalty compares them);
+        see PPOKL.
+    :param kl_stop_interval: Minibatches between two checks of ``kl_stop``, ``>= 1``. Default 4.
     :param ref_policy: None (default), or a frozen reference policy: ``ref_kl_coef * KL[pi_ref || pi_theta]``
         joins the loss, as in PPOKL (see its docstring for the direction). It must be a maskable policy
         (``MaskableActorCriticPolicy``, or the zip of a MaskablePPO / MaskablePPOKL model), and is masked with the
@@ -124,6 +134,10 @@ class MaskablePPOKL(PPOKL, MaskablePPO):  # type: ignore[misc]
         kl_tolerance: float = 1.5,
         kl_adapt_factor: float = 2.0,
         kl_coef_bounds: Sequence[float] = (1e-4, 1e4),
+        kl_controller_class: type[KLCoefController] = KLCoefController,
+        kl_controller_kwargs: dict[str, Any] | None = None,
+        kl_stop: float | None = None,
+        kl_stop_interval: int = 4,
         ref_policy: PolicySource | None = None,
         ref_kl_coef: float | Schedule = 1.0,
         ref_kl_target: float | None = None,
@@ -157,6 +171,10 @@ class MaskablePPOKL(PPOKL, MaskablePPO):  # type: ignore[misc]
             kl_tolerance=kl_tolerance,
             kl_adapt_factor=kl_adapt_factor,
             kl_coef_bounds=kl_coef_bounds,
+            kl_controller_class=kl_controller_class,
+            kl_controller_kwargs=kl_controller_kwargs,
+            kl_stop=kl_stop,
+            kl_stop_interval=kl_stop_interval,
             n_steps=n_steps,
             batch_size=batch_size,
             n_epochs=n_epochs,

@@ -12,7 +12,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 
 from sb3_ppo_kl.common.buffers import KLRecurrentDictRolloutBuffer, KLRecurrentRolloutBuffer
-from sb3_ppo_kl.common.kl import distribution_params
+from sb3_ppo_kl.common.kl import KLCoefController, distribution_params
 from sb3_ppo_kl.common.reference import PolicySource
 from sb3_ppo_kl.ppo_kl.ppo_kl import FULL_PASS_BATCH_SIZE, PPOKL
 
@@ -63,6 +63,15 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
     :param kl_coef_bounds: ``(low, high)``, two real numbers with ``0 <= low <= high``: adapted beta is clamped
         to this range. Default ``(1e-4, 1e4)``. With ``adaptive_kl=True``, ``low`` must be ``> 0``: a beta of 0
         would stay 0 for good (0 times ``kl_adapt_factor`` is 0).
+    :param kl_controller_class: The rule that adapts beta, a :class:`~sb3_ppo_kl.KLCoefController` subclass.
+        Default ``KLCoefController`` (the paper's rule); see PPOKL.
+    :param kl_controller_kwargs: None (default), or a dict of the controller class's own arguments, e.g.
+        ``dict(gain=0.3)`` for :class:`~sb3_ppo_kl.LogProportionalKLController`.
+    :param kl_stop: None (default), or a float ``> 0``: end the epochs of an update once ``d`` over the whole
+        rollout reaches ``kl_stop * kl_target``, measured every ``kl_stop_interval`` minibatches (over the unpadded steps of the sequences, from the
+        stored LSTM states);
+        see PPOKL.
+    :param kl_stop_interval: Minibatches between two checks of ``kl_stop``, ``>= 1``. Default 4.
     :param ref_policy: None (default), or a frozen recurrent reference policy (a ``RecurrentActorCriticPolicy``, or
         the zip of a RecurrentPPO / RecurrentPPOKL model): ``ref_kl_coef * KL[pi_ref || pi_theta]`` joins the loss, as
         in PPOKL (see its docstring). The rollout stores the LSTM states of the policy that collected it, not the
@@ -128,6 +137,10 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
         kl_tolerance: float = 1.5,
         kl_adapt_factor: float = 2.0,
         kl_coef_bounds: Sequence[float] = (1e-4, 1e4),
+        kl_controller_class: type[KLCoefController] = KLCoefController,
+        kl_controller_kwargs: dict[str, Any] | None = None,
+        kl_stop: float | None = None,
+        kl_stop_interval: int = 4,
         ref_policy: PolicySource | None = None,
         ref_kl_coef: float | Schedule = 1.0,
         ref_kl_target: float | None = None,
@@ -158,6 +171,10 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
             kl_tolerance=kl_tolerance,
             kl_adapt_factor=kl_adapt_factor,
             kl_coef_bounds=kl_coef_bounds,
+            kl_controller_class=kl_controller_class,
+            kl_controller_kwargs=kl_controller_kwargs,
+            kl_stop=kl_stop,
+            kl_stop_interval=kl_stop_interval,
             n_steps=n_steps,
             batch_size=batch_size,
             n_epochs=n_epochs,
