@@ -1,5 +1,6 @@
 """sb3_ppo_kl: PPO with the adaptive KL penalty ("PPO1", Schulman et al. 2017) for Stable-Baselines3."""
 
+from sb3_ppo_kl.common.bc import behaviour_clone
 from sb3_ppo_kl.common.kl import KLCoefController, distribution_params, has_analytic_kl, per_state_kl, sampled_kl
 from sb3_ppo_kl.common.schedules import HoldThenLinearSchedule
 from sb3_ppo_kl.ppo_kl import PPOKL
@@ -17,6 +18,7 @@ __all__ = [
     "NonFiniteError",
     "RecurrentPPOKL",
     "__version__",
+    "behaviour_clone",
     "distribution_params",
     "has_analytic_kl",
     "per_state_kl",
