@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch as th
 from gymnasium import spaces
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import HumanOutputFormat, Logger
@@ -55,7 +56,8 @@ def behaviour_clone(
         model = behaviour_clone(PPO("MlpPolicy", env), (observations, actions))
         fine_tuned = PPOKL.from_pretrained(model, env, ref_kl_coef=1.0)
 
-    :param model: an SB3 model with a feed-forward actor-critic policy (``ActorCriticPolicy`` and its subclasses): PPO,
+    :param model: an SB3 model with a feed-forward actor-critic policy (SB3's ``ActorCriticPolicy`` and its subclasses,
+        sb3-contrib's ``MaskableActorCriticPolicy``): PPO,
         A2C, PPOKL, sb3-contrib's MaskablePPO and TRPO, MaskablePPOKL. Maskable policies are cloned without action
         masks: the likelihood is the unmasked distribution's, which puts the demonstrated (valid) actions first, so
         the masked distribution does too. Recurrent policies (RecurrentPPO, RecurrentPPOKL) are refused: their LSTM
@@ -139,7 +141,7 @@ def behaviour_clone(
     return model
 
 
-def _check_model(model: Any) -> ActorCriticPolicy:
+def _check_model(model: Any) -> ActorCriticPolicy | MaskableActorCriticPolicy:
     """``model.policy``; TypeError unless ``model`` is an SB3 model with a feed-forward actor-critic policy."""
     if not isinstance(model, BaseAlgorithm):
         hint = " (give the model whose policy it is)" if isinstance(model, th.nn.Module) else ""
@@ -151,10 +153,10 @@ def _check_model(model: Any) -> ActorCriticPolicy:
             "single transitions in shuffled minibatches, and an LSTM policy needs whole sequences with its state carried "
             "from step to step. Clone a feed-forward policy (PPO, A2C, PPOKL, MaskablePPO...) instead"
         )
-    if not isinstance(policy, ActorCriticPolicy):
+    if not isinstance(policy, (ActorCriticPolicy, MaskableActorCriticPolicy)):
         raise TypeError(
-            f"`model`'s policy must be an SB3 actor-critic policy (ActorCriticPolicy: PPO, A2C, PPOKL, MaskablePPO...), "
-            f"got {type(policy).__name__}"
+            "`model`'s policy must be an actor-critic policy (SB3's ActorCriticPolicy: PPO, A2C, PPOKL...; sb3-contrib's "
+            f"MaskableActorCriticPolicy: MaskablePPO, MaskablePPOKL), got {type(policy).__name__}"
         )
     return policy
 
@@ -233,18 +235,22 @@ def _from_minari(dataset: Any, observation_space: spaces.Space, action_space: sp
 
 
 def _check_space(kind: str, given: spaces.Space, expected: spaces.Space) -> None:
-    """ValueError unless a dataset's observation space fits the model's: Box of the same shape and dtype, else equal."""
+    """
+    ValueError unless a dataset's observation space fits the model's: a Box of the same shape whose dtype converts to
+    the model's within its kind (NumPy's same_kind: float64 to float32, not float to uint8), a Dict of such spaces under the same keys, else equal.
+    """
     if isinstance(expected, spaces.Dict) and isinstance(given, spaces.Dict) and set(given.spaces) == set(expected.spaces):
         for key, space in expected.spaces.items():
             _check_space(f"{kind} {key!r}", given.spaces[key], space)
         return
     if isinstance(expected, spaces.Box) and isinstance(given, spaces.Box):
-        fits = given.shape == expected.shape and given.dtype == expected.dtype
+        fits = given.shape == expected.shape and np.can_cast(given.dtype, expected.dtype, casting="same_kind")
     else:
         fits = given == expected
     if not fits:
         raise ValueError(
-            f"`demonstrations` has the {kind} space {given}, the model {expected}: they must have the same shape and dtype"
+            f"`demonstrations` has the {kind} space {given}, the model {expected}: a Box must have the same shape and "
+            "a dtype that converts to the model's within its kind, any other space must be equal"
         )
 
 
@@ -275,7 +281,7 @@ def _observation_array(name: str, value: Any, space: spaces.Space) -> np.ndarray
     if space.dtype is not None and not np.can_cast(array.dtype, space.dtype, casting="same_kind"):
         raise ValueError(
             f"`demonstrations`' {name} are {array.dtype}, the model's observation space {space} is {space.dtype}: "
-            "they would not convert without loss"
+            "a conversion to another kind of number (NumPy's same_kind casting) is refused"
         )
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise ValueError(f"`demonstrations`' {name} must be finite; row {int(np.argwhere(~np.isfinite(array))[0][0])} is not")
@@ -283,7 +289,7 @@ def _observation_array(name: str, value: Any, space: spaces.Space) -> np.ndarray
     if not isinstance(space, spaces.Box):  # Discrete, MultiDiscrete, MultiBinary observations: values in the space
         outside = [index for index, row in enumerate(array) if not space.contains(row)]
         if outside:
-            raise ValueError(f"`demonstrations`' {name} at row {outside[0]} is {array[outside[0]]!r}, not in {space}")
+            raise ValueError(f"`demonstrations`' {name} at row {outside[0]} is {array[outside[0]].tolist()!r}, not in {space}")
     return array
 
 
@@ -311,7 +317,7 @@ def _action_array(value: Any, space: spaces.Space) -> np.ndarray:
     bad = (array != np.round(array)) | (array < low) | (array > high)
     if bad.any():
         row = int(np.argwhere(bad)[0][0])
-        raise ValueError(f"`demonstrations`' action at row {row} is {array[row]!r}, not in the model's action space {space}")
+        raise ValueError(f"`demonstrations`' action at row {row} is {array[row].tolist()!r}, not in the model's action space {space}")
     # SB3's distributions take the indices of categorical actions as integers, Bernoulli outcomes as floats
     return array.astype(np.float32 if isinstance(space, spaces.MultiBinary) else np.int64, copy=False)
 
@@ -323,7 +329,9 @@ def _rows(observations: th.Tensor | dict[str, th.Tensor], rows: Any) -> th.Tenso
     return observations[rows]
 
 
-def _actor_parameters(policy: ActorCriticPolicy, observations: Any, actions: th.Tensor) -> list[th.nn.Parameter]:
+def _actor_parameters(
+    policy: ActorCriticPolicy | MaskableActorCriticPolicy, observations: Any, actions: th.Tensor
+) -> list[th.nn.Parameter]:
     """
     The parameters the log-probabilities of actions depend on (those the gradient reaches), found with one pass in
     evaluation mode, which leaves batch norm's statistics alone.
