@@ -22,7 +22,6 @@ from sb3_ppo_kl.common.finite import NonFiniteError
 from sb3_ppo_kl.common.kl import check_bool, check_int, check_real
 
 SelfModel = TypeVar("SelfModel", bound=BaseAlgorithm)
-Observations = np.ndarray | dict[str, np.ndarray]
 
 
 def behaviour_clone(
@@ -56,9 +55,9 @@ def behaviour_clone(
         model = behaviour_clone(PPO("MlpPolicy", env), (observations, actions))
         fine_tuned = PPOKL.from_pretrained(model, env, ref_kl_coef=1.0)
 
-    :param model: an SB3 model with a feed-forward actor-critic policy (SB3's ``ActorCriticPolicy`` and its subclasses,
-        sb3-contrib's ``MaskableActorCriticPolicy``): PPO,
-        A2C, PPOKL, sb3-contrib's MaskablePPO and TRPO, MaskablePPOKL. Maskable policies are cloned without action
+    :param model: an SB3 model with a feed-forward actor-critic policy (SB3's ``ActorCriticPolicy`` and its
+        subclasses, sb3-contrib's ``MaskableActorCriticPolicy``): PPO, A2C, PPOKL, MaskablePPO, MaskablePPOKL. Its
+        observation and action spaces are the ones the demonstrations must have. Maskable policies are cloned without action
         masks: the likelihood is the unmasked distribution's, which puts the demonstrated (valid) actions first, so
         the masked distribution does too. Recurrent policies (RecurrentPPO, RecurrentPPOKL) are refused: their LSTM
         needs whole sequences, with the LSTM state carried from step to step, which minibatches of single transitions
@@ -317,13 +316,18 @@ def _action_array(value: Any, space: spaces.Space) -> np.ndarray:
     bad = (array != np.round(array)) | (array < low) | (array > high)
     if bad.any():
         row = int(np.argwhere(bad)[0][0])
-        raise ValueError(f"`demonstrations`' action at row {row} is {array[row].tolist()!r}, not in the model's action space {space}")
+        raise ValueError(
+            f"`demonstrations`' action at row {row} is {array[row].tolist()!r}, not in the model's action space {space}"
+        )
     # SB3's distributions take the indices of categorical actions as integers, Bernoulli outcomes as floats
     return array.astype(np.float32 if isinstance(space, spaces.MultiBinary) else np.int64, copy=False)
 
 
-def _rows(observations: th.Tensor | dict[str, th.Tensor], rows: Any) -> th.Tensor | dict[str, th.Tensor]:
-    """The given rows of a tensor of observations, or of each tensor of a dict of them."""
+def _rows(observations: Any, rows: Any) -> Any:
+    """
+    The given rows of a tensor of observations, or of each tensor of a dict of them (typed Any: sb3-contrib's
+    MaskableActorCriticPolicy types its observations as a tensor only).
+    """
     if isinstance(observations, dict):
         return {key: value[rows] for key, value in observations.items()}
     return observations[rows]
