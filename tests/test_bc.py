@@ -98,13 +98,12 @@ def minari_path(tmp_path, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
 
 
-class _Dict(gym.ObservationWrapper):
-    def __init__(self, env):
-        super().__init__(env)
-        self.observation_space = gym.spaces.Dict({"state": env.observation_space})
-
-    def observation(self, observation):
-        return {"state": observation}
+def _dict_cartpole():
+    """CartPole-v1 with Dict observations: ``{"state": observation}``."""
+    env = gym.make("CartPole-v1")
+    return gym.wrappers.TransformObservation(
+        env, lambda obs: {"state": obs}, gym.spaces.Dict({"state": env.observation_space})
+    )
 
 
 def _state(model):
@@ -160,7 +159,7 @@ def test_box_actions_learn_the_log_std():
 def test_dict_observations_and_the_logger(demonstrations):
     """Dict observations as a dict of arrays; each epoch's mean negative log-likelihood is logged, and falls."""
 
-    model = PPO("MultiInputPolicy", make_vec_env(lambda: _Dict(gym.make("CartPole-v1"))), seed=0, device="cpu")
+    model = PPO("MultiInputPolicy", make_vec_env(_dict_cartpole), seed=0, device="cpu")
 
     class Keep(KVWriter):
         def __init__(self):
@@ -210,13 +209,12 @@ def test_a_loss_that_becomes_non_finite_is_not_applied():
     assert not model.policy.training
 
 
-class UInt8Observations(gym.ObservationWrapper):
-    def __init__(self, env):
-        super().__init__(env)
-        self.observation_space = gym.spaces.Box(0, 255, (4,), np.uint8)
-
-    def observation(self, observation):
-        return np.clip(observation * 10 + 128, 0, 255).astype(np.uint8)
+def _uint8_cartpole():
+    """CartPole-v1 with its observations scaled to uint8."""
+    space = gym.spaces.Box(0, 255, (4,), np.uint8)
+    return gym.wrappers.TransformObservation(
+        gym.make("CartPole-v1"), lambda obs: np.clip(obs * 10 + 128, 0, 255).astype(np.uint8), space
+    )
 
 
 def _bad_inputs(observations, actions):
@@ -279,7 +277,7 @@ def _bad_inputs(observations, actions):
         (cartpole, (observations, actions + 0.5), {}, ValueError, "action at row 0 is 0.5, not in the model's action space"),
         (cartpole, (observations, actions - 1), {}, ValueError, "not in the model's action space Discrete"),
         (
-            PPO("MlpPolicy", make_vec_env(lambda: UInt8Observations(gym.make("CartPole-v1"))), seed=0, device="cpu"),
+            PPO("MlpPolicy", make_vec_env(_uint8_cartpole), seed=0, device="cpu"),
             (observations, actions),
             {},
             ValueError,
@@ -293,7 +291,7 @@ def _bad_inputs(observations, actions):
             "actions must be finite; row 0 is not",
         ),
         (
-            PPO("MultiInputPolicy", make_vec_env(lambda: _Dict(gym.make("CartPole-v1"))), seed=0, device="cpu"),
+            PPO("MultiInputPolicy", make_vec_env(_dict_cartpole), seed=0, device="cpu"),
             (observations, actions),
             {},
             TypeError,
