@@ -1,5 +1,6 @@
 """sb3_ppo_kl: PPO with the adaptive KL penalty ("PPO1", Schulman et al. 2017) for Stable-Baselines3."""
 
+from sb3_ppo_kl.common.bc import behaviour_clone
 from sb3_ppo_kl.common.finite import NonFiniteError
 from sb3_ppo_kl.common.kl import (
     KLCoefController,
@@ -27,6 +28,7 @@ __all__ = [
     "RecurrentPPOKL",
     "SafeLoadError",
     "__version__",
+    "behaviour_clone",
     "distribution_params",
     "has_analytic_kl",
     "per_state_kl",

@@ -4,6 +4,7 @@ PPOKL and its variants accept with the same warnings; what the originals refuse,
 import warnings
 
 import pytest
+import torch as th
 from conftest import PerUpdate
 from sb3_contrib import MaskablePPO, RecurrentPPO
 from sb3_contrib.common.envs import InvalidActionEnvDiscrete
@@ -84,6 +85,7 @@ def test_ppo_refuses_and_so_do_we_by_name(kwargs, message):
 REFERENCE_OPTIONS = {
     "schedule": dict(ref_kl_coef=HoldThenLinearSchedule(1.0, 0.0, hold_fraction=0.5)),
     "floored": dict(ref_kl_coef=1.0, ref_kl_target=0.02, ref_kl_coef_bounds=(1.0, 1e4)),
+    "moving": dict(ref_tau=0.5, ref_update_interval=2),
 }
 
 
@@ -93,10 +95,11 @@ def test_every_variant_takes_every_reference_option(pair, options):
     """
     PPOKL, MaskablePPOKL and RecurrentPPOKL fine-tune their original's policy with the same reference options, to the
     same effect: a schedule is followed (1.0 for the first half of training, then to 0), a floored coefficient never
-    falls below its start.
+    falls below its start, a moving reference moves halfway to the policy after every second update.
     """
     original, ours, policy, env_id = PAIRS[pair]
     pretrained = original(policy, _env(env_id, 2), seed=1).policy
+    start = {key: value.clone() for key, value in pretrained.state_dict().items()}
     model = ours.from_pretrained(
         pretrained, _env(env_id, 2), n_steps=16, batch_size=16, n_epochs=1, seed=0, **REFERENCE_OPTIONS[options]
     )
@@ -107,6 +110,13 @@ def test_every_variant_takes_every_reference_option(pair, options):
     assert len(logged) == 4 and all(row["ref_kl"] > 0 for row in updates.rows)
     if options == "schedule":
         assert logged == pytest.approx([1.0, 1.0, 0.5, 0.0])  # after 25%, 50%, 75%, 100% of the 128 steps
+    elif options == "moving":
+        assert (model.ref_tau, model.ref_update_interval, model._n_ref_updates) == (0.5, 2, 2)
+        assert model.logger.name_to_value["train/ref_updates"] == 2
+        reference, policy = model.ref_policy.state_dict(), model.policy.state_dict()
+        assert all(key in policy for key in reference)
+        assert not th.equal(reference["action_net.weight"], start["action_net.weight"])
+        assert not th.equal(reference["action_net.weight"], policy["action_net.weight"])
     else:
         assert model.ref_kl_controller.kl_coef_bounds == (1.0, 1e4) and all(value >= 1.0 for value in logged)
 
@@ -123,6 +133,8 @@ def test_every_variant_refuses_the_same_reference_options_by_name(pair):
         ),
         (dict(ref_kl_coef_bounds=(2.0, 1.0)), ValueError, "`ref_kl_coef_bounds` must be a pair"),
         (dict(ref_kl_target=True), TypeError, "`ref_kl_target` must be None or a finite number > 0"),
+        (dict(ref_tau=2.0), ValueError, r"`ref_tau` must be a finite number in \[0, 1\], got 2.0"),
+        (dict(ref_update_interval="2"), TypeError, "`ref_update_interval` must be an integer >= 1, got '2'"),
     ]:
         with pytest.raises(error, match=message):
             ours(policy, _env(env_id, 1), ref_policy=reference, **kwargs)

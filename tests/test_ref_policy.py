@@ -485,6 +485,7 @@ def test_model_saved_without_reference_loads(tmp_path):
     model.save(tmp_path / "plain")
     # ... and as saved before references existed: without their attributes
     new_attributes = ["_ref_policy_spec", "ref_kl_controller", "value_warmup_rollouts", "_n_rollouts_trained"]
+    new_attributes += ["ref_tau", "ref_update_interval", "_n_policy_updates", "_n_ref_updates"]
     model.save(tmp_path / "old", exclude=new_attributes)
     for name in ("plain", "old"):
         loaded = PPOKL.load(tmp_path / name, env=env)
@@ -873,3 +874,170 @@ def test_value_warmup_in_recurrent_ppo_kl():
     for name, p in model.policy.named_parameters():
         critic = "critic" in name or "value" in name  # lstm_critic, mlp_extractor.value_net, value_net
         assert th.equal(p, before[name]) != critic, name
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A reference that moves: ref_tau and ref_update_interval
+
+
+class BatchNormLinear(BaseFeaturesExtractor):
+    """A features extractor with batch norm: running statistics are buffers, which a moving reference copies."""
+
+    def __init__(self, observation_space, features_dim=8):
+        super().__init__(observation_space, features_dim)
+        self.linear = th.nn.Linear(int(np.prod(observation_space.shape)), features_dim)
+        self.norm = th.nn.BatchNorm1d(features_dim)
+
+    def forward(self, obs):
+        return th.tanh(self.norm(self.linear(obs)))
+
+
+def _moving(algo, ref_tau, ref_update_interval, **kwargs):
+    """``algo`` fine-tuning a pretrained policy of its own class (the reference starts as it)."""
+    policy, pretrained = ("MlpLstmPolicy", RecurrentPPO) if algo is RecurrentPPOKL else ("MlpPolicy", PPO)
+    policy_kwargs = LSTM if algo is RecurrentPPOKL else dict(features_extractor_class=BatchNormLinear)
+    source = pretrained(policy, "CartPole-v1", seed=1, policy_kwargs=policy_kwargs).policy
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    model = algo.from_pretrained(
+        source,
+        env,
+        n_steps=16,
+        batch_size=16,
+        n_epochs=2,
+        ref_tau=ref_tau,
+        ref_update_interval=ref_update_interval,
+        seed=0,
+        **kwargs,
+    )
+    return model, source
+
+
+def _state(policy):
+    return copy.deepcopy(policy.state_dict())
+
+
+@pytest.mark.parametrize("algo", [PPOKL, RecurrentPPOKL])
+def test_soft_update_moves_the_reference_by_ref_tau(algo):
+    """After one update with ref_tau=0.25 every weight of the reference is 0.75 * before + 0.25 * policy; buffers (batch
+    norm's running statistics) are the policy's; the KL logged is the one to the reference before it moved."""
+    model, _ = _moving(algo, 0.25, 1)
+    before = _state(model.ref_policy)
+    model.learn(32)
+    policy, reference = model.policy.state_dict(), model.ref_policy.state_dict()
+    assert set(reference) == set(policy)
+    parameters = dict(model.ref_policy.named_parameters(remove_duplicate=False))  # shared modules under all their names
+    moved = 0
+    for key, value in reference.items():
+        if key in parameters:
+            th.testing.assert_close(value, 0.75 * before[key] + 0.25 * policy[key], rtol=1e-6, atol=1e-7)
+            moved += not th.equal(value, before[key])
+        else:
+            assert th.equal(value, policy[key]), key  # a buffer: copied
+    assert moved > len(parameters) // 2  # the policy did move, and the reference with it
+    if algo is PPOKL:
+        assert any("running_mean" in key for key in reference) and not th.equal(
+            reference["features_extractor.norm.running_mean"], before["features_extractor.norm.running_mean"]
+        )
+    else:
+        assert any(key.startswith("lstm_actor.") for key in parameters)
+    values = model.logger.name_to_value
+    assert values["train/ref_updates"] == 1 and values["train/ref_kl"] > 0
+    assert not model.ref_policy.training and not any(p.requires_grad for p in model.ref_policy.parameters())
+
+
+def test_hard_reset_every_second_update():
+    """ref_tau=1, ref_update_interval=2: the reference is still the clone after update 1, the policy after update 2."""
+    model, source = _moving(PPOKL, 1.0, 2)
+    model.learn(32)
+    for key, value in source.state_dict().items():
+        assert th.equal(model.ref_policy.state_dict()[key], value), key
+    assert model.logger.name_to_value["train/ref_updates"] == 0
+    model.learn(32, reset_num_timesteps=False)
+    policy = model.policy.state_dict()
+    for key, value in model.ref_policy.state_dict().items():
+        assert th.equal(value, policy[key]), key
+    assert not th.equal(policy["action_net.weight"], source.state_dict()["action_net.weight"])
+    assert model.logger.name_to_value["train/ref_updates"] == 1
+
+
+def test_value_warmup_updates_neither_move_the_reference_nor_count():
+    model, source = _moving(PPOKL, 1.0, 1, value_warmup_rollouts=1)
+    model.learn(32)  # the warm-up update
+    assert (model._n_policy_updates, model._n_ref_updates) == (0, 0)
+    for key, value in source.state_dict().items():
+        assert th.equal(model.ref_policy.state_dict()[key], value), key
+    model.learn(32, reset_num_timesteps=False)
+    assert (model._n_policy_updates, model._n_ref_updates) == (1, 1)
+    assert th.equal(model.ref_policy.action_net.weight, model.policy.action_net.weight)
+
+
+def test_frozen_by_default():
+    model, source = _moving(PPOKL, 0.0, 1)
+    assert (model.ref_tau, model.ref_update_interval) == (0.0, 1)
+    model.learn(64)
+    for key, value in source.state_dict().items():
+        assert th.equal(model.ref_policy.state_dict()[key], value), key
+    assert "train/ref_updates" not in model.logger.name_to_value
+
+
+def test_save_load_keeps_the_moved_reference_and_its_clock(tmp_path):
+    """Saved after 1 of every 2 updates: the loaded model keeps the moved weights and resets the reference at its
+    next update, as the saved model would."""
+    model, _ = _moving(PPOKL, 1.0, 2)
+    model.ref_tau = 0.5  # first a soft move, so that the saved reference is neither the clone nor the policy
+    model.learn(64)
+    assert model._n_ref_updates == 1
+    model.ref_tau = 1.0
+    model.learn(32, reset_num_timesteps=False)  # update 3 of 2-update periods: no move
+    model.save(tmp_path / "model")
+    loaded = PPOKL.load(tmp_path / "model", env=make_vec_env("CartPole-v1", n_envs=2, seed=0))
+    assert (loaded.ref_tau, loaded.ref_update_interval, loaded._n_policy_updates, loaded._n_ref_updates) == (1.0, 2, 3, 1)
+    for key, value in model.ref_policy.state_dict().items():
+        assert th.equal(loaded.ref_policy.state_dict()[key], value), key
+    assert not th.equal(loaded.ref_policy.action_net.weight, loaded.policy.action_net.weight)
+    loaded.learn(32, reset_num_timesteps=False)  # update 4: the reset
+    assert th.equal(loaded.ref_policy.action_net.weight, loaded.policy.action_net.weight)
+    assert loaded.logger.name_to_value["train/ref_updates"] == 2
+
+
+def test_a_moving_reference_of_another_architecture_is_refused(zips):
+    other = PPO("MlpPolicy", "CartPole-v1", seed=0, policy_kwargs=dict(net_arch=[32])).policy
+    PPOKL("MlpPolicy", "CartPole-v1", ref_policy=other)  # a frozen reference may differ
+    with pytest.raises(ValueError, match=r"`ref_tau`=0.1 moves the reference .* `ref_policy` \(ActorCriticPolicy\) must have"):
+        PPOKL("MlpPolicy", "CartPole-v1", ref_policy=other, ref_tau=0.1)
+    with pytest.raises(ValueError, match=r"`ref_tau`.*weights only the policy has: \['mlp_extractor.policy_net.2.bias'"):
+        PPOKL("MlpPolicy", "CartPole-v1", ref_policy=other, ref_tau=1.0)
+    with pytest.raises(
+        ValueError, match=r"`ref_tau`.*shapes that differ \(`ref_policy` vs the policy\): .*'lstm_actor.weight_ih_l0"
+    ):
+        RecurrentPPOKL("MlpLstmPolicy", "CartPole-v1", ref_policy=zips["recurrent"], ref_tau=1.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(ref_tau=-0.1), ValueError, r"`ref_tau` must be a finite number in \[0, 1\], got -0.1"),
+        (dict(ref_tau=1.5), ValueError, r"`ref_tau` must be a finite number in \[0, 1\], got 1.5"),
+        (dict(ref_tau=float("nan")), ValueError, r"`ref_tau` must be a finite number in \[0, 1\]"),
+        (dict(ref_tau="0.1"), TypeError, r"`ref_tau` must be a finite number in \[0, 1\], got '0.1'"),
+        (dict(ref_tau=True), TypeError, r"`ref_tau` must be a finite number in \[0, 1\], got True"),
+        (dict(ref_tau=None), TypeError, r"`ref_tau` must be a finite number in \[0, 1\]"),
+        (dict(ref_update_interval=0), ValueError, "`ref_update_interval` must be an integer >= 1, got 0"),
+        (dict(ref_update_interval=2.0), TypeError, "`ref_update_interval` must be an integer >= 1, got 2.0"),
+        (dict(ref_update_interval=True), TypeError, "`ref_update_interval` must be an integer >= 1, got True"),
+        (dict(ref_policy=None, ref_tau=0.5), ValueError, "`ref_tau` applies to a reference policy; give `ref_policy`"),
+    ],
+)
+def test_invalid_moving_reference_arguments(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        PPOKL("MlpPolicy", "CartPole-v1", **{"ref_policy": PPO("MlpPolicy", "CartPole-v1", seed=0).policy, **kwargs})
+    with pytest.raises(error, match=message):  # from_pretrained passes them on to its default reference
+        PPOKL.from_pretrained(PPO("MlpPolicy", "CartPole-v1", seed=0), "CartPole-v1", **kwargs)
+
+
+def test_from_pretrained_takes_a_model():
+    expert = PPO("MlpPolicy", "CartPole-v1", seed=3)
+    model = PPOKL.from_pretrained(expert, "CartPole-v1", n_steps=32, batch_size=32, ref_tau=0.5, ref_update_interval=3)
+    assert (model.ref_tau, model.ref_update_interval) == (0.5, 3)
+    for key, value in expert.policy.state_dict().items():
+        assert th.equal(model.policy.state_dict()[key], value) and th.equal(model.ref_policy.state_dict()[key], value)

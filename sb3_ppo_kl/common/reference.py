@@ -16,14 +16,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch as th
 from gymnasium import spaces
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
+from stable_baselines3.common.utils import polyak_update
 
 from sb3_ppo_kl.common.buffers import KLBufferMixin
-from sb3_ppo_kl.common.checks import check_coef_bounds, check_real, check_schedule, scheduled_value
+from sb3_ppo_kl.common.checks import check_coef_bounds, check_int, check_real, check_schedule, scheduled_value
 from sb3_ppo_kl.common.kl import KLCoefController, comparable_distributions, has_analytic_kl
 from sb3_ppo_kl.common.safe_load import safe_custom_objects
 
@@ -177,9 +179,10 @@ def check_reference(reference: BasePolicy, policy: BasePolicy, algorithm: str) -
         )
 
 
-def copy_weights(source: BasePolicy, target: BasePolicy, name: str) -> None:
+def architecture_differences(source: BasePolicy, target: BasePolicy, name: str, other: str) -> list[str]:
     """
-    Load ``source``'s weights into ``target``; ValueError naming every difference if their architectures differ.
+    How the state dicts of ``source`` (the argument ``name``) and ``target`` (described as ``other``) differ: the
+    weights only one of them has and the shapes that differ, in words; empty when they have the same architecture.
     """
     theirs, ours = source.state_dict(), target.state_dict()
     missing = sorted(set(ours) - set(theirs))
@@ -189,21 +192,46 @@ def copy_weights(source: BasePolicy, target: BasePolicy, name: str) -> None:
         for key in ours
         if key in theirs and theirs[key].shape != ours[key].shape
     ]
-    if missing or unexpected or shapes:
-        details = []
-        if missing:
-            details.append(f"weights only the new policy has: {missing}")
-        if unexpected:
-            details.append(f"weights only `{name}` has: {unexpected}")
-        if shapes:
-            details.append(f"shapes that differ (`{name}` vs new policy): {shapes}")
+    details = []
+    if missing:
+        details.append(f"weights only {other} has: {missing}")
+    if unexpected:
+        details.append(f"weights only `{name}` has: {unexpected}")
+    if shapes:
+        details.append(f"shapes that differ (`{name}` vs {other}): {shapes}")
+    return details
+
+
+def copy_weights(source: BasePolicy, target: BasePolicy, name: str) -> None:
+    """
+    Load ``source``'s weights into ``target``; ValueError naming every difference if their architectures differ.
+    """
+    details = architecture_differences(source, target, name, "the new policy")
+    if details:
         raise ValueError(
             f"`{name}` ({type(source).__name__}) has a different architecture from the new policy "
             f"({type(target).__name__}): {'; '.join(details)}. Give the same policy_kwargs (net_arch, ...) or leave "
             "policy_kwargs out to take the pretrained policy's"
         )
     with th.no_grad():
-        target.load_state_dict(theirs)
+        target.load_state_dict(source.state_dict())
+
+
+def move_toward(reference: BasePolicy, policy: BasePolicy, tau: float) -> None:
+    """
+    The soft update of a target network, as SB3's DQN and SAC make it: every parameter of ``reference`` becomes
+    ``(1 - tau) * reference + tau * policy`` (SB3's ``polyak_update``, in place), and every buffer (batch norm's
+    running statistics, its batch count) becomes the policy's, as SB3 copies the running statistics. The two must
+    have the same state-dict keys and shapes; the parameters are paired by name.
+    """
+    ours = dict(policy.named_parameters())
+    theirs = dict(reference.named_parameters())
+    names = list(theirs)
+    polyak_update([ours[name] for name in names], [theirs[name] for name in names], tau)
+    buffers = dict(policy.named_buffers())
+    with th.no_grad():
+        for name, buffer in reference.named_buffers():
+            buffer.copy_(buffers[name])
 
 
 def policy_kwargs_for(source: BasePolicy, policy_class: type) -> dict[str, Any]:
@@ -233,14 +261,16 @@ else:
 class ReferencePolicyMixin(_Algorithm):
     """
     The reference-policy options of :class:`~sb3_ppo_kl.PPOKL` and its variants: ``ref_policy``, ``ref_kl_coef``
-    (a number or a schedule), ``ref_kl_target``, ``ref_kl_coef_bounds``, and :meth:`from_pretrained`. Mixed into
-    PPOKL before SB3's ``OnPolicyAlgorithm``; the variants inherit it with PPOKL.
+    (a number or a schedule), ``ref_kl_target``, ``ref_kl_coef_bounds``, ``ref_tau``, ``ref_update_interval``, and
+    :meth:`from_pretrained`. Mixed into PPOKL before SB3's ``OnPolicyAlgorithm``; the variants inherit it with PPOKL.
 
-    What it adds to the model: ``ref_policy`` (frozen), ``ref_kl_controller`` (a second
+    What it adds to the model: ``ref_policy`` (frozen: never optimised), ``ref_kl_controller`` (a second
     :class:`~sb3_ppo_kl.KLCoefController`: fixed, or adapted toward ``ref_kl_target`` within ``ref_kl_coef_bounds``),
     ``ref_kl_coef`` (the value in use), and once per update ``rollout_buffer.ref_dist_params``, the reference's
-    distribution for every sample, which the algorithm's loss compares with the policy's. The reference is saved as
-    its weights and a spec (:func:`policy_spec`), never pickled.
+    distribution for every sample, which the algorithm's loss compares with the policy's. With ``ref_tau > 0`` the
+    reference moves toward the policy after every ``ref_update_interval`` updates (:meth:`_move_ref_policy`), as
+    SB3's DQN and SAC move their target networks. The reference is saved as its weights and a spec
+    (:func:`policy_spec`), never pickled.
     """
 
     ref_policy: BasePolicy | None
@@ -252,6 +282,15 @@ class ReferencePolicyMixin(_Algorithm):
     # ref_kl_coef as a schedule of the progress remaining, or None when it is a number (in ref_kl_controller).
     # A class attribute too, for models saved before schedules were accepted.
     _ref_kl_coef_schedule: Schedule | None = None
+    #: The soft update coefficient of the reference (0: frozen; 1: a copy of the policy), see ``ref_tau`` in PPOKL.
+    #: Class attributes too, for models saved before the reference could move: they load with a frozen reference.
+    ref_tau: float = 0.0
+    #: Policy updates between two moves of the reference (``ref_update_interval``).
+    ref_update_interval: int = 1
+    # Updates so far in which the policy was trained (train() calls outside the value warm-up), the clock of
+    # ref_update_interval, and the moves of the reference so far; both saved with the model
+    _n_policy_updates: int = 0
+    _n_ref_updates: int = 0
 
     @property
     def ref_kl_coef(self) -> float:
@@ -284,12 +323,22 @@ class ReferencePolicyMixin(_Algorithm):
         ref_kl_coef: float | Schedule,
         ref_kl_target: float | None,
         ref_kl_coef_bounds: Sequence[float] | None = None,
+        ref_tau: float = 0.0,
+        ref_update_interval: int = 1,
     ) -> None:
         """
         Validate the reference arguments, create ``self.ref_kl_controller`` (and ``self._ref_kl_coef_schedule``)
         and load the reference policy, frozen, on the CPU, into ``self.ref_policy`` (with ``self._ref_policy_spec``,
-        what rebuilds it on load).
+        what rebuilds it on load). Set ``self.ref_tau`` and ``self.ref_update_interval``, and start the clock of the
+        reference's moves.
         """
+        self.ref_tau = check_real("ref_tau", ref_tau, "a finite number in [0, 1]", lambda v: 0 <= v <= 1)
+        self.ref_update_interval = check_int(
+            "ref_update_interval", ref_update_interval, "an integer >= 1", lambda value: value >= 1
+        )
+        if ref_policy is None and self.ref_tau > 0:
+            raise ValueError(f"`ref_tau` applies to a reference policy; give `ref_policy`, got ref_tau={ref_tau!r}")
+        self._n_policy_updates = self._n_ref_updates = 0
         schedule: Schedule | None = None
         if callable(ref_kl_coef):
             schedule = ref_kl_coef
@@ -345,6 +394,14 @@ class ReferencePolicyMixin(_Algorithm):
             self.ref_policy = build_policy(self._ref_policy_spec)
         self.ref_policy = freeze(self.ref_policy.to(self.device))
         check_reference(self.ref_policy, self.policy, type(self).__name__)
+        if self.ref_tau > 0:  # the reference moves toward the policy: it must have the policy's weights, name by name
+            details = architecture_differences(self.ref_policy, self.policy, "ref_policy", "the policy")
+            if details:
+                raise ValueError(
+                    f"`ref_tau`={self.ref_tau} moves the reference toward the policy, so `ref_policy` "
+                    f"({type(self.ref_policy).__name__}) must have the policy's architecture ({type(self.policy).__name__}): "
+                    f"{'; '.join(details)}. Give a reference of the policy's architecture, or ref_tau=0 for a frozen one"
+                )
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts, variables = super()._get_torch_save_params()
@@ -355,10 +412,22 @@ class ReferencePolicyMixin(_Algorithm):
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "ref_policy"]  # the module is never pickled (see _ref_policy_spec)
 
+    def _move_ref_policy(self) -> None:
+        """
+        After an update that trained the policy (not a value warm-up one): count it and, every
+        ``ref_update_interval`` such updates, move the reference toward the policy by ``ref_tau``
+        (:func:`move_toward`). Nothing moves while ``ref_tau`` is 0 or without a reference.
+        """
+        self._n_policy_updates += 1
+        if self.ref_policy is None or self.ref_tau == 0 or self._n_policy_updates % self.ref_update_interval:
+            return
+        move_toward(self.ref_policy, self.policy, self.ref_tau)
+        self._n_ref_updates += 1
+
     @classmethod
     def from_pretrained(
         cls: type[SelfReferenceModel],
-        pretrained: PolicySource,
+        pretrained: PolicySource | BaseAlgorithm,
         env: GymEnv | str,
         policy: str | type[BasePolicy] | None = None,
         **kwargs: Any,
@@ -370,19 +439,23 @@ class ReferencePolicyMixin(_Algorithm):
 
             model = PPOKL.from_pretrained("expert.zip", env, ref_kl_coef=0.5, value_warmup_rollouts=2)
 
-        :param pretrained: an SB3 policy (``model.policy`` of a PPO, A2C, PPOKL, MaskablePPO... model) or the
-            path of an SB3 model zip. Its weights are copied into the new policy (``load_state_dict``).
+        :param pretrained: an SB3 model (PPO, A2C, PPOKL, MaskablePPO..., e.g. one returned by
+            :func:`~sb3_ppo_kl.behaviour_clone`), its policy (``model.policy``) or the path of an SB3 model zip.
+            Its policy's weights are copied into the new policy (``load_state_dict``); the model itself is left
+            untouched.
         :param env: the environment to fine-tune on; its spaces must be the pretrained policy's
         :param policy: the policy class or alias; None (default) takes the pretrained policy's class when this
             algorithm uses it, else ``"MlpPolicy"`` (``"MultiInputPolicy"`` for Dict observations)
         :param kwargs: the algorithm's other arguments. ``policy_kwargs`` defaults to the pretrained policy's
             architecture (net_arch, activation, features extractor...), ``use_sde`` to whether it used gSDE.
             ``ref_policy`` defaults to the pretrained policy (as this algorithm's policy class, so that
-            MaskablePPOKL masks it); pass ``ref_policy=None`` to fine-tune without a reference.
+            MaskablePPOKL masks it); pass ``ref_policy=None`` to fine-tune without a reference. ``ref_kl_coef``,
+            ``ref_kl_target``, ``ref_kl_coef_bounds``, ``ref_tau`` and ``ref_update_interval`` apply to that reference
+            as to any other: with ``ref_tau > 0`` it starts as the pretrained policy and then follows the new one.
         :raises ValueError: if the new policy's architecture differs from the pretrained one (naming the weights
             that differ), or for any invalid argument
         """
-        source = load_policy(pretrained, "pretrained")
+        source = load_policy(pretrained.policy if isinstance(pretrained, BaseAlgorithm) else pretrained, "pretrained")
         if policy is None:
             own = tuple(cls.policy_aliases.values())
             if isinstance(source, own):
@@ -400,7 +473,7 @@ class ReferencePolicyMixin(_Algorithm):
         if "use_sde" not in kwargs and getattr(source, "use_sde", False) and accepts(cls, "use_sde"):
             kwargs["use_sde"] = True
         default_reference = "ref_policy" not in kwargs
-        ref_keys = ("ref_kl_coef", "ref_kl_target", "ref_kl_coef_bounds")
+        ref_keys = ("ref_kl_coef", "ref_kl_target", "ref_kl_coef_bounds", "ref_tau", "ref_update_interval")
         ref_kwargs = {key: kwargs.pop(key) for key in ref_keys if default_reference and key in kwargs}
         model = cls(policy, env, **kwargs)  # type: ignore[arg-type]
         copy_weights(source, model.policy, "pretrained")
@@ -410,6 +483,8 @@ class ReferencePolicyMixin(_Algorithm):
                 ref_kwargs.get("ref_kl_coef", 1.0),
                 ref_kwargs.get("ref_kl_target"),
                 ref_kwargs.get("ref_kl_coef_bounds"),
+                ref_kwargs.get("ref_tau", 0.0),
+                ref_kwargs.get("ref_update_interval", 1),
             )
             model._setup_ref_policy()
         return model

@@ -64,7 +64,8 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
     ``kl_stop`` ends an update's epochs once ``d`` reaches a multiple of the target.
 
     With ``ref_policy`` (fine-tuning a pretrained policy), the loss also has
-    ``+ ref_kl_coef * KL[pi_ref(.|s) || pi_theta(.|s)].mean()``, the KL to a frozen reference policy.
+    ``+ ref_kl_coef * KL[pi_ref(.|s) || pi_theta(.|s)].mean()``, the KL to a reference policy: frozen, or with
+    ``ref_tau > 0`` moved toward the policy after every ``ref_update_interval`` updates, as SB3's target networks.
 
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy)
     :param env: The environment to learn from (if registered in Gym, can be str)
@@ -139,6 +140,19 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
         range, and must start in it; validated as ``kl_coef_bounds`` (an adapted coefficient needs ``low > 0``).
         None (default): ``kl_coef_bounds``. ``(ref_kl_coef, 1e4)`` makes the start a
         floor: the coefficient rises while the KL to the reference is too high and never falls below its start.
+    :param ref_tau: The soft update coefficient of the reference, in ``[0, 1]``, as ``tau`` in SB3's DQN and SAC.
+        0 (default): the reference is frozen. Otherwise, after every ``ref_update_interval`` updates the reference
+        becomes ``(1 - ref_tau) * reference + ref_tau * policy``, parameter by parameter (SB3's ``polyak_update``;
+        buffers such as batch norm's running statistics are copied, as SB3 copies them): the leash then limits how
+        fast the policy drifts, not how far. ``ref_tau=1`` resets the reference to the policy. It needs
+        ``ref_policy`` of the policy's architecture (the same state-dict keys and shapes, which
+        :meth:`from_pretrained` gives); another is refused. ``train/ref_kl`` is the KL to the moving reference
+        (before its move), ``train/ref_updates`` the number of moves so far; the moved reference is what ``save()``
+        keeps.
+    :param ref_update_interval: The number of updates between two moves of the reference, an integer ``>= 1``, as
+        ``target_update_interval`` (default 1: after every update). Only the updates that train the policy count:
+        the value warm-up updates (``value_warmup_rollouts``) neither move the reference nor count. ``ref_tau=1,
+        ref_update_interval=N`` is a hard reset of the reference to the policy every N updates.
     :param value_warmup_rollouts: For the first N rollouts (N calls to ``train()``) train only the value
         function: the loss is ``vf_coef * value_loss`` and every parameter the action distribution depends on
         (shared layers included) is left unchanged; beta and ``ref_kl_coef`` are not adapted. Useful when
@@ -171,7 +185,8 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
     The arguments of this package's own are checked before an environment is made or a network built, and an
     error names the argument and what it accepts. For ``kl_target``, ``kl_coef``, ``adaptive_kl``,
     ``kl_tolerance``, ``kl_adapt_factor``, ``kl_coef_bounds``, ``kl_controller_class``, ``kl_controller_kwargs``,
-    ``kl_stop``, ``kl_stop_interval`` and ``value_warmup_rollouts`` a wrong type raises
+    ``kl_stop``, ``kl_stop_interval``, ``ref_tau``, ``ref_update_interval`` and ``value_warmup_rollouts`` a wrong
+    type raises
     TypeError (a string such as ``"0.01"`` from a config file; a bool where a number is expected; anything but a
     bool for ``adaptive_kl``), a value out of range ValueError.
     """
@@ -229,6 +244,8 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
         ref_kl_coef: float | Schedule = 1.0,
         ref_kl_target: float | None = None,
         ref_kl_coef_bounds: Sequence[float] | None = None,
+        ref_tau: float = 0.0,
+        ref_update_interval: int = 1,
         value_warmup_rollouts: int = 0,
         clip_range: float | Schedule | None = None,
         clip_range_vf: float | Schedule | None = None,
@@ -273,6 +290,8 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
             ref_kl_coef=ref_kl_coef,
             ref_kl_target=ref_kl_target,
             ref_kl_coef_bounds=ref_kl_coef_bounds,
+            ref_tau=ref_tau,
+            ref_update_interval=ref_update_interval,
             value_warmup_rollouts=value_warmup_rollouts,
         )
 
@@ -337,6 +356,8 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
         ref_kl_coef: float | Schedule = 1.0,
         ref_kl_target: float | None = None,
         ref_kl_coef_bounds: Sequence[float] | None = None,
+        ref_tau: float = 0.0,
+        ref_update_interval: int = 1,
         value_warmup_rollouts: int = 0,
     ) -> None:
         """
@@ -379,7 +400,7 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
             raise ValueError(
                 f"`ref_kl_target` applies to a reference policy; give `ref_policy`, got ref_kl_target={ref_kl_target!r}"
             )
-        self._make_ref_policy(ref_policy, ref_kl_coef, ref_kl_target, ref_kl_coef_bounds)
+        self._make_ref_policy(ref_policy, ref_kl_coef, ref_kl_target, ref_kl_coef_bounds, ref_tau, ref_update_interval)
 
     def _check_action_space(self, action_space: spaces.Space) -> None:
         if not isinstance(action_space, self.supported_action_spaces):
@@ -734,6 +755,8 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
             self.kl_controller.update(kl_after, progress, stopped=stopped and self._kl_stop_tell_controller)
             if ref_kl_after is not None:
                 self.ref_kl_controller.update(ref_kl_after, progress)
+            # With ref_tau > 0, the reference moves toward the policy, every ref_update_interval such updates
+            self._move_ref_policy()
 
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())  # type: ignore[attr-defined]
 
@@ -758,6 +781,8 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
             self.logger.record("train/ref_kl_penalty", np.mean(ref_penalties))
         if self.ref_policy is not None:
             self.logger.record("train/ref_kl_coef", self.ref_kl_coef)
+            if self.ref_tau > 0:
+                self.logger.record("train/ref_updates", self._n_ref_updates)
         self.logger.record("train/kl_penalty", np.mean(kl_penalties))
         self.logger.record("train/kl_minibatch", np.mean(kl_divs))
         if clip_range is not None:

@@ -79,11 +79,17 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
         order, one sequence of ``n_steps`` per environment with the stored episode starts, from its state at the end
         of the previous rollout (zeros at the start, and after ``load()``, as RecurrentPPO's own states), and its
         distribution is stored for every sample (:func:`~sb3_ppo_kl.ppo_kl_recurrent.ppo_kl_recurrent.recurrent_reference_dist_params`).
-        Its LSTM may differ in size from the policy's. :meth:`~sb3_ppo_kl.PPOKL.from_pretrained` fine-tunes a
+        Its LSTM may differ in size from the policy's (unless ``ref_tau > 0``). :meth:`~sb3_ppo_kl.PPOKL.from_pretrained` fine-tunes a
         pretrained RecurrentPPO policy of the same architecture.
     :param ref_kl_coef: Coefficient of the KL to the reference, ``>= 0``, or a schedule. Default 1.0.
     :param ref_kl_target: None (default) keeps ``ref_kl_coef`` fixed; a float ``> 0`` adapts it with beta's rule.
     :param ref_kl_coef_bounds: ``(low, high)`` clamping the adapted ``ref_kl_coef``; None (default): ``kl_coef_bounds``.
+    :param ref_tau: Soft update coefficient of the reference, in ``[0, 1]``: 0 (default) keeps it frozen; otherwise
+        after every ``ref_update_interval`` updates it becomes ``(1 - ref_tau) * reference + ref_tau * policy``, as
+        in PPOKL (see its docstring). It then needs a reference of the policy's architecture. The reference's LSTM moves
+        with its other weights; its LSTM states carry on from one rollout to the next as before.
+    :param ref_update_interval: Updates that train the policy between two moves of the reference, ``>= 1``.
+        Default 1.
     :param value_warmup_rollouts: Train only the value function for the first N rollouts, ``>= 0``. Default 0.
     :param clip_range: None (default) for pure PPO1. A float or schedule adds PPO2's ratio clipping on
         top of the penalty.
@@ -145,6 +151,8 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
         ref_kl_coef: float | Schedule = 1.0,
         ref_kl_target: float | None = None,
         ref_kl_coef_bounds: Sequence[float] | None = None,
+        ref_tau: float = 0.0,
+        ref_update_interval: int = 1,
         value_warmup_rollouts: int = 0,
         clip_range: float | Schedule | None = None,
         clip_range_vf: float | Schedule | None = None,
@@ -186,6 +194,8 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
             ref_kl_coef=ref_kl_coef,
             ref_kl_target=ref_kl_target,
             ref_kl_coef_bounds=ref_kl_coef_bounds,
+            ref_tau=ref_tau,
+            ref_update_interval=ref_update_interval,
             value_warmup_rollouts=value_warmup_rollouts,
         )
         # RecurrentPPO's __init__ (not PPOKL's, which passes buffer arguments RecurrentPPO does not take);
