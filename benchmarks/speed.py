@@ -33,6 +33,8 @@ from typing import Any
 
 import torch as th
 
+from benchmarks.results import ResultsDir
+
 
 def _ppo(clip: bool | None) -> Callable[[str, int], Any]:
     def make(env_id: str, seed: int) -> Any:
@@ -130,7 +132,7 @@ def main() -> None:
     parser.add_argument("--timesteps", type=int, default=16_384)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pairs", nargs="+", choices=list(PAIRS), default=[pair for pair in PAIRS if pair != "finite_check"])
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "speed.json")
+    parser.add_argument("--out", type=Path, default=ResultsDir() / "speed.json", help="the JSON file of the results")
     args = parser.parse_args()
     th.set_num_threads(args.threads)
 

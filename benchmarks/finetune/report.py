@@ -1,0 +1,134 @@
+"""
+The fine-tuning summary: per task, markdown tables of every run's measures and their means, and a figure of the
+returns against steps (``finetune_<task>.png``).
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.finetune.protocol import (
+    DIP_FRACTION,
+    METHODS,
+    MODELS_CSV,
+    RESULTS_CSV,
+    TASKS,
+    curve_name,
+    random_name,
+    steps_text,
+)
+from benchmarks.results import ResultsDir, read_columns, read_rows
+
+
+def _number(value: str) -> str:
+    return "" if value == "" else f"{float(value):.1f}"
+
+
+def summary_table(task_id: str, rows: list[dict[str, str]], models: list[dict[str, str]]) -> list[str]:
+    """Markdown lines for one task: its models (from the models CSV's rows), then per method each seed's measures and
+    their means."""
+    first = rows[0]
+    episodes = int(first["eval_episodes"])
+    evaluated = {r["name"]: r for r in models if int(r["eval_episodes"]) == episodes}
+    clone = evaluated.get(first["clone"], {})
+    random_return = evaluated.get(random_name(task_id), {}).get("eval_return", "")
+    setup = (
+        f"Expert (SB3 PPO, {int(first['expert'].rsplit('_', 1)[-1]):,} steps): {_number(first['expert_return'])}; "
+        f"clone (BC on {clone.get('bc_transitions', '?')} transitions x {clone.get('bc_epochs', '?')} epochs): "
+        f"{_number(first['clone_return'])}; random policy: {_number(random_return)}. "
+        f"Fine-tuning {int(first['timesteps']):,} steps per run; deterministic evaluation of {episodes} episodes "
+        f"every {int(first['eval_every']):,} steps; dip: the lowest return in the first "
+        f"{DIP_FRACTION * int(first['timesteps']):,.0f} steps."
+    )
+    lines = [
+        f"### {task_id}",
+        "",
+        setup,
+        "",
+        "| method | seed | step 0 | dip | final | lowest | steps to expert | KL to clone, end |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for method in _methods(rows):
+        runs = sorted((r for r in rows if r["method"] == method), key=lambda r: int(r["seed"]))
+        for r in runs:
+            lines.append(
+                f"| {method} | {r['seed']} | {_number(r['step0_return'])} | {_number(r['dip'])} | "
+                f"{_number(r['final_return'])} | {_number(r['lowest'])} | {steps_text(r['steps_to_expert'])} | "
+                f"{r['final_kl_to_clone']} |"
+            )
+
+        def mean(key: str, runs: list[dict[str, str]] = runs) -> str:
+            return f"{np.mean([float(r[key]) for r in runs]):.1f}"
+
+        reached = [int(r["steps_to_expert"]) for r in runs if r["steps_to_expert"] != ""]
+        to_expert = f"{np.mean(reached):,.0f} ({len(reached)}/{len(runs)} reached)" if reached else f"never (0/{len(runs)})"
+        kls = [float(r["final_kl_to_clone"]) for r in runs if r["final_kl_to_clone"] != ""]
+        kl = f"{np.mean(kls):.4f}" if kls else ""
+        lines.append(
+            f"| **{method}** | **mean** | {mean('step0_return')} | {mean('dip')} | {mean('final_return')} | "
+            f"{mean('lowest')} | {to_expert} | {kl} |"
+        )
+    return [*lines, ""]
+
+
+def plot_task(results: ResultsDir, task_id: str, rows: list[dict[str, str]], path: Path) -> None:
+    """Returns against steps from 0: mean over seeds, min-max band, one line per method; the expert dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    drawn: dict[str, np.ndarray] = {}
+    for method in _methods(rows):
+        seeds = sorted(int(r["seed"]) for r in rows if r["method"] == method)
+        read = (read_columns(results / curve_name(task_id, method, seed), ["timesteps", "return"]) for seed in seeds)
+        curves = [c for c in read if c is not None]
+        if not curves:
+            continue
+        length = min(len(c["timesteps"]) for c in curves)
+        steps = curves[0]["timesteps"][:length]
+        returns = np.array([c["return"][:length] for c in curves])
+        # a method whose runs came out identical to another's is drawn dashed over it, and says so
+        twin = next((other for other, seen in drawn.items() if np.array_equal(seen, returns)), None)
+        label = f"{method} ({len(curves)})" if twin is None else f"{method} ({len(curves)}; the same runs as {twin})"
+        (line,) = ax.plot(steps, returns.mean(0), lw=1.4, ls="-" if twin is None else "--", label=label)
+        ax.fill_between(steps, returns.min(0), returns.max(0), color=line.get_color(), alpha=0.15)
+        drawn[method] = returns
+    ax.axhline(float(rows[0]["expert_return"]), color="black", ls="--", lw=1.0, label="expert")
+    ax.axhline(float(rows[0]["clone_return"]), color="grey", ls="-.", lw=0.8, label="clone (step 0)")
+    ax.axvline(DIP_FRACTION * int(rows[0]["timesteps"]), color="grey", ls=":", lw=0.8, label="10% of the budget")
+    ax.set_xlim(left=0)
+    ax.set_xlabel("fine-tuning timesteps")
+    ax.set_ylabel(f"return, {rows[0]['eval_episodes']} deterministic episodes")
+    ax.set_title(f"{task_id}: fine-tuning a behaviour clone\n(line: mean over seeds, band: min-max)", fontsize=10)
+    ax.legend(fontsize=8, title="method (seeds)", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _methods(rows: list[dict[str, str]]) -> list[str]:
+    """The methods that have rows: those of METHODS in its order, then any other (rows of a removed method)."""
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    return methods + sorted({r["method"] for r in rows} - set(methods))
+
+
+def report(results: ResultsDir) -> str:
+    """
+    Print the markdown tables and draw ``finetune_<task>.png`` into ``results`` for every task with rows there;
+    returns the text.
+    """
+    rows = read_rows(results / RESULTS_CSV)
+    models = read_rows(results / MODELS_CSV)
+    tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
+    tasks += sorted({r["task"] for r in rows} - set(tasks))
+    lines: list[str] = []
+    for task_id in tasks:
+        task_rows = [r for r in rows if r["task"] == task_id]
+        lines += summary_table(task_id, task_rows, models)
+        plot_task(results, task_id, task_rows, results / f"finetune_{task_id}.png")
+    text = "\n".join(lines) if lines else f"no rows in {results / RESULTS_CSV}"
+    print(text, flush=True)
+    return text
