@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.finetune.protocol import (
+    CURVE_FIELDS,
     DIP_FRACTION,
     METHODS,
     MODELS_CSV,
@@ -18,6 +19,9 @@ from benchmarks.finetune.protocol import (
     steps_text,
 )
 from benchmarks.results import ResultsDir, read_columns, read_rows
+
+# every run's curve, by (task, method, seed): one array per column of CURVE_FIELDS, a value per evaluation
+Curves = dict[tuple[str, str, int], dict[str, np.ndarray]]
 
 
 def _number(value: str) -> str:
@@ -71,7 +75,7 @@ def summary_table(task_id: str, rows: list[dict[str, str]], models: list[dict[st
     return [*lines, ""]
 
 
-def plot_task(results: ResultsDir, task_id: str, rows: list[dict[str, str]], path: Path) -> None:
+def plot_task(task_id: str, rows: list[dict[str, str]], curves: Curves, path: Path) -> None:
     """Returns against steps from 0: mean over seeds, min-max band, one line per method; the expert dashed."""
     import matplotlib
 
@@ -82,16 +86,15 @@ def plot_task(results: ResultsDir, task_id: str, rows: list[dict[str, str]], pat
     drawn: dict[str, np.ndarray] = {}
     for method in _methods(rows):
         seeds = sorted(int(r["seed"]) for r in rows if r["method"] == method)
-        read = (read_columns(results / curve_name(task_id, method, seed), ["timesteps", "return"]) for seed in seeds)
-        curves = [c for c in read if c is not None]
-        if not curves:
+        found = [curves[task_id, method, seed] for seed in seeds if (task_id, method, seed) in curves]
+        if not found:
             continue
-        length = min(len(c["timesteps"]) for c in curves)
-        steps = curves[0]["timesteps"][:length]
-        returns = np.array([c["return"][:length] for c in curves])
+        length = min(len(c["timesteps"]) for c in found)
+        steps = found[0]["timesteps"][:length]
+        returns = np.array([c["return"][:length] for c in found])
         # a method whose runs came out identical to another's is drawn dashed over it, and says so
         twin = next((other for other, seen in drawn.items() if np.array_equal(seen, returns)), None)
-        label = f"{method} ({len(curves)})" if twin is None else f"{method} ({len(curves)}; the same runs as {twin})"
+        label = f"{method} ({len(found)})" if twin is None else f"{method} ({len(found)}; the same runs as {twin})"
         (line,) = ax.plot(steps, returns.mean(0), lw=1.4, ls="-" if twin is None else "--", label=label)
         ax.fill_between(steps, returns.min(0), returns.max(0), color=line.get_color(), alpha=0.15)
         drawn[method] = returns
@@ -115,20 +118,30 @@ def _methods(rows: list[dict[str, str]]) -> list[str]:
     return methods + sorted({r["method"] for r in rows} - set(methods))
 
 
+def read_curves(results: ResultsDir, rows: list[dict[str, str]]) -> Curves:
+    """The curve of every run in ``rows`` whose file is in ``results``, read once: (task, method, seed) -> columns."""
+    curves = {}
+    for r in rows:
+        curve = read_columns(results / curve_name(r["task"], r["method"], r["seed"]), CURVE_FIELDS)
+        if curve is not None:
+            curves[r["task"], r["method"], int(r["seed"])] = curve
+    return curves
+
+
 def report(results: ResultsDir) -> str:
     """
-    Print the markdown tables and draw ``finetune_<task>.png`` into ``results`` for every task with rows there;
+    Print the markdown tables of every task with rows in ``results``, then draw its ``finetune_<task>.png`` there;
     returns the text.
     """
     rows = read_rows(results / RESULTS_CSV)
     models = read_rows(results / MODELS_CSV)
+    curves = read_curves(results, rows)
     tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
     tasks += sorted({r["task"] for r in rows} - set(tasks))
-    lines: list[str] = []
-    for task_id in tasks:
-        task_rows = [r for r in rows if r["task"] == task_id]
-        lines += summary_table(task_id, task_rows, models)
-        plot_task(results, task_id, task_rows, results / f"finetune_{task_id}.png")
+    by_task = {task_id: [r for r in rows if r["task"] == task_id] for task_id in tasks}
+    lines = [line for task_id, task_rows in by_task.items() for line in summary_table(task_id, task_rows, models)]
     text = "\n".join(lines) if lines else f"no rows in {results / RESULTS_CSV}"
     print(text, flush=True)
+    for task_id, task_rows in by_task.items():
+        plot_task(task_id, task_rows, curves, results / f"finetune_{task_id}.png")
     return text

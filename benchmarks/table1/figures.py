@@ -29,6 +29,7 @@ class Figures:
         return Path(os.path.relpath(self.results / name, self.report.parent)).as_posix()
 
     def draw(self) -> None:
+        """Draw every registered figure."""
         self.results.root.mkdir(parents=True, exist_ok=True)
         for name, draw in self.pending.items():
             draw(self.results / name)
@@ -73,14 +74,15 @@ PROFILE_PANELS = {
 def families(settings: list[str]) -> dict[str, list[str]]:
     """
     The given settings grouped as :data:`PROFILE_PANELS`, in its order, with clip-0.2 (when given) in every group
-    for reference; settings in no family (the removed candidates) form a last group. A group with nothing besides
-    the reference is left out.
+    for reference; a runnable setting in no family (add it to one) forms a group of other settings, and the removed
+    candidates a last group. A group with nothing besides the reference is left out.
     """
     groups = {title: [s for s in names if s in settings] for title, names in PROFILE_PANELS.items()}
     listed = {s for names in PROFILE_PANELS.values() for s in names}
-    groups["removed candidates (issue 11)"] = [s for s in settings if s not in listed] + (
-        [BASELINE] if BASELINE in settings else []
-    )
+    reference = [BASELINE] if BASELINE in settings else []
+    unlisted = [s for s in settings if s not in listed]
+    groups["other settings"] = [s for s in unlisted if not setting(s).removed] + reference
+    groups["removed candidates (issue 11)"] = [s for s in unlisted if setting(s).removed] + reference
     return {title: names for title, names in groups.items() if [s for s in names if s != BASELINE]}
 
 
