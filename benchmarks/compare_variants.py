@@ -1,6 +1,7 @@
 """
-MaskablePPOKL against sb3-contrib's MaskablePPO, and RecurrentPPOKL against RecurrentPPO: same
-settings, same seeds, one grid. The counterparts keep their clipping; our variants use PPOKL's
+MaskablePPOKL and RecurrentPPOKL against sb3-contrib's MaskablePPO and RecurrentPPO.
+
+Same settings, same seeds, one grid. The counterparts keep their clipping; our variants use PPOKL's
 defaults (adaptive KL penalty, kl_target=0.01, no clipping).
 
 - mask: sb3-contrib's identity test (InvalidActionEnvDiscrete, 70 actions of which 55 are masked,

@@ -1,6 +1,8 @@
 """
-Where a grid's runs run: :func:`run_jobs` on a local process pool or a Ray cluster (checking each node's code
-fingerprint), and the command-line options every grid runner shares.
+Where a grid's runs run: a local process pool or a Ray cluster.
+
+:func:`run_jobs` runs the jobs (on Ray, checking each node's code fingerprint); :func:`parse_arguments` adds and
+reads the command-line options every grid runner shares.
 """
 
 import argparse

@@ -1,5 +1,7 @@
 """
-Why beta collapses for RecurrentPPOKL on small recurrent rollouts (issue 14): the logged update statistics of
+RecurrentPPO's and RecurrentPPOKL's logged update statistics on small recurrent rollouts (issue 14).
+
+Why beta collapses for RecurrentPPOKL on small recurrent rollouts: the logged update statistics of
 RecurrentPPO and RecurrentPPOKL, update by update, with RL Zoo's ``ppo_lstm`` settings for CartPoleNoVel-v1
 (8 envs x 32 steps = 256 samples per update, one minibatch of 256, 20 epochs, lr linear from 1e-3,
 VecNormalize as RL Zoo's ``normalize: true``; ``--raw`` leaves observations and rewards unnormalised, as

@@ -1,8 +1,7 @@
 """
-Result files on disk: :class:`ResultsDir`, the folder a benchmark reads and writes, and its CSV rows (one per
-finished run, resumable) and curves.
+Result files on disk: the results folder (:class:`ResultsDir`), its CSV rows and its curves.
 
-Every benchmark takes its folder as a :class:`ResultsDir` value (``--results-dir DIR``, by default
+A row is one finished run, appended as it finishes, so that every grid resumes. Every benchmark takes its folder as a :class:`ResultsDir` value (``--results-dir DIR``, by default
 ``benchmarks/results``) and names its own files in it; nothing rebinds a module's paths at run time.
 """
 

@@ -1,6 +1,7 @@
 """
-Wall-clock per timestep of PPOKL and its variants against their SB3 / sb3-contrib counterparts with identical
-hyperparameters, side by side.
+Wall-clock per timestep of PPOKL and its variants against their SB3 / sb3-contrib counterparts.
+
+The same hyperparameters, side by side.
 
 Each pair runs in one process, alternating (original, ours, ours, original, ...) so that load on a shared
 machine hits both alike. Each run trains ``--timesteps`` steps from scratch; the first round is a discarded

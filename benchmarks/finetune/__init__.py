@@ -1,6 +1,8 @@
 """
-Fine-tune a pretrained policy without forgetting it (issue 13): SB3 PPO and PPOKL started from a behaviour
-clone of an expert, with and without the KL penalty to the clone as a frozen reference, and with a value warm-up.
+The fine-tuning benchmark (issue 13): fine-tune a behaviour clone of an expert without forgetting it.
+
+SB3 PPO and PPOKL started from a behaviour clone of an expert, with and without the KL penalty to the clone as a
+frozen reference, and with a value warm-up.
 
 From the repository root, after the README's install command::
 

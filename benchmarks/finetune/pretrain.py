@@ -1,6 +1,8 @@
 """
-The models every fine-tuning run starts from: the expert (SB3 PPO), its data, the behaviour clone, and the
-evaluations of both and of the random policy.
+The models every fine-tuning run starts from: the expert, its data and the behaviour clone.
+
+The expert is SB3 PPO with the task's hyperparameters; the expert, the clone and the random policy are evaluated
+for the models CSV.
 """
 
 import time

@@ -1,6 +1,7 @@
 """
-The fine-tuning summary: per task, markdown tables of every run's measures and their means, and a figure of the
-returns against steps (``finetune_<task>.png``).
+The fine-tuning summary: per task, a markdown table of the runs and a figure.
+
+The table has every run's measures and their means per method; ``finetune_<task>.png``, the returns against steps.
 """
 
 from pathlib import Path

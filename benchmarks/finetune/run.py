@@ -1,6 +1,8 @@
 """
-The fine-tuning runs: one method and seed from the task's clone, evaluated along the way, and the resumable grid of
-them (experts and clones first), each run in a private results folder, the driver alone writing the results.
+The fine-tuning runs, and the resumable grid of them.
+
+A run fine-tunes the task's clone with one method and seed, evaluated along the way. The grid prepares the experts
+and clones first; each run works in a private results folder, and the driver alone writes the results.
 """
 
 import tempfile

@@ -1,6 +1,7 @@
 """
-The Table 1 results of a :class:`~benchmarks.results.ResultsDir`, loaded once: every run as a typed :class:`Run`
-with its curve, and the random policy's scores.
+The Table 1 results of a folder, loaded once into typed runs with their curves.
+
+Every row of ``table1.csv`` becomes a :class:`Run`, its curve read with it; the random policy's scores come along.
 """
 
 from dataclasses import dataclass, field

@@ -1,6 +1,8 @@
 """
-A past decision, rendered from the data as it was made: issue 20's three conditions for recommending a clip + penalty
-setting, a verdict per setting (neither qualified), and what the penalty on top of clipping does to ``d``.
+The settled clip + penalty decision (issue 20), rendered from the data as it was made.
+
+Its three conditions for recommending a clip + penalty setting, a verdict per setting (neither qualified), and what
+the penalty on top of clipping does to ``d``.
 """
 
 import inspect

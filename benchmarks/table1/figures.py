@@ -1,6 +1,8 @@
 """
-The report's figures, drawn from typed runs after its text (:class:`Figures`): rliable's performance profiles, and
-per family of settings the learning curves and d, beta and the action std over training.
+The report's figures, drawn after its text (:class:`Figures`).
+
+rliable's performance profiles, and per family of settings the learning curves, and d, beta and the action std over
+training.
 """
 
 import os

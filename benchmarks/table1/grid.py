@@ -1,6 +1,7 @@
 """
-The Table 1 grid, defined once: the tasks, the paper's protocol, the settings (and the removed ones), the paper's
-column, the seeds, the preset grids, and the result files a run writes.
+The Table 1 grid, defined once: tasks, protocol, settings, the paper's column, seeds, presets and result files.
+
+The settings include the removed ones (their rows stay), and :func:`setting` is the one reading of a setting's name.
 
 ``benchmarks/run.py``'s help describes every setting and the protocol in words.
 """

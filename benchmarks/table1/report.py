@@ -1,6 +1,8 @@
 """
-``RESULTS.md`` from the Table 1 results of a folder: the markdown is built from the loaded runs and their statistics
-first, then the figures it links to are drawn into the folder.
+``RESULTS.md`` from the Table 1 results of a folder.
+
+The markdown is built from the loaded runs and their statistics first; then the figures it links to are drawn into
+the folder.
 """
 
 import inspect

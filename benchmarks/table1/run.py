@@ -1,6 +1,7 @@
 """
-A Table 1 run (one setting, env and seed: train, measure every update, evaluate), the grid of them, and the random
-policy's scores.
+Table 1 runs: one run, the resumable grid of them, and the random policy's scores.
+
+A run trains one setting on one env and seed, measures every update the same way and evaluates the result.
 """
 
 import time

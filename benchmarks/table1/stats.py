@@ -1,6 +1,8 @@
 """
-The report's statistics, from typed runs: the paper's normalisation, rliable's estimates, Spearman's rank
-correlation with the paper, beta's band, and scores relative to clipping.
+The report's statistics, from typed runs.
+
+The paper's normalisation, rliable's estimates, Spearman's rank correlation with the paper, beta's band, and scores
+relative to clipping.
 """
 
 from collections import defaultdict
