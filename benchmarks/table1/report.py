@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.dispatch import machine
-from benchmarks.results import ResultsDir
+from benchmarks.results import ResultsDir, write_bytes
 from benchmarks.table1.data import Run, Table1Data, budgets, curves_for, env_order, load, present, select
 from benchmarks.table1.decision import decision
 from benchmarks.table1.figures import Figures, plot_curves, plot_kl, plot_profile
@@ -48,9 +48,7 @@ def write_report(results: ResultsDir, report: Path) -> None:
     """Read the Table 1 results of ``results``; write ``report`` (markdown), then the figures it links to."""
     data = load(results)
     figures = Figures(results, report)
-    text = render(data, figures)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(text)
+    write_bytes(report, render(data, figures).encode())  # atomically: a crash leaves the old report or the new one
     figures.draw()
     print(f"wrote {report}")
 
