@@ -12,24 +12,16 @@ Each finished run is appended to a CSV; a rerun skips finished runs.
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.common import (
-    FingerprintMismatch,
-    RunsFailed,
-    add_dispatch_arguments,
-    append_new_row,
-    dispatch_options,
-    read_rows,
-    run_jobs,
-)
+from benchmarks.dispatch import exit_on_failure, parse_arguments, run_jobs
+from benchmarks.results import ResultsDir, append_new_row, read_rows
 
-RESULTS = Path(__file__).parent / "results" / "compare_sb3_ppo.csv"
+RESULTS_CSV = "compare_sb3_ppo.csv"
+FIGURE = "compare_sb3_ppo.png"
 FIELDS = [
     "algo",
     "env",
@@ -142,24 +134,25 @@ def run_one(job: tuple[str, str, int]) -> dict:
     )
 
 
-def _done() -> set[tuple[str, str, int]]:
-    return {(row["algo"], row["env"], int(row["seed"])) for row in read_rows(RESULTS)}
-
-
-def run(envs: list[str], seeds: list[int], workers: int, **dispatch: Any) -> None:
-    """The grid's unfinished runs, in a pool of ``workers`` processes or on Ray (:func:`~benchmarks.common.run_jobs`)."""
+def run(results: ResultsDir, envs: list[str], seeds: list[int], workers: int, **dispatch: Any) -> None:
+    """
+    The grid's unfinished runs, recorded in ``results``, in a pool of ``workers`` processes or on Ray
+    (:func:`~benchmarks.dispatch.run_jobs`).
+    """
     from tqdm import tqdm
 
-    done = _done()
+    path = results / RESULTS_CSV
+    done = {(row["algo"], row["env"], int(row["seed"])) for row in read_rows(path)}
     jobs = [(algo, env, seed) for seed in seeds for env in envs for algo in ALGOS if (algo, env, seed) not in done]
-    print(f"{len(jobs)} runs to do ({len(done)} already in {RESULTS})", flush=True)
+    print(f"{len(jobs)} runs to do ({len(done)} already in {path})", flush=True)
     for _, row in run_jobs(run_one, jobs, workers=workers, **dispatch):
-        if append_new_row(RESULTS, FIELDS, ["algo", "env", "seed"], row):
+        if append_new_row(path, FIELDS, ["algo", "env", "seed"], row):
             tqdm.write(str({k: v for k, v in row.items() if k != "curve"}))
 
 
-def summary() -> str:
-    rows = read_rows(RESULTS)
+def summary(results: ResultsDir) -> str:
+    """The markdown table of the runs in ``results``."""
+    rows = read_rows(results / RESULTS_CSV)
     lines = [
         "| env | algorithm | final reward (mean ± std over seeds) | steps to solve, per seed | train seconds (mean) |",
         "|---|---|---|---|---|",
@@ -179,15 +172,14 @@ def summary() -> str:
     return "\n".join(lines)
 
 
-def plot(path: Path | None = None) -> None:
-    """Evaluation reward against timesteps: mean and min-max over seeds, one panel per env (default: next to the CSV)."""
-    path = RESULTS.with_suffix(".png") if path is None else path
+def plot(results: ResultsDir) -> None:
+    """Evaluation reward against timesteps: mean and min-max over seeds, one panel per env, next to the CSV."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_rows(RESULTS)
+    rows = read_rows(results / RESULTS_CSV)
     fig, axes = plt.subplots(1, len(SETTINGS), figsize=(5 * len(SETTINGS), 3.6))
     for ax, env in zip(axes, SETTINGS):
         for algo, color in zip(ALGOS, ("tab:blue", "tab:red")):
@@ -206,13 +198,7 @@ def plot(path: Path | None = None) -> None:
         ax.set_ylabel("evaluation reward (10 episodes)")
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def use_results_dir(path: Path) -> None:
-    """Write (and read) the result files under ``path`` instead of ``benchmarks/results``."""
-    global RESULTS
-    RESULTS = path / RESULTS.name
+    fig.savefig(results / FIGURE, dpi=110)
 
 
 def main() -> None:
@@ -220,19 +206,13 @@ def main() -> None:
     parser.add_argument("--envs", nargs="+", default=list(SETTINGS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--summary", action="store_true", help="print the results table and exit")
-    add_dispatch_arguments(parser)
-    args = parser.parse_args()
-    dispatch = dispatch_options(parser, args)
-    if args.results_dir is not None:
-        use_results_dir(args.results_dir)
+    args, dispatch, results = parse_arguments(parser)
     if args.summary:
-        print(summary())
-        plot()
+        print(summary(results))
+        plot(results)
     else:
-        try:
-            run(args.envs, args.seeds, **dispatch)
-        except (RunsFailed, FingerprintMismatch) as error:
-            sys.exit(f"error: {error}")
+        with exit_on_failure():
+            run(results, args.envs, args.seeds, **dispatch)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """
-MaskablePPOKL against sb3-contrib's MaskablePPO, and RecurrentPPOKL against RecurrentPPO: same
-settings, same seeds, one grid. The counterparts keep their clipping; our variants use PPOKL's
+MaskablePPOKL and RecurrentPPOKL against sb3-contrib's MaskablePPO and RecurrentPPO.
+
+Same settings, same seeds, one grid. The counterparts keep their clipping; our variants use PPOKL's
 defaults (adaptive KL penalty, kl_target=0.01, no clipping).
 
 - mask: sb3-contrib's identity test (InvalidActionEnvDiscrete, 70 actions of which 55 are masked,
@@ -15,25 +16,16 @@ defaults (adaptive KL penalty, kl_target=0.01, no clipping).
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
-from benchmarks.common import (
-    FingerprintMismatch,
-    RunsFailed,
-    add_dispatch_arguments,
-    append_new_row,
-    dispatch_options,
-    read_rows,
-    run_jobs,
-)
+from benchmarks.dispatch import exit_on_failure, parse_arguments, run_jobs
+from benchmarks.results import ResultsDir, append_new_row, read_rows
 
-RESULTS = Path(__file__).parent / "results" / "compare_variants.csv"
+RESULTS_CSV = "compare_variants.csv"
 FIELDS = ["task", "algo", "seed", "timesteps", "mean_reward", "std_reward", "train_seconds", "final_kl_coef", "kl_per_update"]
 # MaskablePPOKL with one argument changed from its defaults (issue 14: why it trails MaskablePPO at 5k steps)
 MASK_VARIANTS = {
@@ -131,20 +123,25 @@ def run_one(job: tuple[str, str, int]) -> dict:
                 kl_per_update=" ".join(f"{kl:.4f}" for kl in kl_log.values))  # fmt: skip
 
 
-def run(tasks: list[str], **dispatch: Any) -> None:
-    """The unfinished runs of ``tasks``, in a local pool or on Ray (:func:`~benchmarks.common.run_jobs`)."""
+def run(results: ResultsDir, tasks: list[str], **dispatch: Any) -> None:
+    """
+    The unfinished runs of ``tasks``, recorded in ``results``, in a local pool or on Ray
+    (:func:`~benchmarks.dispatch.run_jobs`).
+    """
     from tqdm import tqdm
 
-    done = {(r["task"], r["algo"], int(r["seed"])) for r in read_rows(RESULTS)}
+    path = results / RESULTS_CSV
+    done = {(r["task"], r["algo"], int(r["seed"])) for r in read_rows(path)}
     jobs = [(t, a, s) for t in tasks for s in JOBS[t][1] for a in JOBS[t][0] if (t, a, s) not in done]
-    print(f"{len(jobs)} runs to do ({len(done)} already in {RESULTS})", flush=True)
+    print(f"{len(jobs)} runs to do ({len(done)} already in {path})", flush=True)
     for _, row in run_jobs(run_one, jobs, **dispatch):
-        if append_new_row(RESULTS, FIELDS, ["task", "algo", "seed"], row):
+        if append_new_row(path, FIELDS, ["task", "algo", "seed"], row):
             tqdm.write(str(row))
 
 
-def summary() -> str:
-    rows = read_rows(RESULTS)
+def summary(results: ResultsDir) -> str:
+    """The markdown table of the runs in ``results``."""
+    rows = read_rows(results / RESULTS_CSV)
     lines = ["| task | algorithm | steps | mean reward per seed | mean ± std |", "|---|---|---|---|---|"]
     for task, (algos, _, timesteps) in JOBS.items():
         for algo in algos:
@@ -156,28 +153,16 @@ def summary() -> str:
     return "\n".join(lines)
 
 
-def use_results_dir(path: Path) -> None:
-    """Write (and read) the result files under ``path`` instead of ``benchmarks/results``."""
-    global RESULTS
-    RESULTS = path / RESULTS.name
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=list(JOBS))
     parser.add_argument("--summary", action="store_true")
-    add_dispatch_arguments(parser)
-    args = parser.parse_args()
-    dispatch = dispatch_options(parser, args)
-    if args.results_dir is not None:
-        use_results_dir(args.results_dir)
+    args, dispatch, results = parse_arguments(parser)
     if args.summary:
-        print(summary())
+        print(summary(results))
     else:
-        try:
-            run(args.tasks, **dispatch)
-        except (RunsFailed, FingerprintMismatch) as error:
-            sys.exit(f"error: {error}")
+        with exit_on_failure():
+            run(results, args.tasks, **dispatch)
 
 
 if __name__ == "__main__":

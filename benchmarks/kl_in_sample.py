@@ -1,4 +1,6 @@
 """
+PPOKL's ``d`` against SB3's ``approx_kl`` and a fresh-sample estimate, update by update.
+
 Compare PPOKL's ``train/kl`` (``d``, the analytic KL over the rollout) with SB3's ``train/approx_kl``
 (the sampled estimate ``r - 1 - log r`` on the rollout's own actions) and with the same sampled
 estimate on fresh actions drawn from the rollout policy.

@@ -1,5 +1,7 @@
 """
-Why beta collapses for RecurrentPPOKL on small recurrent rollouts (issue 14): the logged update statistics of
+RecurrentPPO's and RecurrentPPOKL's logged update statistics on small recurrent rollouts (issue 14).
+
+Why beta collapses for RecurrentPPOKL on small recurrent rollouts: the logged update statistics of
 RecurrentPPO and RecurrentPPOKL, update by update, with RL Zoo's ``ppo_lstm`` settings for CartPoleNoVel-v1
 (8 envs x 32 steps = 256 samples per update, one minibatch of 256, 20 epochs, lr linear from 1e-3,
 VecNormalize as RL Zoo's ``normalize: true``; ``--raw`` leaves observations and rewards unnormalised, as
@@ -15,7 +17,6 @@ beta and ``approx_kl``; and for both the mean of the last 100 training episodes.
 """
 
 import argparse
-import csv
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,10 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 
-from benchmarks.common import append_row, read_rows
+from benchmarks.results import ResultsDir, append_row, read_rows, write_rows
 
-RESULTS_DIR = Path(__file__).parent / "results"
-RESULTS = RESULTS_DIR / "recurrent_kl.csv"
-CURVES = RESULTS_DIR / "recurrent_kl"
+RESULTS_CSV = "recurrent_kl.csv"
+CURVES = "recurrent_kl"
 FIELDS = ["algo", "env", "seed", "normalize", "timesteps", "eval_mean", "eval_std", "final_kl_coef"]
 LOGGED = ["train/kl", "train/kl_coef", "train/approx_kl", "train/clip_fraction"]
 ALGOS = ("recurrent_ppo", "recurrent_ppo_kl")
@@ -61,7 +61,13 @@ class UpdateLog(BaseCallback):
         self._record()
 
 
-def run_one(algo: str, seed: int, normalize: bool = True) -> dict[str, Any]:
+def curve_name(algo: str, env: str, seed: int | str, normalize: bool) -> str:
+    """A run's curve file, in :data:`CURVES`."""
+    return f"{CURVES}/{algo}__{env}__{seed}{'' if normalize else '__raw'}.csv"
+
+
+def run_one(results: ResultsDir, algo: str, seed: int, normalize: bool = True) -> dict[str, Any]:
+    """Train one run, write its curve into ``results``; return its CSV row."""
     import rl_zoo3.import_envs  # noqa: F401  (registers CartPoleNoVel-v1)
     from sb3_contrib import RecurrentPPO
     from stable_baselines3.common.env_util import make_vec_env
@@ -105,11 +111,8 @@ def run_one(algo: str, seed: int, normalize: bool = True) -> dict[str, Any]:
     if normalize:
         eval_env.obs_rms = env.obs_rms
     mean, std = evaluate_policy(model, eval_env, n_eval_episodes=20, deterministic=True)
-    CURVES.mkdir(parents=True, exist_ok=True)
-    with (CURVES / f"{algo}__{ENV_ID}__{seed}{'' if normalize else '__raw'}.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, ["timesteps", "reward"] + [key.removeprefix("train/") for key in LOGGED])
-        writer.writeheader()
-        writer.writerows(log.rows)
+    fields = ["timesteps", "reward"] + [key.removeprefix("train/") for key in LOGGED]
+    write_rows(results / curve_name(algo, ENV_ID, seed, normalize), fields, log.rows)
     return dict(
         algo=algo,
         env=ENV_ID,
@@ -122,17 +125,15 @@ def run_one(algo: str, seed: int, normalize: bool = True) -> dict[str, Any]:
     )
 
 
-def summary() -> str:
-    """Per run: the final evaluation, and per quarter of training the mean of each logged statistic."""
+def summary(results: ResultsDir) -> str:
+    """Per run of ``results``: the final evaluation, and per quarter of training the mean of each logged statistic."""
     lines = [
         "| algo | seed | normalize | eval | quarter | reward | d (train/kl) | beta | approx_kl | clip_fraction |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in read_rows(RESULTS):
+    for row in read_rows(results / RESULTS_CSV):
         raw = row.get("normalize") == "False"
-        path = CURVES / f"{row['algo']}__{row['env']}__{row['seed']}{'__raw' if raw else ''}.csv"
-        with path.open() as f:
-            curve = list(csv.DictReader(f))
+        curve = read_rows(results / curve_name(row["algo"], row["env"], row["seed"], not raw))
         for quarter, chunk in enumerate(np.array_split(np.arange(len(curve)), 4)):
 
             def mean(key: str, chunk=chunk, curve=curve) -> str:
@@ -153,16 +154,20 @@ def main() -> None:
     parser.add_argument("--algos", nargs="+", choices=ALGOS, default=list(ALGOS))
     parser.add_argument("--raw", action="store_true", help="no VecNormalize (as benchmarks/compare_variants.py)")
     parser.add_argument("--summary", action="store_true")
+    parser.add_argument(
+        "--results-dir", type=Path, metavar="DIR", help="the result files' folder (default: benchmarks/results)"
+    )
     args = parser.parse_args()
+    results = ResultsDir.option(args.results_dir)
     if args.summary:
-        print(summary())
+        print(summary(results))
         return
-    done = {(r["algo"], int(r["seed"]), r.get("normalize", "True") == "True") for r in read_rows(RESULTS)}
+    done = {(r["algo"], int(r["seed"]), r.get("normalize", "True") == "True") for r in read_rows(results / RESULTS_CSV)}
     for seed in args.seeds:
         for algo in args.algos:
             if (algo, seed, not args.raw) not in done:
-                row = run_one(algo, seed, normalize=not args.raw)
-                append_row(RESULTS, FIELDS, row)
+                row = run_one(results, algo, seed, normalize=not args.raw)
+                append_row(results / RESULTS_CSV, FIELDS, row)
                 print(row, flush=True)
 
 

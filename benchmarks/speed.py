@@ -1,6 +1,7 @@
 """
-Wall-clock per timestep of PPOKL and its variants against their SB3 / sb3-contrib counterparts with identical
-hyperparameters, side by side.
+Wall-clock per timestep of PPOKL and its variants against their SB3 / sb3-contrib counterparts.
+
+The same hyperparameters, side by side.
 
 Each pair runs in one process, alternating (original, ours, ours, original, ...) so that load on a shared
 machine hits both alike. Each run trains ``--timesteps`` steps from scratch; the first round is a discarded
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import torch as th
+
+from benchmarks.results import ResultsDir
 
 
 def _ppo(clip: bool | None) -> Callable[[str, int], Any]:
@@ -130,7 +133,7 @@ def main() -> None:
     parser.add_argument("--timesteps", type=int, default=16_384)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pairs", nargs="+", choices=list(PAIRS), default=[pair for pair in PAIRS if pair != "finite_check"])
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "speed.json")
+    parser.add_argument("--out", type=Path, default=ResultsDir() / "speed.json", help="the JSON file of the results")
     args = parser.parse_args()
     th.set_num_threads(args.threads)
 

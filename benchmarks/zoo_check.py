@@ -28,18 +28,11 @@ import rl_zoo3
 import yaml
 from tqdm import tqdm
 
-from benchmarks.common import (
-    FingerprintMismatch,
-    RunsFailed,
-    add_dispatch_arguments,
-    append_new_row,
-    dispatch_options,
-    read_rows,
-    run_jobs,
-)
+from benchmarks.dispatch import exit_on_failure, parse_arguments, run_jobs
+from benchmarks.results import ResultsDir, append_new_row, read_rows
 from sb3_ppo_kl.zoo import ALGOS, default_config
 
-RESULTS = Path(__file__).parent / "results" / "zoo_check.csv"
+RESULTS_CSV = "zoo_check.csv"
 # the RL Zoo algorithm each of ours is compared with, on the same seeds
 SB3_COUNTERPART = {"ppo_kl": "ppo", "ppo_kl_lstm": "ppo_lstm", "ppo_kl_mask": "ppo_mask"}
 FIELDS = ["algo", "env", "seed", "n_timesteps", "mean_reward", "std_reward", "episodes", "train_seconds", "params", "entry"]
@@ -168,10 +161,64 @@ def run_job(job: tuple[str, str, int, int, tuple[str, ...]]) -> dict:
     return run_one(algo, env, seed, eval_steps, list(params))
 
 
-def use_results_dir(path: Path) -> None:
-    """Write (and read) the result file under ``path`` instead of ``benchmarks/results``."""
-    global RESULTS
-    RESULTS = path / RESULTS.name
+def summary(results: ResultsDir, algo: str) -> str:
+    """The markdown table of ``algo``'s shipped entries (current rows only) beside its counterpart's, then any variants."""
+    rows = read_rows(results / RESULTS_CSV)
+    counterpart = SB3_COUNTERPART[algo]
+    lines = [
+        f"| env | budget | {algo} mean ± std over seeds | seeds | {counterpart}, RL Zoo's entry, same seeds | RL Zoo PPO score |",
+        "|---|---|---|---|---|---|",
+    ]
+    with open(default_config(algo)) as file:
+        shipped = yaml.safe_load(file)
+    for env in shipped:
+        sel = current_rows(rows, algo, env)
+        zoo = ZOO_PPO_SCORE.get(env)
+        zoo_text = "n/a" if zoo is None else f"{zoo:g}"
+        ppo = np.array([float(r["mean_reward"]) for r in current_rows(rows, counterpart, env)])
+        ppo_text = f"{ppo.mean():.1f} ± {ppo.std():.1f} ({len(ppo)} seed{'s' * (len(ppo) > 1)})" if len(ppo) else "not run"
+        if not sel:
+            lines.append(f"| {env} | | not run | | {ppo_text} | {zoo_text} |")
+            continue
+        scores = np.array([float(r["mean_reward"]) for r in sel])
+        per_seed = ", ".join(f"{x:.1f}" for x in scores)
+        lines.append(
+            f"| {env} | {int(sel[0]['n_timesteps']):,} | {scores.mean():.1f} ± {scores.std():.1f} ({per_seed}) | {len(sel)} "
+            f"| {ppo_text} | {zoo_text} |"
+        )
+    variants = [r for r in rows if r["algo"] == algo and r["params"]]
+    if variants:
+        lines += ["", "Variants of shipped entries (`--params`), not part of the table above:", ""]
+        lines += ["| env | -params | seed | budget | mean reward |", "|---|---|---|---|---|"]
+        for r in variants:
+            lines.append(
+                f"| {r['env']} | `{r['params']}` | {r['seed']} | {int(r['n_timesteps']):,} | {float(r['mean_reward']):.1f} |"
+            )
+    return "\n".join(lines)
+
+
+def run(
+    results: ResultsDir, algo: str, envs: list[str], seeds: list[int], eval_steps: int, params: list[str], **dispatch
+) -> None:
+    """
+    The unfinished runs of ``algo`` on ``envs``, recorded in ``results``: a run is done when a row with its seed and
+    ``params`` records the entry as it is now (a row from before the entry was recorded does not count: it may have
+    run an earlier version).
+    """
+    path = results / RESULTS_CSV
+    rows = read_rows(path)
+    jobs = []
+    for env in envs:
+        current = entry_id(zoo_entry(algo, env)[1])
+        done = {
+            int(r["seed"])
+            for r in rows
+            if r["algo"] == algo and r["env"] == env and r["params"] == " ".join(params) and r.get("entry") == current
+        }
+        jobs += [(algo, env, seed, eval_steps, tuple(params)) for seed in seeds if seed not in done]
+    for _, row in run_jobs(run_job, jobs, **dispatch, describe=lambda job: " ".join(map(str, job[:3]))):
+        if append_new_row(path, FIELDS, ["algo", "env", "seed", "params", "entry"], row):
+            tqdm.write(str(row))
 
 
 def main() -> None:
@@ -182,63 +229,12 @@ def main() -> None:
     parser.add_argument("--eval-steps", type=int, default=10_000)
     parser.add_argument("--params", nargs="+", default=[], help="RL Zoo -params on top of the entry (recorded per row)")
     parser.add_argument("--summary", action="store_true")
-    add_dispatch_arguments(parser, workers=1)
-    args = parser.parse_args()
-    dispatch = dispatch_options(parser, args)
-    if args.results_dir is not None:
-        use_results_dir(args.results_dir)
-    rows = read_rows(RESULTS)
+    args, dispatch, results = parse_arguments(parser, workers=1)
     if args.summary:
-        counterpart = SB3_COUNTERPART[args.algo]
-        print(
-            f"| env | budget | {args.algo} mean ± std over seeds | seeds | {counterpart}, RL Zoo's entry, same seeds | RL Zoo PPO score |"
-        )
-        print("|---|---|---|---|---|---|")
-        with open(default_config(args.algo)) as file:
-            shipped = yaml.safe_load(file)
-        for env in shipped:
-            sel = current_rows(rows, args.algo, env)
-            zoo = ZOO_PPO_SCORE.get(env)
-            zoo_text = "n/a" if zoo is None else f"{zoo:g}"
-            ppo = np.array([float(r["mean_reward"]) for r in current_rows(rows, counterpart, env)])
-            ppo_text = f"{ppo.mean():.1f} ± {ppo.std():.1f} ({len(ppo)} seed{'s' * (len(ppo) > 1)})" if len(ppo) else "not run"
-            if not sel:
-                print(f"| {env} | | not run | | {ppo_text} | {zoo_text} |")
-                continue
-            scores = np.array([float(r["mean_reward"]) for r in sel])
-            per_seed = ", ".join(f"{x:.1f}" for x in scores)
-            print(
-                f"| {env} | {int(sel[0]['n_timesteps']):,} | {scores.mean():.1f} ± {scores.std():.1f} ({per_seed}) | {len(sel)} "
-                f"| {ppo_text} | {zoo_text} |"
-            )
-        variants = [r for r in rows if r["algo"] == args.algo and r["params"]]
-        if variants:
-            print("\nVariants of shipped entries (`--params`), not part of the table above:\n")
-            print("| env | -params | seed | budget | mean reward |")
-            print("|---|---|---|---|---|")
-            for r in variants:
-                print(
-                    f"| {r['env']} | `{r['params']}` | {r['seed']} | {int(r['n_timesteps']):,} | {float(r['mean_reward']):.1f} |"
-                )
+        print(summary(results, args.algo))
         return
-    params = " ".join(args.params)
-    jobs = []
-    for env in args.envs:
-        # done: a row with this seed and --params that records the entry as it is now (a row from before the entry
-        # was recorded does not count: it may have run an earlier version)
-        current = entry_id(zoo_entry(args.algo, env)[1])
-        done = {
-            int(r["seed"])
-            for r in rows
-            if r["algo"] == args.algo and r["env"] == env and r["params"] == params and r.get("entry") == current
-        }
-        jobs += [(args.algo, env, seed, args.eval_steps, tuple(args.params)) for seed in args.seeds if seed not in done]
-    try:
-        for _, row in run_jobs(run_job, jobs, **dispatch, describe=lambda job: " ".join(map(str, job[:3]))):
-            if append_new_row(RESULTS, FIELDS, ["algo", "env", "seed", "params", "entry"], row):
-                tqdm.write(str(row))
-    except (RunsFailed, FingerprintMismatch) as error:
-        sys.exit(f"error: {error}")
+    with exit_on_failure():
+        run(results, args.algo, args.envs, args.seeds, args.eval_steps, args.params, **dispatch)
 
 
 if __name__ == "__main__":

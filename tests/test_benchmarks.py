@@ -6,17 +6,20 @@ import pytest
 from sb3_contrib import TRPO
 from stable_baselines3 import PPO
 
-from benchmarks import report, run
-from benchmarks.common import RunsFailed, append_new_row, append_row, read_rows, run_jobs
+from benchmarks.dispatch import RunsFailed, run_jobs
+from benchmarks.results import ResultsDir, append_new_row, append_row, read_rows
+from benchmarks.table1 import grid, run
+from benchmarks.table1.data import load
+from benchmarks.table1.report import write_report
 from sb3_ppo_kl import PPOKL
 
 ENV = "InvertedPendulum-v5"
 
 
-@pytest.mark.parametrize("setting", list(run.SETTINGS))
+@pytest.mark.parametrize("setting", list(grid.SETTINGS))
 def test_setting_builds_the_paper_protocol(setting):
     model = run.make_model(setting, ENV, seed=0)
-    algo, kwargs = run.SETTINGS[setting]
+    algo, kwargs = grid.SETTINGS[setting]
     assert type(model) is {"ppo": PPO, "ppo_kl": PPOKL, "trpo": TRPO}[algo]
     assert model.n_steps == 2048 and model.gamma == 0.99 and model.gae_lambda == 0.95
     assert model.policy.net_arch == dict(pi=[64, 64], vf=[64, 64])
@@ -36,9 +39,12 @@ def test_setting_builds_the_paper_protocol(setting):
 
 def test_removed_settings_cannot_run_and_every_grid_can():
     """Removed candidates keep their rows and descriptions, but no grid names them (their options are gone)."""
-    assert set(run.REMOVED).isdisjoint(run.SETTINGS)
-    for grid in run.GRIDS.values():
-        assert set(grid["settings"]) <= set(run.SETTINGS)
+    assert set(grid.REMOVED).isdisjoint(grid.SETTINGS)
+    for preset in grid.GRIDS.values():
+        assert set(preset["settings"]) <= set(grid.SETTINGS)
+    with pytest.raises(ValueError, match="was removed"):
+        run.make_model("kl-perstate-meanonly-0.03", ENV, seed=0)
+    assert grid.PAPER_SETTINGS == list(grid.SETTINGS)[:11]  # the paper's 11, in Table 1's order
 
 
 @pytest.mark.parametrize("setting", ["kl-adaptive-0.01", "clip-0.2"])
@@ -96,26 +102,22 @@ def test_local_pool_reports_a_failing_run_after_the_others(workers):
     assert "1 run(s) failed" in str(failed.value)
 
 
-def test_grid_resumes_and_report_renders(tmp_path, monkeypatch):
-    for module in (run, report):
-        monkeypatch.setattr(module, "RESULTS", tmp_path / "table1.csv")
-        monkeypatch.setattr(module, "CURVES", tmp_path / "curves")
-        monkeypatch.setattr(module, "RANDOM", tmp_path / "random.csv")
-    monkeypatch.setattr(report, "REPORT", tmp_path / "RESULTS.md")
+def test_grid_resumes_and_report_renders(tmp_path):
+    results = ResultsDir(tmp_path)
     settings = ["clip-0.2", "kl-adaptive-0.01"]
-    run.run_grid(settings, [ENV], seeds=[0], timesteps=4096, workers=2)
+    run.run_grid(results, settings, [ENV], seeds=[0], timesteps=4096, workers=2)
     rows = read_rows(tmp_path / "table1.csv")
     assert sorted(r["setting"] for r in rows) == settings
     for row in rows:
         assert int(row["episodes"]) > 0 and float(row["fps"]) > 0
-        assert int(row["eval_episodes"]) == run.EVAL_EPISODES and float(row["eval_score"]) > 0
+        assert int(row["eval_episodes"]) == grid.EVAL_EPISODES and float(row["eval_score"]) > 0
         assert float(row["final_kl"]) > 0 and float(row["final_std"]) > 0
-    curve = report.read_curve("kl-adaptive-0.01", ENV, 0, 4096)
-    assert list(curve["timesteps"]) == [2048, 4096]
-    assert (curve["kl"] > 0).all() and (curve["kl_coef"] > 0).all()  # d and beta of both updates
-    assert (report.read_curve("clip-0.2", ENV, 0, 4096)["kl"] > 0).all()  # d for clipping too
+    curves = {r.setting: r.curve for r in load(results).runs}
+    assert list(curves["kl-adaptive-0.01"]["timesteps"]) == [2048, 4096]
+    assert (curves["kl-adaptive-0.01"]["kl"] > 0).all() and (curves["kl-adaptive-0.01"]["kl_coef"] > 0).all()  # d, beta
+    assert (curves["clip-0.2"]["kl"] > 0).all()  # d for clipping too
 
-    run.run_grid(settings, [ENV], seeds=[0], timesteps=4096, workers=2)  # finished rows are skipped
+    run.run_grid(results, settings, [ENV], seeds=[0], timesteps=4096, workers=2)  # finished rows are skipped
     assert len(read_rows(tmp_path / "table1.csv")) == 2
 
     # --remeasure: a row from before the evaluation column is rerun and replaced; the seeded run reproduces it
@@ -125,36 +127,37 @@ def test_grid_resumes_and_report_renders(tmp_path, monkeypatch):
         for r in before
     ]
     with (tmp_path / "table1.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, run.FIELDS)
+        writer = csv.DictWriter(f, grid.FIELDS)
         writer.writeheader()
         writer.writerows(old)
-    run.run_grid(settings, [ENV], seeds=[0], timesteps=4096, workers=1, remeasure=True)
+    run.run_grid(results, settings, [ENV], seeds=[0], timesteps=4096, workers=1, remeasure=True)
     after = read_rows(tmp_path / "table1.csv")
     assert [r["setting"] for r in after] == [r["setting"] for r in before]  # replaced in place, nothing appended
     for old_row, new_row in zip(before, after):
         assert (old_row["score"], old_row["eval_score"]) == (new_row["score"], new_row["eval_score"])
 
-    run.measure_random([ENV], episodes=3)
-    report.main()
-    text = (tmp_path / "RESULTS.md").read_text()
+    run.measure_random(results, [ENV], episodes=3)
+    report = tmp_path / "report" / "RESULTS.md"  # anywhere: the figures stay in the results folder, linked from it
+    write_report(results, report)
+    text = report.read_text()
     assert "| clip-0.2 |" in text and "| kl-adaptive-0.01 |" in text and "0.82" in text  # ours beside the paper's
     assert f"| {ENV} | clip-0.2 | 1 |" in text  # the measurements table, with the deterministic evaluation
-    assert (tmp_path / "results" / "table1_4096_curves.png").stat().st_size > 0
-    assert (tmp_path / "results" / "table1_4096_kl.png").stat().st_size > 0
-    assert (tmp_path / "results" / "table1_4096_profile.png").stat().st_size > 0  # rliable's performance profile
+    for name in ("curves", "kl", "profile"):  # rliable's performance profile too
+        assert (tmp_path / f"table1_4096_{name}.png").stat().st_size > 0
+        assert f"](../table1_4096_{name}.png)" in text
     assert "P(> clip-0.2)" in text and f"| kl-adaptive-0.01 | {ENV} |" in text  # rliable; beta's band
 
 
-def test_zoo_check_entries_and_summary(tmp_path, monkeypatch, capsys):
+def test_zoo_check_entries_and_summary(tmp_path):
     from benchmarks import zoo_check
-    from benchmarks.common import append_row
 
     config, entry = zoo_check.zoo_entry("ppo", "Ant-v5")  # RL Zoo 2.9 has no Ant-v5 entry: its Ant-v4 one is used
     assert config.endswith("rl_zoo3/hyperparams/ppo.yml") and entry["n_timesteps"] == 1e6 and "kl_target" not in entry
     config, entry = zoo_check.zoo_entry("ppo_kl", "Ant-v5")
     assert config.endswith("sb3_ppo_kl/zoo/hyperparams/ppo_kl.yml") and entry["kl_target"] == 0.01
 
-    monkeypatch.setattr(zoo_check, "RESULTS", tmp_path / "zoo_check.csv")
+    results = ResultsDir(tmp_path)
+    path = results / zoo_check.RESULTS_CSV
     row = dict(
         algo="ppo_kl",
         env="Pendulum-v1",
@@ -166,37 +169,34 @@ def test_zoo_check_entries_and_summary(tmp_path, monkeypatch, capsys):
         train_seconds=1,
         params="",
     )
-    append_row(zoo_check.RESULTS, zoo_check.FIELDS, row)
-    append_row(zoo_check.RESULTS, zoo_check.FIELDS, {**row, "mean_reward": -900.0, "params": "kl_target:0.03"})  # a variant
-    append_row(zoo_check.RESULTS, zoo_check.FIELDS, {**row, "algo": "ppo", "mean_reward": -180.0})
-    monkeypatch.setattr("sys.argv", ["zoo_check", "--summary"])
-    zoo_check.main()
-    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| Pendulum-v1 |"))
+    append_row(path, zoo_check.FIELDS, row)
+    append_row(path, zoo_check.FIELDS, {**row, "mean_reward": -900.0, "params": "kl_target:0.03"})  # a variant
+    append_row(path, zoo_check.FIELDS, {**row, "algo": "ppo", "mean_reward": -180.0})
+    text = zoo_check.summary(results, "ppo_kl")
+    line = next(x for x in text.splitlines() if x.startswith("| Pendulum-v1 |"))
     # the variant is not part of the shipped entry's score; SB3 PPO on the same seeds sits beside it
     assert line == "| Pendulum-v1 | 100,000 | -170.0 ± 0.0 (-170.0) | 1 | -180.0 ± 0.0 (1 seed) | -172.225 |"
+    assert "| Pendulum-v1 | `kl_target:0.03` | 0 | 100,000 | -900.0 |" in text  # listed apart, below the table
 
     # Rows that record their entry: once one does, only those with the entry as it is now count
     current = zoo_check.entry_id(zoo_check.zoo_entry("ppo_kl", "Pendulum-v1")[1])
-    append_row(zoo_check.RESULTS, zoo_check.FIELDS, {**row, "seed": 1, "mean_reward": -150.0, "entry": current})
-    append_row(zoo_check.RESULTS, zoo_check.FIELDS, {**row, "seed": 2, "mean_reward": -999.0, "entry": "0123456789"})
-    zoo_check.main()
-    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| Pendulum-v1 |"))
+    append_row(path, zoo_check.FIELDS, {**row, "seed": 1, "mean_reward": -150.0, "entry": current})
+    append_row(path, zoo_check.FIELDS, {**row, "seed": 2, "mean_reward": -999.0, "entry": "0123456789"})
+    line = next(x for x in zoo_check.summary(results, "ppo_kl").splitlines() if x.startswith("| Pendulum-v1 |"))
     assert line == "| Pendulum-v1 | 100,000 | -150.0 ± 0.0 (-150.0) | 1 | -180.0 ± 0.0 (1 seed) | -172.225 |"
 
 
-def test_finetune_pipeline_resumes_and_summary_renders(tmp_path, monkeypatch, capsys):
+def test_finetune_pipeline_resumes_and_summary_renders(tmp_path, capsys):
     """Expert, behaviour clone and every fine-tuning method on a tiny CartPole budget; rerun skips; summary."""
     import dataclasses
 
-    from benchmarks import finetune
+    from benchmarks.finetune import protocol
+    from benchmarks.finetune.report import report
+    from benchmarks.finetune.run import run as finetune
 
-    monkeypatch.setattr(finetune, "RESULTS", tmp_path / "finetune.csv")
-    monkeypatch.setattr(finetune, "CURVES", tmp_path / "curves")
-    monkeypatch.setattr(finetune, "MODELS", tmp_path / "models.csv")
-    monkeypatch.setattr(finetune, "EXPERTS", tmp_path / "experts")
-    monkeypatch.setattr(finetune, "FIGURES", tmp_path)
+    results = ResultsDir(tmp_path)
     task = dataclasses.replace(
-        finetune.TASKS["CartPole-v1"],
+        protocol.TASKS["CartPole-v1"],
         expert_timesteps=4096,
         timesteps=2048,
         eval_every=512,
@@ -205,23 +205,25 @@ def test_finetune_pipeline_resumes_and_summary_renders(tmp_path, monkeypatch, ca
         bc_epochs=2,
     )
     tasks = {"CartPole-v1": task}
-    options = finetune.MethodOptions(ref_kl_coef=0.5, warmup_rollouts=2)
-    finetune.run(tasks, finetune.METHODS, seeds=[0], options=options, workers=1)
+    methods = list(protocol.METHODS)
+    options = protocol.MethodOptions(ref_kl_coef=0.5, warmup_rollouts=2)
+    finetune(results, tasks, methods, seeds=[0], options=options, workers=1)
 
-    models = {r["kind"]: r for r in read_rows(tmp_path / "models.csv")}
+    models = {r["kind"]: r for r in read_rows(tmp_path / "finetune_models.csv")}
     assert set(models) == {"expert", "clone", "random"}
-    assert (tmp_path / "experts" / f"{models['expert']['name']}.zip").exists()
-    assert (tmp_path / "experts" / f"{models['clone']['name']}.zip").exists()
+    assert (tmp_path / "finetune_experts" / f"{models['expert']['name']}.zip").exists()
+    assert (tmp_path / "finetune_experts" / f"{models['clone']['name']}.zip").exists()
     assert float(models["clone"]["bc_loss"]) >= 0 and models["clone"]["bc_transitions"] == "200"
     rows = read_rows(tmp_path / "finetune.csv")
-    assert sorted(r["method"] for r in rows) == sorted(finetune.METHODS)
+    assert sorted(r["method"] for r in rows) == sorted(methods)
     for row in rows:
+        spec = protocol.METHODS[row["method"]]
         step0, dip, final = float(row["step0_return"]), float(row["dip"]), float(row["final_return"])
         # step 0 is the clone itself, evaluated on the same episodes as in the models file
         assert step0 == float(row["clone_return"]) == float(models["clone"]["eval_return"])
         assert float(row["expert_return"]) == float(models["expert"]["eval_return"])
         assert float(row["lowest"]) <= dip <= step0 and int(row["dip_step"]) <= 0.1 * 2048 and final > 0
-        curve = read_rows(tmp_path / "curves" / f"CartPole-v1__{row['method']}__0.csv")
+        curve = read_rows(tmp_path / "finetune_curves" / f"CartPole-v1__{row['method']}__0.csv")
         steps = [int(r["timesteps"]) for r in curve]
         assert steps[0] == 0 and steps[-1] == int(row["timesteps"]) >= 2048 and steps == sorted(steps)
         assert float(curve[-1]["return"]) == final
@@ -230,16 +232,15 @@ def test_finetune_pipeline_resumes_and_summary_renders(tmp_path, monkeypatch, ca
         assert float(row["final_kl_to_clone"]) >= 0 and curve[0]["kl_to_clone"] == ""
         if row["method"] in ("ppokl-ref", "ppokl-ref-warmup"):  # fixed coefficient
             assert row["final_ref_kl_coef"] == "0.5" and "ref_kl_target=None" in row["params"]
-        elif row["method"] in finetune.FLOORED:  # adapted, never below its start
+        elif spec.floor:  # adapted, never below its start
             assert (
                 float(row["final_ref_kl_coef"]) >= 0.5
                 and "ref_kl_target=0.02 ref_kl_coef_bounds=(0.5, 10000.0)" in row["params"]
             )
             assert all(float(r["ref_kl_coef"]) >= 0.5 for r in curve)
-        elif row["method"] in finetune.ADAPTED_TARGETS:  # adapted toward the method's target
-            target = finetune.ADAPTED_TARGETS[row["method"]]
-            assert float(row["final_ref_kl_coef"]) > 0 and f"ref_kl_target={target}" in row["params"]
-        elif row["method"] == finetune.ANNEAL:  # held at 0.5 for 40% of the budget, 0 from 80%
+        elif spec.target is not None:  # adapted toward the method's target
+            assert float(row["final_ref_kl_coef"]) > 0 and f"ref_kl_target={spec.target}" in row["params"]
+        elif spec.anneal:  # held at 0.5 for 40% of the budget, 0 from 80%
             assert row["params"].startswith("ref_kl_coef=HoldThenLinearSchedule(start=0.5, end=0.0, hold_fraction=0.4")
             coefs = {int(r["timesteps"]): float(r["ref_kl_coef"]) for r in curve}
             assert (
@@ -248,19 +249,20 @@ def test_finetune_pipeline_resumes_and_summary_renders(tmp_path, monkeypatch, ca
                 and coefs[2048] == float(row["final_ref_kl_coef"]) == 0.0
             )
         else:
-            assert row["final_ref_kl_coef"] == "" and row["params"] == ""
-    warmup = read_rows(tmp_path / "curves" / "CartPole-v1__ppokl-ref-warmup__0.csv")
+            assert not spec.reference and row["final_ref_kl_coef"] == "" and row["params"] == ""
+    warmup = read_rows(tmp_path / "finetune_curves" / "CartPole-v1__ppokl-ref-warmup__0.csv")
     # 2 value-only rollouts of 256 steps: the policy is still the clone at step 512
     assert [float(r["kl_to_clone"]) for r in warmup if r["timesteps"] == "512"] == [0.0]
 
-    finetune.run(tasks, finetune.METHODS, seeds=[0], options=options, workers=1)  # finished rows are skipped
-    assert len(read_rows(tmp_path / "finetune.csv")) == len(finetune.METHODS) and len(read_rows(tmp_path / "models.csv")) == 3
+    finetune(results, tasks, methods, seeds=[0], options=options, workers=1)  # finished rows are skipped
+    assert len(read_rows(tmp_path / "finetune.csv")) == len(methods)
+    assert len(read_rows(tmp_path / "finetune_models.csv")) == 3
     with pytest.raises(ValueError, match="other settings"):
-        finetune.run(tasks, ["ppokl-ref"], seeds=[1], options=finetune.MethodOptions(ref_kl_coef=2.0), workers=1)
+        finetune(results, tasks, ["ppokl-ref"], seeds=[1], options=protocol.MethodOptions(ref_kl_coef=2.0), workers=1)
 
     capsys.readouterr()
-    text = finetune.report()
+    text = report(results)
     assert "### CartPole-v1" in text
-    for method in finetune.METHODS:
+    for method in methods:
         assert f"| {method} | 0 |" in text and f"| **{method}** | **mean** |" in text
     assert (tmp_path / "finetune_CartPole-v1.png").stat().st_size > 0

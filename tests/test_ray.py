@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import run
-from benchmarks.common import read_rows
+from benchmarks.results import ResultsDir, read_rows
+from benchmarks.table1.run import run_grid
 
 pytest.importorskip("ray")
 
@@ -103,11 +103,9 @@ def ray_cluster():
         yield address, started
 
 
-def test_ray_grid_equals_local_pool_resumes_and_reports_failures(ray_cluster, tmp_path, monkeypatch):
+def test_ray_grid_equals_local_pool_resumes_and_reports_failures(ray_cluster, tmp_path):
     local = tmp_path / "local"
-    monkeypatch.setattr(run, "RESULTS", local / "table1.csv")
-    monkeypatch.setattr(run, "CURVES", local / "curves")
-    run.run_grid(["clip-0.2", "kl-adaptive-0.01"], ["CartPole-v1"], [0, 1], 2048, workers=2)  # while Ray starts
+    run_grid(ResultsDir(local), ["clip-0.2", "kl-adaptive-0.01"], ["CartPole-v1"], [0, 1], 2048, workers=2)  # while Ray starts
     expected = by_key(read_rows(local / "table1.csv"))
     assert len(expected) == 4
     address, started = ray_cluster
@@ -139,7 +137,7 @@ def test_ray_grid_equals_local_pool_resumes_and_reports_failures(ray_cluster, tm
             k: v for k, v in expected[key].items() if k not in TIMING
         }, key
         name = "__".join(key) + ".csv"
-        assert read_rows(results / "table1_curves" / name) == read_rows(local / "curves" / name)
+        assert read_rows(results / "table1_curves" / name) == read_rows(local / "table1_curves" / name)
 
 
 def test_a_node_running_other_code_is_refused(tmp_path):

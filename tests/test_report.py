@@ -3,24 +3,36 @@
 import numpy as np
 import pytest
 
-from benchmarks import report
+from benchmarks.results import ResultsDir, append_row, write_rows
+from benchmarks.table1 import decision, figures, grid, report, stats
+from benchmarks.table1.data import Run, load
 
 ENVS = ["HalfCheetah-v5", "Hopper-v5"]
 RANDOM = {"HalfCheetah-v5": -300.0, "Hopper-v5": 20.0}
 
 
-def rows_of(scores: dict[str, dict[str, list[float]]], timesteps: int = 300_000) -> list[dict[str, str]]:
-    """CSV-like rows (strings, as read back) from setting -> env -> the scores of seeds 0, 1, 2..."""
+def runs_of(scores: dict[str, dict[str, list[float]]], timesteps: int = 300_000) -> list[Run]:
+    """Runs from setting -> env -> the scores of seeds 0, 1, 2..."""
     return [
-        dict(setting=setting, env=env, seed=str(seed), timesteps=str(timesteps), score=str(score))
+        Run(setting=setting, env=env, seed=seed, timesteps=timesteps, score=score)
         for setting, by_env in scores.items()
         for env, values in by_env.items()
         for seed, score in enumerate(values)
     ]
 
 
+def results_with(folder, rows: list[dict], curves: dict[tuple[str, str, int, int], list[dict]]) -> list[Run]:
+    """Write ``rows`` and their ``curves`` (by setting, env, seed, timesteps) into a results folder; load it back."""
+    results = ResultsDir(folder)
+    for row in rows:
+        append_row(results / grid.RESULTS_CSV, grid.FIELDS, row)
+    for key, curve in curves.items():
+        write_rows(results / grid.curve_name(*key), grid.CURVE_FIELDS, curve)
+    return load(results).runs
+
+
 def test_paper_normalisation_takes_the_best_of_the_papers_settings():
-    rows = rows_of(
+    runs = runs_of(
         {
             "clip-0.2": {"HalfCheetah-v5": [700.0, 500.0, 600.0], "Hopper-v5": [1020.0, 1020.0, 1020.0]},
             "kl-adaptive-0.01": {"HalfCheetah-v5": [100.0, 200.0, 300.0], "Hopper-v5": [520.0, 520.0, 520.0]},
@@ -28,29 +40,29 @@ def test_paper_normalisation_takes_the_best_of_the_papers_settings():
             "trpo": {"HalfCheetah-v5": [1700.0, 1700.0, 1700.0], "Hopper-v5": [20.0, 20.0, 20.0]},
         }
     )
-    norm = report.normalised(rows, RANDOM)
+    norm = stats.normalised(runs, RANDOM)
     assert norm["clip-0.2"]["HalfCheetah-v5"] == pytest.approx({0: 1.0 / 0.9, 1: 0.8 / 0.9, 2: 1.0})  # best mean 600 is the 1
     assert norm["kl-adaptive-0.01"]["Hopper-v5"] == {0: 0.5, 1: 0.5, 2: 0.5}
     assert norm["trpo"]["HalfCheetah-v5"][0] == pytest.approx(2.0 / 0.9)
     assert norm["trpo"]["Hopper-v5"][0] == 0.0  # the random policy's score
 
-    matrices, envs, seeds = report.score_matrices(norm)
+    matrices, envs, seeds = stats.score_matrices(norm)
     assert envs == ENVS and seeds == [0, 1, 2]
     assert matrices["kl-adaptive-0.01"].shape == (3, 2)  # (runs, envs), rliable's layout
     np.testing.assert_allclose(matrices["kl-adaptive-0.01"][:, 1], 0.5)
 
     # a setting without every run of clip-0.2's envs and seeds is left out of rliable's statistics
-    partial = report.normalised(rows + rows_of({"clip-0.1": {"HalfCheetah-v5": [600.0]}}), RANDOM)
-    assert "clip-0.1" not in report.score_matrices(partial)[0]
+    partial = stats.normalised(runs + runs_of({"clip-0.1": {"HalfCheetah-v5": [600.0]}}), RANDOM)
+    assert "clip-0.1" not in stats.score_matrices(partial)[0]
 
     # nor does it compete for the 1 until it has seeds 0-2: one lucky seed must not rescale every other setting
-    lucky = report.normalised(rows + rows_of({"clip-0.3": {"HalfCheetah-v5": [1200.0]}}), RANDOM)
+    lucky = stats.normalised(runs + runs_of({"clip-0.3": {"HalfCheetah-v5": [1200.0]}}), RANDOM)
     assert lucky["clip-0.2"]["HalfCheetah-v5"] == norm["clip-0.2"]["HalfCheetah-v5"]
     assert lucky["clip-0.3"]["HalfCheetah-v5"][0] == pytest.approx(1.5 / 0.9)
-    complete = report.normalised(rows + rows_of({"clip-0.3": {"HalfCheetah-v5": [1200.0, 1200.0, 1200.0]}}), RANDOM)
+    complete = stats.normalised(runs + runs_of({"clip-0.3": {"HalfCheetah-v5": [1200.0, 1200.0, 1200.0]}}), RANDOM)
     assert complete["clip-0.2"]["HalfCheetah-v5"][2] == pytest.approx(0.9 / 1.5)
 
-    points, intervals = report.aggregates(matrices)
+    points, intervals = stats.aggregates(matrices)
     iqm, mean = points["kl-adaptive-0.01"]
     # 6 runs, 25% cut from each end (one each): 4/9 and 6/9 go, three Hopper runs at 0.5 and 5/9 stay
     assert iqm == pytest.approx((3 * 0.5 + 5 / 9) / 4)
@@ -58,44 +70,44 @@ def test_paper_normalisation_takes_the_best_of_the_papers_settings():
     assert intervals["kl-adaptive-0.01"][0][1] <= mean <= intervals["kl-adaptive-0.01"][1][1]
 
     # the intervals are the same on every render, and a setting's do not depend on which others have rows
-    alone = report.aggregates({"kl-adaptive-0.01": matrices["kl-adaptive-0.01"]})[1]["kl-adaptive-0.01"]
+    alone = stats.aggregates({"kl-adaptive-0.01": matrices["kl-adaptive-0.01"]})[1]["kl-adaptive-0.01"]
     np.testing.assert_array_equal(alone, intervals["kl-adaptive-0.01"])
 
-    poi, _ = report.improvement_over_baseline(matrices)
+    poi, _ = stats.improvement_over_baseline(matrices)
     assert set(poi) == {"kl-adaptive-0.01"}  # PPOKL settings only: not TRPO, not clip-0.2 itself
     assert float(poi["kl-adaptive-0.01"]) == 0.0  # every run below every clip-0.2 run on both envs
 
 
 def test_spearman_against_the_paper():
-    same = {s: value for s, value in report.PAPER_TABLE1.items()}
-    rho, n, sentence = report.spearman(same)
+    same = {s: value for s, value in grid.PAPER_TABLE1.items()}
+    rho, n, sentence = stats.spearman(same)
     assert (rho, n) == (pytest.approx(1.0), 11) and sentence == "the two orderings are the same"
-    reversed_order = {s: -value for s, value in report.PAPER_TABLE1.items()}
-    rho, _, sentence = report.spearman(reversed_order)
+    reversed_order = {s: -value for s, value in grid.PAPER_TABLE1.items()}
+    rho, _, sentence = stats.spearman(reversed_order)
     assert rho == pytest.approx(-1.0) and "no-clip-no-penalty (ours 1, paper 11 of 11)" in sentence
-    assert np.isnan(report.spearman({"clip-0.2": 1.0, "clip-0.1": 0.5})[0])
+    assert np.isnan(stats.spearman({"clip-0.2": 1.0, "clip-0.1": 0.5})[0])
 
 
 def test_band_shares_and_targets():
     d = np.array([0.001, 0.006, 0.007, 0.01, 0.015, 0.016, np.nan])  # the band for 0.01 is [0.00667, 0.015]
-    below, inside, above = report.band_shares(d, 0.01)
+    below, inside, above = stats.band_shares(d, 0.01)
     assert (below, inside, above) == pytest.approx((2 / 6, 3 / 6, 1 / 6))
-    assert report.adaptive_target("kl-adaptive-0.003") == 0.003
-    assert report.adaptive_target("kl-adaptive-0.03+clip-0.2") == 0.03
-    assert report.adaptive_target("kl-fixed-1") is None and report.adaptive_target("clip-0.2") is None
+    assert stats.constant_target("kl-adaptive-0.003") == 0.003
+    assert stats.constant_target("kl-adaptive-0.03+clip-0.2") == 0.03
+    assert stats.constant_target("kl-fixed-1") is None and stats.constant_target("clip-0.2") is None
+    assert stats.constant_target("kl-perstate-meanonly-0.03") is None  # removed: its options, target included, are gone
 
 
-def test_decision_conditions(tmp_path, monkeypatch):
-    monkeypatch.setattr(report, "CURVES", tmp_path)  # no curves: the conditions alone
-    clip = {env: [1000.0, 1100.0, 1200.0] for env in report.ENVS}
-    random = dict.fromkeys(report.ENVS, 0.0)
-    better = {env: [1100.0, 1100.0, 1100.0] for env in report.ENVS}  # relative 1.0 everywhere, within one s.e.
-    text = "\n".join(report.decision(rows_of({"clip-0.2": clip, "kl-adaptive-0.03+clip-0.2": better}), random))
+def test_decision_conditions():
+    clip = {env: [1000.0, 1100.0, 1200.0] for env in grid.ENVS}
+    random = dict.fromkeys(grid.ENVS, 0.0)
+    better = {env: [1100.0, 1100.0, 1100.0] for env in grid.ENVS}  # relative 1.0 everywhere, within one s.e.
+    text = "\n".join(decision.decision(runs_of({"clip-0.2": clip, "kl-adaptive-0.03+clip-0.2": better}), random))
     assert "| kl-adaptive-0.03+clip-0.2 | 300,000 | 1.000 [0.97, 1.03]: met | 1100.0 ± 0.0 vs 1100.0 ± 57.7: met |" in text
     assert "| kl-adaptive-0.03+clip-0.2 | 1,000,000 | pending (0 of 21 runs) |" in text
     assert "| kl-adaptive-0.01+clip-0.2 | 300,000 | pending (0 of 21 runs) | pending (0 of 3 seeds) |" in text
-    worse = {env: [550.0, 550.0, 550.0] for env in report.ENVS}
-    text = "\n".join(report.decision(rows_of({"clip-0.2": clip, "kl-adaptive-0.01+clip-0.2": worse}), random))
+    worse = {env: [550.0, 550.0, 550.0] for env in grid.ENVS}
+    text = "\n".join(decision.decision(runs_of({"clip-0.2": clip, "kl-adaptive-0.01+clip-0.2": worse}), random))
     assert (
         "| kl-adaptive-0.01+clip-0.2 | 300,000 | 0.500 [0.49, 0.52]: short by 0.500 | 550.0 ± 0.0 vs 1100.0 ± 57.7: short by 492.3 |"
         in text
@@ -109,28 +121,36 @@ def test_decision_conditions(tmp_path, monkeypatch):
     assert "- kl-adaptive-0.03+clip-0.2: undecided until (a) and (c) at 300,000 and (b) and (c) at 1,000,000 are in." in text
 
     # met at both budgets by both: each qualifies, and the better at 1M is named
-    above = {env: [1200.0, 1200.0, 1200.0] for env in report.ENVS}  # relative 1.09 against the other's 1.0
+    above = {env: [1200.0, 1200.0, 1200.0] for env in grid.ENVS}  # relative 1.09 against the other's 1.0
     at_1m = {"clip-0.2": clip, "kl-adaptive-0.03+clip-0.2": above, "kl-adaptive-0.01+clip-0.2": clip}
-    rows = rows_of(at_1m) + rows_of(at_1m, timesteps=1_000_000)
-    text = "\n".join(report.decision(rows, random))
+    runs = runs_of(at_1m) + runs_of(at_1m, timesteps=1_000_000)
+    text = "\n".join(decision.decision(runs, random))
     assert "- **kl-adaptive-0.03+clip-0.2: meets all three conditions.**" in text
     assert "- **kl-adaptive-0.01+clip-0.2: meets all three conditions.**" in text
     assert "- Both qualify; the better at 1M, by (b), is kl-adaptive-0.03+clip-0.2." in text
 
 
-def test_band_table_says_how_often_d_leaves_the_band(tmp_path, monkeypatch):
-    monkeypatch.setattr(report, "CURVES", tmp_path)
+def update(i: int, **values: float) -> dict:
+    """Update ``i`` of a curve (the columns not given are blank, as a clipping run's beta is)."""
+    return dict.fromkeys(grid.CURVE_FIELDS, "") | {"timesteps": 2048 * (i + 1)} | values
+
+
+def row(name: str, env: str = "Hopper-v5", seed: int = 0, **values) -> dict:
+    return dict(setting=name, env=env, seed=seed, timesteps=300_000, score=1.0) | values
+
+
+def test_band_table_says_how_often_d_leaves_the_band(tmp_path):
     # seeds 0 and 1 of the default on one env: 2 updates below the band, 3 inside, 1 above
     d_by_seed = {0: [0.001, 0.01, 0.012], 1: [0.006, 0.009, 0.02]}
-    rows = []
-    for seed, d in d_by_seed.items():
-        with (tmp_path / f"kl-adaptive-0.01__Hopper-v5__{seed}__300000.csv").open("w") as f:
-            f.write(",".join(report.CURVE_FIELDS) + "\n")
-            for i, value in enumerate(d):
-                values = {name: "" for name in report.CURVE_FIELDS} | {"timesteps": str(2048 * (i + 1)), "kl": str(value)}
-                f.write(",".join(values[name] for name in report.CURVE_FIELDS) + "\n")
-        rows.append(dict(setting="kl-adaptive-0.01", env="Hopper-v5", seed=str(seed), timesteps="300000", score="1"))
-    lines = report.band_table(rows, 300_000)
+    runs = results_with(
+        tmp_path,
+        [row("kl-adaptive-0.01", seed=seed) for seed in d_by_seed],
+        {
+            ("kl-adaptive-0.01", "Hopper-v5", seed, 300_000): [update(i, kl=value) for i, value in enumerate(d)]
+            for seed, d in d_by_seed.items()
+        },
+    )
+    lines = report.band_table(runs, 300_000)
     assert "| kl-adaptive-0.01 | Hopper-v5 | 6 | 33% | 50% | 17% | 0.95 |" in lines
     assert (
         "- kl-adaptive-0.01: beta left `d` inside its band in 50% of the updates and outside it in 50% "
@@ -138,24 +158,20 @@ def test_band_table_says_how_often_d_leaves_the_band(tmp_path, monkeypatch):
     )
 
 
-def test_penalty_effect_tells_a_parked_penalty_from_one_that_acts(tmp_path, monkeypatch):
-    monkeypatch.setattr(report, "CURVES", tmp_path)
-
-    def curve(setting: str, d: list[float], beta: list[float]) -> dict[str, str]:
-        with (tmp_path / f"{setting}__Hopper-v5__0__300000.csv").open("w") as f:
-            f.write(",".join(report.CURVE_FIELDS) + "\n")
-            for i, (value, coef) in enumerate(zip(d, beta, strict=True)):
-                reward = str(10.0 * (i + 1))
-                row = {"timesteps": str(2048 * (i + 1)), "reward": reward, "kl": str(value), "kl_coef": str(coef), "std": ""}
-                f.write(",".join(row[name] for name in report.CURVE_FIELDS) + "\n")
-        return dict(setting=setting, env="Hopper-v5", seed="0", timesteps="300000", score="1")
-
-    rows = [
-        curve("clip-0.2", [0.01, 0.02, 0.05, 0.01], [float("nan")] * 4),
-        curve("kl-adaptive-0.01+clip-0.2", [0.01, 0.01, 0.012, 0.009], [1.0, 0.5, 1e-4, 1.0]),
-        curve("kl-adaptive-0.03+clip-0.2", [0.01, 0.02, 0.05, 0.01], [1e-4, 1e-4, 1e-4, 2e-4]),
-    ]
-    lines = report.penalty_effect(rows, 300_000)
+def test_penalty_effect_tells_a_parked_penalty_from_one_that_acts(tmp_path):
+    measured = {
+        "clip-0.2": ([0.01, 0.02, 0.05, 0.01], [float("nan")] * 4),
+        "kl-adaptive-0.01+clip-0.2": ([0.01, 0.01, 0.012, 0.009], [1.0, 0.5, 1e-4, 1.0]),
+        "kl-adaptive-0.03+clip-0.2": ([0.01, 0.02, 0.05, 0.01], [1e-4, 1e-4, 1e-4, 2e-4]),
+    }
+    curves = {
+        (name, "Hopper-v5", 0, 300_000): [
+            update(i, reward=10.0 * (i + 1), kl=value, kl_coef=coef)
+            for i, (value, coef) in enumerate(zip(d, beta, strict=True))
+        ]
+        for name, (d, beta) in measured.items()
+    }
+    lines = decision.penalty_effect(results_with(tmp_path, [row(name) for name in measured], curves), 300_000)
     assert "| clip-0.2 | 4 | 0.0150 | 0.0410 | 0.0491 | 0.05 | 50.0% | 25.0% | (no penalty) |" in lines
     assert any(line.startswith("| kl-adaptive-0.01+clip-0.2 | 4 | 0.0100 |") and line.endswith("| 25% |") for line in lines)
     assert any(line.startswith("| kl-adaptive-0.03+clip-0.2 | 4 |") and line.endswith("| 75% |") for line in lines)
@@ -172,7 +188,7 @@ def test_penalty_effect_tells_a_parked_penalty_from_one_that_acts(tmp_path, monk
 def test_relative_to_clip_compares_the_seeds_both_have():
     clip = {"HalfCheetah-v5": [400.0, 500.0, 600.0, 900.0, 900.0], "Hopper-v5": [1020.0, 1020.0, 1020.0]}
     ours = {"HalfCheetah-v5": [200.0, 200.0, 200.0], "Hopper-v5": [520.0]}
-    relative = report.relative_to_clip(rows_of({"clip-0.2": clip, "kl-fixed-1": ours}), RANDOM)
+    relative = stats.relative_to_clip(runs_of({"clip-0.2": clip, "kl-fixed-1": ours}), RANDOM)
     # HalfCheetah: seeds 0-2 only, (200 + 300) / (500 + 300), not against clip-0.2's five-seed mean of 660
     assert relative["kl-fixed-1"] == pytest.approx({"HalfCheetah-v5": 500 / 800, "Hopper-v5": 0.5})
     assert relative["clip-0.2"] == pytest.approx({"HalfCheetah-v5": 1.0, "Hopper-v5": 1.0})
@@ -180,15 +196,15 @@ def test_relative_to_clip_compares_the_seeds_both_have():
 
 def test_relative_interval_of_runs_without_spread_is_the_point():
     ours, clip = np.full((3, 7), 2.0), np.full((3, 7), 1.0)
-    assert report.relative_interval(ours, clip) == pytest.approx((2.0, 2.0))
+    assert stats.relative_interval(ours, clip) == pytest.approx((2.0, 2.0))
     # one env where clipping's seeds spread: the interval widens around the point, 2 on the 6 others
     clip[:, 0] = [0.5, 1.0, 1.5]
-    low, high = report.relative_interval(ours, clip)
+    low, high = stats.relative_interval(ours, clip)
     assert low < 2.0 < high and 2.0 + (2 / 1.5 - 2) / 7 <= low and high <= 2.0 + (2 / 0.5 - 2) / 7
 
 
 def test_families_group_the_settings_with_clip_in_each():
-    groups = report.families(["clip-0.2", "clip-0.1", "kl-fixed-1", "kl-meanonly-0.02", "trpo"])
+    groups = figures.families(["clip-0.2", "clip-0.1", "kl-fixed-1", "kl-meanonly-0.02", "trpo"])
     assert groups == {
         "clipping": ["clip-0.1", "clip-0.2"],
         "fixed KL penalty": ["kl-fixed-1", "clip-0.2"],
@@ -196,45 +212,77 @@ def test_families_group_the_settings_with_clip_in_each():
         "removed candidates (issue 11)": ["kl-meanonly-0.02", "clip-0.2"],
     }
     # a family with nothing besides the reference is left out; without the reference, none is added
-    assert report.families(["clip-0.2"]) == {}
-    assert report.families(["kl-adaptive-0.01"]) == {"adaptive KL penalty (PPO1)": ["kl-adaptive-0.01"]}
+    assert figures.families(["clip-0.2"]) == {}
+    assert figures.families(["kl-adaptive-0.01"]) == {"adaptive KL penalty (PPO1)": ["kl-adaptive-0.01"]}
 
 
-def test_beta_adapts_only_in_adaptive_ppokl_settings():
-    # the KL figure draws a beta row for a family only when one of its settings moves beta
-    assert report._beta_adapts("kl-adaptive-0.01") and report._beta_adapts("kl-adaptive-0.03+clip-0.2")
-    assert report._beta_adapts("kl-meanonly-0.02")  # a removed candidate: adaptive PPOKL
-    assert not report._beta_adapts("kl-fixed-1")
-    assert not report._beta_adapts("clip-0.2") and not report._beta_adapts("trpo")
+def test_a_settings_name_is_read_in_one_place():
+    # the KL figure draws a beta row for a family only when one of its settings moves beta, and its target dashed
+    assert grid.setting("kl-adaptive-0.01").adaptive and grid.setting("kl-adaptive-0.03+clip-0.2").adaptive
+    assert grid.setting("kl-adaptive-0.03+clip-0.2").kl_target == 0.03
+    removed = grid.setting("kl-meanonly-0.02")  # a removed candidate: adaptive PPOKL, its options gone
+    assert removed.adaptive and removed.algo == "ppo_kl" and removed.kl_target is None
+    assert removed.label == "kl-meanonly-0.02 (removed)" and grid.setting("clip-0.2").label == "clip-0.2"
+    assert not grid.setting("kl-fixed-1").adaptive and grid.setting("kl-fixed-1").kl_target is None
+    assert not grid.setting("clip-0.2").adaptive and not grid.setting("trpo").adaptive
+    with pytest.raises(ValueError, match="unknown Table 1 setting 'kl-nonsense'"):
+        grid.setting("kl-nonsense")
 
 
-def test_trpo_bound_scales_with_the_action_dimension(tmp_path, monkeypatch):
-    monkeypatch.setattr(report, "CURVES", tmp_path)
-    rows = []
-    for env, d in {"HalfCheetah-v5": [0.03, 0.05], "InvertedPendulum-v5": [0.008, 0.011]}.items():
-        with (tmp_path / f"trpo__{env}__0__300000.csv").open("w") as f:
-            f.write(",".join(report.CURVE_FIELDS) + "\n")
-            for i, value in enumerate(d):
-                values = {name: "" for name in report.CURVE_FIELDS} | {"timesteps": str(2048 * (i + 1)), "kl": str(value)}
-                f.write(",".join(values[name] for name in report.CURVE_FIELDS) + "\n")
-        rows.append(dict(setting="trpo", env=env, seed="0", timesteps="300000", score="1", final_kl=str(np.mean(d))))
-    lines = report.trpo_bound(rows)
+def test_a_row_of_an_unknown_setting_stops_the_report(tmp_path):
+    with pytest.raises(ValueError, match="unknown Table 1 setting 'kl-nonsense'"):
+        results_with(tmp_path, [row("kl-nonsense")], {})
+
+
+def test_trpo_bound_scales_with_the_action_dimension(tmp_path):
+    measured = {"HalfCheetah-v5": [0.03, 0.05], "InvertedPendulum-v5": [0.008, 0.011]}
+    runs = results_with(
+        tmp_path,
+        [row("trpo", env=env, final_kl=np.mean(d)) for env, d in measured.items()],
+        {("trpo", env, 0, 300_000): [update(i, kl=value) for i, value in enumerate(d)] for env, d in measured.items()},
+    )
+    lines = report.trpo_bound(runs)
     # sb3-contrib's default target_kl 0.01, times 6 action dims for HalfCheetah and 1 for InvertedPendulum
     assert "| HalfCheetah-v5 | 6 | 0.06 | 0.0400 (1) | 0.0500 |" in lines
     assert "| InvertedPendulum-v5 | 1 | 0.01 | 0.0095 (1) | 0.0110 |" in lines
-    assert report.trpo_bound([r | dict(setting="clip-0.2") for r in rows]) == []  # no TRPO rows: no section
+    assert report.trpo_bound([r for r in runs if r.setting != "trpo"]) == []  # no TRPO rows: no section
 
 
 def test_score_matrices_keep_the_complete_envs_while_an_env_lands():
     complete = {"HalfCheetah-v5": [700.0, 500.0, 600.0]}
-    rows = rows_of({"clip-0.2": complete, "kl-adaptive-0.01": {"HalfCheetah-v5": [100.0, 200.0, 300.0]}})
+    runs = runs_of({"clip-0.2": complete, "kl-adaptive-0.01": {"HalfCheetah-v5": [100.0, 200.0, 300.0]}})
     # seed 0 of a third env has landed for both settings: the statistics stay on the env with seeds 0-2
-    rows += rows_of({"clip-0.2": {"Hopper-v5": [520.0]}, "kl-adaptive-0.01": {"Hopper-v5": [270.0]}})
-    matrices, envs, seeds = report.score_matrices(report.normalised(rows, RANDOM))
+    runs += runs_of({"clip-0.2": {"Hopper-v5": [520.0]}, "kl-adaptive-0.01": {"Hopper-v5": [270.0]}})
+    matrices, envs, seeds = stats.score_matrices(stats.normalised(runs, RANDOM))
     assert envs == ["HalfCheetah-v5"] and seeds == [0, 1, 2]
     assert matrices["kl-adaptive-0.01"].shape == (3, 1)
     # before any env is complete, the seeds clip-0.2 has everywhere
-    matrices, envs, seeds = report.score_matrices(
-        report.normalised(rows_of({"clip-0.2": {"HalfCheetah-v5": [700.0, 500.0], "Hopper-v5": [520.0]}}), RANDOM)
+    matrices, envs, seeds = stats.score_matrices(
+        stats.normalised(runs_of({"clip-0.2": {"HalfCheetah-v5": [700.0, 500.0], "Hopper-v5": [520.0]}}), RANDOM)
     )
     assert envs == ENVS and seeds == [0]
+
+
+def test_report_writes_into_its_results_folder_and_help_writes_nothing(tmp_path, capsys):
+    """--results-dir DIR: DIR's results in, DIR/RESULTS.md and its figures out, linked beside it; --help: nothing."""
+    from benchmarks import report as command
+
+    with pytest.raises(SystemExit) as done:
+        command.main(["--help"])
+    assert done.value.code == 0 and "--results-dir DIR" in capsys.readouterr().out
+    assert not list(tmp_path.iterdir())
+
+    scores = {"clip-0.2": [500.0, 600.0, 700.0], "kl-adaptive-0.01": [400.0, 500.0, 600.0]}
+    rows = [row(name, seed=seed, score=score) for name, values in scores.items() for seed, score in enumerate(values)]
+    curves = {
+        (name, "Hopper-v5", seed, 300_000): [update(i, reward=score, kl=0.01, kl_coef=1.0, std=0.9) for i in range(3)]
+        for name, values in scores.items()
+        for seed, score in enumerate(values)
+    }
+    results_with(tmp_path, rows, curves)
+    append_row(tmp_path / grid.RANDOM_CSV, grid.RANDOM_FIELDS, dict(env="Hopper-v5", episodes=3, mean=20.0, std=1.0))
+    command.main(["--results-dir", str(tmp_path)])
+    text = (tmp_path / "RESULTS.md").read_text()
+    for figure in ("table1_300000_profile.png", "table1_300000_curves.png", "table1_300000_kl.png"):
+        assert f"]({figure})" in text and (tmp_path / figure).stat().st_size > 0
+    assert "| Hopper-v5 | clip-0.2 | 3 | 600.0 ± 57.7 |" in text

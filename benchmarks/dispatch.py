@@ -1,15 +1,18 @@
 """
-Shared by the benchmark scripts: resumable result files (one CSV row per finished run), and :func:`run_jobs`, which
-runs a grid's jobs on a local process pool or on a Ray cluster.
+Where a grid's runs run: a local process pool or a Ray cluster.
+
+:func:`run_jobs` runs the jobs (on Ray, checking each node's code fingerprint); :func:`parse_arguments` adds and
+reads the command-line options every grid runner shares.
 """
 
 import argparse
-import csv
+import contextlib
 import functools
 import hashlib
 import importlib.metadata
 import multiprocessing as mp
 import os
+import platform
 import socket
 import sys
 import traceback
@@ -17,90 +20,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    """All finished runs recorded in ``path`` (none if it does not exist yet)."""
-    if not path.exists():
-        return []
-    with path.open() as f:
-        return list(csv.DictReader(f))
+from benchmarks.results import ResultsDir
 
 
-def append_row(path: Path, fields: list[str], row: dict) -> None:
+def machine() -> str:
+    """The machine a run ran on, for its row."""
+    return f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def parse_arguments(
+    parser: argparse.ArgumentParser, workers: int | None = None
+) -> tuple[argparse.Namespace, dict[str, Any], ResultsDir]:
     """
-    Append one finished run, writing the header first if the file is new.
-
-    A file written before ``fields`` gained columns is rewritten once with the new header, its old rows
-    left blank in the new columns.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    if not new:
-        with path.open() as f:
-            header = next(csv.reader(f), [])
-        if header != fields:
-            if not set(header) <= set(fields):
-                raise ValueError(f"{path} has columns {sorted(set(header) - set(fields))} that {fields} lacks")
-            _write_rows(path, fields, read_rows(path))
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fields)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
-def replace_row(path: Path, fields: list[str], key: list[str], row: dict) -> dict[str, str]:
-    """
-    Replace the one recorded run whose ``key`` columns equal ``row``'s with ``row``; return the old row.
-    """
-    rows = read_rows(path)
-    wanted = {k: str(row[k]) for k in key}
-    matches = [i for i, r in enumerate(rows) if all(r[k] == v for k, v in wanted.items())]
-    if len(matches) != 1:
-        raise ValueError(f"{path}: {len(matches)} rows match {wanted}, expected 1")
-    old = rows[matches[0]]
-    rows[matches[0]] = {k: row.get(k, "") for k in fields}
-    _write_rows(path, fields, rows)
-    return old
-
-
-def _write_rows(path: Path, fields: list[str], rows: list[dict]) -> None:
-    """Rewrite ``path`` with ``rows`` under the header ``fields``: written to a temporary file first and then moved
-    into place, so the file is never half-written."""
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-
-
-def append_new_row(path: Path, fields: list[str], key: list[str], row: dict) -> bool:
-    """
-    :func:`append_row`, unless a recorded run already has ``row``'s ``key`` columns: then nothing is written. Returns
-    whether the row was appended, so that no run is ever recorded twice (a duplicate job, a second driver).
-    """
-    wanted = [str(row[k]) for k in key]
-    if any([r.get(k, "") for k in key] == wanted for r in read_rows(path)):
-        return False
-    append_row(path, fields, row)
-    return True
-
-
-def write_rows(path: Path, fields: list[str], rows: list[dict]) -> None:
-    """Write a whole file of rows (a run's curve) atomically, creating its folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_rows(path, fields, rows)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Dispatch: the runs of a grid on a local process pool or on a Ray cluster
-
-
-def add_dispatch_arguments(parser: argparse.ArgumentParser, workers: int | None = None) -> None:
-    """
-    The options every grid runner shares: where its runs go (:func:`run_jobs`) and where its results land.
-    ``workers``: the default of ``--workers`` (else 2, or 1 on a machine of one core).
+    Add the options every grid runner shares (where its runs go, :func:`run_jobs`, and where its results land) to
+    ``parser``, and parse the command line. ``workers``: the default of ``--workers`` (else 2, or 1 on a machine of
+    one core). Returns the arguments, :func:`run_jobs`'s keyword arguments (checked) and the results folder.
     """
     default = min(2, os.cpu_count() or 1) if workers is None else workers
     parser.add_argument("--workers", type=int, default=default, help="parallel local processes (without --ray)")
@@ -122,15 +56,13 @@ def add_dispatch_arguments(parser: argparse.ArgumentParser, workers: int | None 
         metavar="DIR",
         help="write (and resume from) the result files in DIR (default: benchmarks/results)",
     )
-
-
-def dispatch_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
-    """:func:`run_jobs`'s keyword arguments from the options of :func:`add_dispatch_arguments` (checked)."""
+    args = parser.parse_args()
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     if args.ray_working_dir is not None and args.ray is None:
         parser.error("--ray-working-dir needs --ray")
-    return dict(workers=args.workers, ray_address=args.ray, ray_working_dir=args.ray_working_dir)
+    dispatch = dict(workers=args.workers, ray_address=args.ray, ray_working_dir=args.ray_working_dir)
+    return args, dispatch, ResultsDir.option(args.results_dir)
 
 
 class RunsFailed(RuntimeError):
@@ -144,6 +76,15 @@ class RunsFailed(RuntimeError):
 
 class FingerprintMismatch(RuntimeError):
     """A Ray worker runs other code (or other library versions) than the driver; its result was refused."""
+
+
+@contextlib.contextmanager
+def exit_on_failure() -> Iterator[None]:
+    """A command line's end when some runs failed or a node was refused: the error, and exit status 1."""
+    try:
+        yield
+    except (RunsFailed, FingerprintMismatch) as error:
+        sys.exit(f"error: {error}")
 
 
 FINGERPRINT_LIBRARIES = ("torch", "stable_baselines3", "sb3_contrib", "gymnasium", "numpy")

@@ -1,0 +1,49 @@
+"""The command line of ``python -m benchmarks.finetune``: run the benchmark (resumable), or print its summary."""
+
+import argparse
+import dataclasses
+
+import benchmarks.finetune
+from benchmarks.dispatch import exit_on_failure, parse_arguments
+from benchmarks.finetune.protocol import METHODS, SEEDS, TASKS, MethodOptions
+from benchmarks.finetune.report import report
+from benchmarks.finetune.run import run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.finetune",
+        description=benchmarks.finetune.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--tasks", nargs="+", default=["LunarLander-v3", "LunarLanderContinuous-v3"], choices=list(TASKS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
+    parser.add_argument("--expert-timesteps", type=int, help="the expert's training budget (default: the task's)")
+    parser.add_argument("--timesteps", type=int, help="fine-tuning budget per run (default: the task's)")
+    parser.add_argument("--eval-every", type=int, help="steps between evaluations (default: the task's, one rollout)")
+    parser.add_argument("--eval-episodes", type=int, help="episodes per evaluation (default 10)")
+    parser.add_argument("--bc-transitions", type=int, help="expert transitions the clone learns from (default: the task's)")
+    parser.add_argument("--bc-epochs", type=int, help="behaviour cloning passes over them (default: the task's)")
+    parser.add_argument("--ref-kl-coef", type=float, default=MethodOptions.ref_kl_coef)
+    parser.add_argument("--ref-kl-target", type=float, default=MethodOptions.ref_kl_target)
+    parser.add_argument("--warmup-rollouts", type=int, default=MethodOptions.warmup_rollouts, help="for ppokl-ref-warmup")
+    parser.add_argument("--models-only", action="store_true", help="train and evaluate the experts and clones only")
+    parser.add_argument("--summary", action="store_true", help="print the tables and draw the figures, run nothing")
+    args, dispatch, results = parse_arguments(parser)
+    if args.summary:
+        report(results)
+        return
+    overrides = {
+        key: getattr(args, key)
+        for key in ("expert_timesteps", "timesteps", "eval_every", "eval_episodes", "bc_transitions", "bc_epochs")
+        if getattr(args, key) is not None
+    }
+    tasks = {task_id: dataclasses.replace(TASKS[task_id], **overrides) for task_id in args.tasks}
+    options = MethodOptions(args.ref_kl_coef, args.ref_kl_target, args.warmup_rollouts)
+    with exit_on_failure():
+        run(results, tasks, args.methods, args.seeds, options, models_only=args.models_only, **dispatch)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""
+The models every fine-tuning run starts from: the expert, its data and the behaviour clone.
+
+The expert is SB3 PPO with the task's hyperparameters; the expert, the clone and the random policy are evaluated
+for the models CSV.
+"""
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.utils import obs_as_tensor
+
+from benchmarks.finetune.protocol import (
+    BC_SEED,
+    DATA_SEED,
+    EXPERT_SEED,
+    MODELS_CSV,
+    Task,
+    clone_name,
+    evaluate,
+    expert_name,
+    make_eval_env,
+    model_file,
+    random_name,
+)
+from benchmarks.results import ResultsDir, read_rows
+
+
+class RandomPolicy:
+    """Uniform random actions, for evaluate_policy."""
+
+    def __init__(self, action_space: spaces.Space) -> None:
+        self.action_space = action_space
+
+    def predict(self, observation: np.ndarray, state: Any = None, episode_start: Any = None, deterministic: bool = False):
+        return np.array([self.action_space.sample() for _ in range(len(observation))]), None
+
+
+def train_expert(task_id: str, task: Task, path: Path) -> PPO:
+    env = make_vec_env(task_id, n_envs=task.n_envs, seed=EXPERT_SEED)
+    expert = PPO("MlpPolicy", env, seed=EXPERT_SEED, device="cpu", **task.hyperparams)
+    expert.learn(task.expert_timesteps)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    expert.save(path)
+    return expert
+
+
+def collect_expert_data(expert: PPO, task_id: str, n_transitions: int) -> tuple[th.Tensor, th.Tensor]:
+    """
+    ``n_transitions`` consecutive (observation, action) pairs of the expert acting stochastically on one env.
+
+    Box actions are the unclipped samples of the expert's Gaussian (the env gets them clipped), as SB3's
+    rollout buffer stores them.
+    """
+    env = make_vec_env(task_id, n_envs=1, seed=DATA_SEED)
+    policy = expert.policy
+    policy.set_training_mode(False)
+    observations, actions = [], []
+    obs = env.reset()
+    for _ in range(n_transitions):
+        with th.no_grad():
+            action, _, _ = policy(obs_as_tensor(obs, policy.device))
+        action_np = action.cpu().numpy()
+        observations.append(np.asarray(obs).copy())
+        actions.append(action_np)
+        if isinstance(env.action_space, spaces.Box):
+            action_np = np.clip(action_np.reshape(-1, *env.action_space.shape), env.action_space.low, env.action_space.high)
+        obs, _, _, _ = env.step(action_np)
+    env.close()
+    return th.as_tensor(np.concatenate(observations)), th.as_tensor(np.concatenate(actions))
+
+
+def behaviour_clone(task_id: str, task: Task, observations: th.Tensor, actions: th.Tensor) -> tuple[PPO, float]:
+    """
+    A fresh PPO model (the architecture every method fine-tunes) whose policy is trained by maximum likelihood
+    on the expert's actions; returns it and the last epoch's mean negative log-likelihood.
+    """
+    env = make_vec_env(task_id, n_envs=task.n_envs, seed=BC_SEED)
+    clone = PPO("MlpPolicy", env, seed=BC_SEED, device="cpu", **task.hyperparams)
+    policy = clone.policy
+    policy.set_training_mode(True)
+    optimizer = th.optim.Adam(policy.parameters(), lr=task.bc_learning_rate)
+    generator = th.Generator().manual_seed(BC_SEED)
+    observations, actions = observations.to(policy.device), actions.to(policy.device)
+    if isinstance(clone.action_space, spaces.Discrete):
+        actions = actions.long().flatten()
+    n = len(observations)
+    epoch_loss = float("nan")
+    for _ in range(task.bc_epochs):
+        order = th.randperm(n, generator=generator).to(policy.device)
+        losses = []
+        for start in range(0, n, task.bc_batch_size):
+            batch = order[start : start + task.bc_batch_size]
+            _, log_prob, _ = policy.evaluate_actions(observations[batch], actions[batch])
+            loss = -log_prob.mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        epoch_loss = float(np.mean(losses))
+    policy.set_training_mode(False)
+    return clone, epoch_loss
+
+
+def prepare_models(results: ResultsDir, task_id: str, task: Task) -> list[dict[str, Any]]:
+    """
+    Train (or reuse) the task's expert and clone in ``results``, and evaluate them and the random policy; returns the
+    models CSV rows that are new. Runs in a worker.
+    """
+    th.set_num_threads(1)
+    done = {(r["name"], int(r["eval_episodes"])) for r in read_rows(results / MODELS_CSV)}
+    rows = []
+    eval_env = make_eval_env(task_id)
+
+    def row(name: str, kind: str, predictor: Any, wall: float, **extra: Any) -> dict[str, Any]:
+        mean, std = evaluate(predictor, eval_env, task.eval_episodes)
+        base = dict(name=name, task=task_id, kind=kind, eval_return=mean, eval_std=std, eval_episodes=task.eval_episodes)
+        return {**base, "wall_seconds": round(wall, 1), **extra}
+
+    expert_path = results / model_file(expert_name(task_id, task))
+    start = time.perf_counter()
+    expert = PPO.load(expert_path, device="cpu") if expert_path.exists() else train_expert(task_id, task, expert_path)
+    name = expert_name(task_id, task)
+    if (name, task.eval_episodes) not in done:
+        rows.append(row(name, "expert", expert, time.perf_counter() - start, expert_timesteps=task.expert_timesteps))
+
+    clone_path = results / model_file(clone_name(task_id, task))
+    start = time.perf_counter()
+    bc_loss: float | str = ""
+    if clone_path.exists():
+        clone = PPO.load(clone_path, device="cpu")
+    else:
+        observations, actions = collect_expert_data(expert, task_id, task.bc_transitions)
+        clone, bc_loss = behaviour_clone(task_id, task, observations, actions)
+        clone_path.parent.mkdir(parents=True, exist_ok=True)
+        clone.save(clone_path)
+        bc_loss = round(bc_loss, 4)
+    name = clone_name(task_id, task)
+    if (name, task.eval_episodes) not in done:
+        bc = dict(expert_timesteps=task.expert_timesteps, bc_transitions=task.bc_transitions, bc_epochs=task.bc_epochs)
+        rows.append(row(name, "clone", clone, time.perf_counter() - start, **bc, bc_loss=bc_loss))
+
+    if (random_name(task_id), task.eval_episodes) not in done:
+        rows.append(row(random_name(task_id), "random", RandomPolicy(eval_env.action_space), 0.0))
+    eval_env.close()
+    return rows
