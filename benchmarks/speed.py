@@ -17,10 +17,14 @@ faster). The pairs:
 - ``finite_check``: the cost of PPOKL's check of the environment's observations and rewards
   (``check_finite_env``): PPOKL with it against PPOKL without it, on CartPole-v1 (the cheapest step, so the
   largest share), one env, SB3 PPO's defaults. Not in the default set of pairs.
+- ``kl_stop``: the cost of control inside the update (issue 32) on Pendulum-v1 at SB3 PPO's defaults, against SB3
+  PPO: PPOKL; PPOKL with ``kl_stop=1.0`` (checks every 4 minibatches, and the update ends at the target);
+  PPOKL whose checks never stop it (``kl_stop=1e9``: the price of the checks alone). Not in the default set.
 
     python -m benchmarks.speed --rounds 5
     python -m benchmarks.speed --rounds 5 --pairs lstm mask --timesteps 8192
     python -m benchmarks.speed --rounds 10 --pairs finite_check
+    python -m benchmarks.speed --rounds 3 --pairs kl_stop --timesteps 8192
 """
 
 import argparse
@@ -66,6 +70,18 @@ def _finite_check(check: bool) -> Callable[[str, int], Any]:
     return make
 
 
+def _kl_stop(kl_stop: float) -> Callable[[str, int], Any]:
+    def make(env_id: str, seed: int) -> Any:
+        from stable_baselines3.common.env_util import make_vec_env
+
+        from sb3_ppo_kl import PPOKL
+
+        env = make_vec_env(env_id, n_envs=1, seed=seed)
+        return PPOKL("MlpPolicy", env, seed=seed, device="cpu", kl_stop=kl_stop, kl_stop_interval=4)
+
+    return make
+
+
 def _maskable(ours: bool) -> Callable[[str, int], Any]:
     def make(env_id: str, seed: int) -> Any:
         from sb3_contrib import MaskablePPO
@@ -101,6 +117,10 @@ PAIRS: dict[str, tuple[str, dict[str, Callable[[str, int], Any]]]] = {
     "mask": ("InvalidActionEnvDiscrete", {"maskable_ppo": _maskable(False), "maskable_ppo_kl": _maskable(True)}),
     "lstm": ("CartPole-v1", {"recurrent_ppo": _recurrent(False), "recurrent_ppo_kl": _recurrent(True)}),
     "finite_check": ("CartPole-v1", {"ppo_kl_unchecked": _finite_check(False), "ppo_kl": _finite_check(True)}),
+    "kl_stop": (
+        "Pendulum-v1",
+        {"ppo": _ppo(None), "ppo_kl": _ppo(False), "ppo_kl_stop": _kl_stop(1.0), "ppo_kl_checks_only": _kl_stop(1e9)},
+    ),
 }
 
 
@@ -132,7 +152,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--timesteps", type=int, default=16_384)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--pairs", nargs="+", choices=list(PAIRS), default=[pair for pair in PAIRS if pair != "finite_check"])
+    parser.add_argument(
+        "--pairs", nargs="+", choices=list(PAIRS), default=[pair for pair in PAIRS if pair not in ("finite_check", "kl_stop")]
+    )
     parser.add_argument("--out", type=Path, default=ResultsDir() / "speed.json", help="the JSON file of the results")
     args = parser.parse_args()
     th.set_num_threads(args.threads)
