@@ -72,6 +72,8 @@ def make_finetune_model(
         ref_kl_target=options.target(method),
         ref_kl_coef_bounds=options.bounds(method),
         value_warmup_rollouts=options.warmup(method),
+        ref_tau=spec.ref_tau,
+        ref_update_interval=spec.ref_update_interval,
         seed=seed,
         device="cpu",
         **task.hyperparams,
