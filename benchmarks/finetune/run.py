@@ -231,6 +231,17 @@ def _describe(job: tuple[Any, tuple, Files]) -> str:
     )
 
 
+def copy_models(source: ResultsDir, results: ResultsDir, tasks: dict[str, Task]) -> None:
+    """
+    Copy the tasks' expert and clone zips from ``source`` (the committed ones) into ``results`` where it has none, so
+    that a protocol's own folder fine-tunes the same clones instead of training new ones.
+    """
+    for task_id, task in tasks.items():
+        for name in (model_file(expert_name(task_id, task)), model_file(clone_name(task_id, task))):
+            if not (results / name).exists() and (source / name).exists():
+                write_bytes(results / name, (source / name).read_bytes())
+
+
 def run(
     results: ResultsDir,
     tasks: dict[str, Task],
