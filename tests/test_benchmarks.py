@@ -232,6 +232,10 @@ def test_finetune_pipeline_resumes_and_summary_renders(tmp_path, capsys):
         assert float(row["final_kl_to_clone"]) >= 0 and curve[0]["kl_to_clone"] == ""
         if row["method"] in ("ppokl-ref", "ppokl-ref-warmup"):  # fixed coefficient
             assert row["final_ref_kl_coef"] == "0.5" and "ref_kl_target=None" in row["params"]
+            assert "ref_tau" not in row["params"]
+        elif spec.ref_tau > 0:  # fixed coefficient, a moving reference
+            assert row["final_ref_kl_coef"] == "0.5"
+            assert row["params"].endswith(f"ref_tau={spec.ref_tau} ref_update_interval={spec.ref_update_interval}")
         elif spec.floor:  # adapted, never below its start
             assert (
                 float(row["final_ref_kl_coef"]) >= 0.5

@@ -9,6 +9,10 @@ From the repository root, after the README's install command::
     python -m benchmarks.finetune --tasks LunarLander-v3 LunarLanderContinuous-v3 --seeds 0 1 2 --workers 2
     python -m benchmarks.finetune --summary                   # markdown tables and results/finetune_<task>.png
 
+    # the 5-seed protocol (issue 31): 5 seeds, 20 episodes per evaluation, six methods, results/finetune_5seed/
+    python -m benchmarks.finetune --protocol 5seed --workers 2
+    python -m benchmarks.finetune --protocol 5seed --summary  # mean ± s.e., the goal's verdict, the figures
+
     # calibrate the clone first (expert, data and BC only; prints the expert's, the clone's and random returns):
     python -m benchmarks.finetune --tasks LunarLander-v3 --models-only --bc-transitions 5000 --bc-epochs 10
 
@@ -31,9 +35,9 @@ The protocol, per task:
    the clipped one is sent to the environment), so the clone learns the expert's action noise too and starts
    fine-tuning with an exploring policy, as a pretrained policy would.
 3. **Clone.** A fresh policy of the architecture every method fine-tunes (SB3's MlpPolicy with the task's
-   hyperparameters, seed 0), trained by behaviour cloning: ``--bc-epochs`` passes over the data in shuffled
-   minibatches of 64, Adam at 1e-3, maximising ``policy.evaluate_actions(obs, actions)``'s log-probability
-   (the log-std too for Box actions). Only the action distribution learns: the value function keeps its random
+   hyperparameters, seed 0), trained by ``sb3_ppo_kl.behaviour_clone``: ``--bc-epochs`` passes over the data in
+   shuffled minibatches of 64 (their order seeded with 0), Adam at 1e-3, maximising
+   ``policy.evaluate_actions(obs, actions)``'s log-probability (the log-std too for Box actions). Only the action distribution learns: the value function keeps its random
    initialisation, as a pretrained policy without a value function would. BC is stopped early on purpose, by a
    small number of transitions and epochs, so that the clone is clearly worse than the expert and much better
    than a random policy; the expert's, the clone's and the random policy's returns are in
@@ -65,7 +69,15 @@ The protocol, per task:
      (``HoldThenLinearSchedule(ref_kl_coef, 0.0, hold_fraction=0.4, end_fraction=0.8)``). The hold covers every
      measured fall with margin: 65k-82k steps for ``ppo`` and ``ppokl`` on LunarLander-v3, 65,536 for the adapted
      anchors, 131k for ``ppokl-ref-warmup``, the latest; the last 100k steps are free of the anchor, so that the
-     policy can end where PPO ends instead of held back as ``ppokl-ref``'s fixed coefficient holds it.
+     policy can end where PPO ends instead of held back as ``ppokl-ref``'s fixed coefficient holds it;
+   - ``ppokl-ref-soft-0.3``, ``ppokl-ref-soft-0.6``: ``ppokl-ref`` (the fixed coefficient) whose reference moves
+     toward the policy after every update, ``ref_tau=0.3`` and ``0.6``; ``ppokl-ref-hard-4``: reset to the policy
+     every 4 updates (``ref_tau=1.0, ref_update_interval=4``). The rates' reasons: docs/guide/finetune.md.
+
+``--protocol 5seed`` (a preset of ``protocol.PROTOCOLS``) runs seeds 0-4 with 20 evaluation
+episodes, of ``ppo``, ``ppokl-ref``, ``ppokl-ref-target`` and the three moving references, in
+``results/finetune_5seed/`` (the committed expert and clone zips copied into it); its ``--summary`` (module
+``compare``) gives per method and task the mean ± s.e. over seeds, the goal's verdict and two figures.
 
 **Measures.** Every evaluation is the mean return of ``--eval-episodes`` (default 10) episodes of the
 deterministic policy on one environment seeded 10,000 before each evaluation: every evaluation, of every
@@ -91,6 +103,7 @@ CartPole-v1, whose entry is small::
     python -m benchmarks.finetune --tasks CartPole-v1 --seeds 0 --expert-timesteps 4096 --timesteps 2048 \
         --eval-every 512 --eval-episodes 3 --bc-transitions 300 --bc-epochs 3 --results-dir /tmp/finetune
 
-The package: ``protocol`` (the tasks, the methods, the files and the measures), ``pretrain`` (the expert, its data
-and the clone), ``run`` (the fine-tuning runs and the grid of them) and ``report`` (the summary tables and figures).
+The package: ``protocol`` (the tasks, the methods, the protocols, the files and the measures), ``pretrain`` (the
+expert, its data and the clone), ``run`` (the fine-tuning runs and the grid of them), ``report`` (the summary tables
+and figures) and ``compare`` (the protocol's summary).
 """

@@ -5,9 +5,11 @@ import dataclasses
 
 import benchmarks.finetune
 from benchmarks.dispatch import exit_on_failure, parse_arguments
-from benchmarks.finetune.protocol import METHODS, SEEDS, TASKS, MethodOptions
+from benchmarks.finetune.compare import protocol_report
+from benchmarks.finetune.protocol import METHODS, PROTOCOLS, SEEDS, TASKS, MethodOptions
 from benchmarks.finetune.report import report
-from benchmarks.finetune.run import run
+from benchmarks.finetune.run import copy_models, run
+from benchmarks.results import DEFAULT_ROOT, ResultsDir
 
 
 def main() -> None:
@@ -17,8 +19,14 @@ def main() -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--tasks", nargs="+", default=["LunarLander-v3", "LunarLanderContinuous-v3"], choices=list(TASKS))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), help="default: all, or the protocol's")
+    parser.add_argument("--seeds", nargs="+", type=int, help=f"default: {SEEDS}, or the protocol's")
+    parser.add_argument(
+        "--protocol",
+        choices=list(PROTOCOLS),
+        help="a preset: its seeds, methods, episodes per evaluation and results folder (benchmarks/results/<folder>); "
+        "--seeds, --methods, --tasks and --results-dir may still choose a part of it",
+    )
     parser.add_argument("--expert-timesteps", type=int, help="the expert's training budget (default: the task's)")
     parser.add_argument("--timesteps", type=int, help="fine-tuning budget per run (default: the task's)")
     parser.add_argument("--eval-every", type=int, help="steps between evaluations (default: the task's, one rollout)")
@@ -31,9 +39,23 @@ def main() -> None:
     parser.add_argument("--models-only", action="store_true", help="train and evaluate the experts and clones only")
     parser.add_argument("--summary", action="store_true", help="print the tables and draw the figures, run nothing")
     args, dispatch, results = parse_arguments(parser)
+    protocol = None if args.protocol is None else PROTOCOLS[args.protocol]
+    if protocol is not None:
+        if args.eval_episodes not in (None, protocol.eval_episodes):
+            parser.error(
+                f"--protocol {args.protocol} evaluates {protocol.eval_episodes} episodes, not --eval-episodes {args.eval_episodes}"
+            )
+        args.eval_episodes = protocol.eval_episodes
+        if args.results_dir is None:
+            results = ResultsDir(DEFAULT_ROOT / protocol.folder)
     if args.summary:
-        report(results)
+        if protocol is None:
+            report(results)
+        else:
+            protocol_report(results, protocol, args.tasks)
         return
+    methods = args.methods or (list(METHODS) if protocol is None else protocol.methods)
+    seeds = args.seeds or (SEEDS if protocol is None else protocol.seeds)
     overrides = {
         key: getattr(args, key)
         for key in ("expert_timesteps", "timesteps", "eval_every", "eval_episodes", "bc_transitions", "bc_epochs")
@@ -41,8 +63,10 @@ def main() -> None:
     }
     tasks = {task_id: dataclasses.replace(TASKS[task_id], **overrides) for task_id in args.tasks}
     options = MethodOptions(args.ref_kl_coef, args.ref_kl_target, args.warmup_rollouts)
+    if protocol is not None:
+        copy_models(ResultsDir(), results, tasks)
     with exit_on_failure():
-        run(results, tasks, args.methods, args.seeds, options, models_only=args.models_only, **dispatch)
+        run(results, tasks, methods, seeds, options, models_only=args.models_only, **dispatch)
 
 
 if __name__ == "__main__":

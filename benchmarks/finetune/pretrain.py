@@ -14,6 +14,7 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.utils import obs_as_tensor
 
 from benchmarks.finetune.protocol import (
@@ -30,6 +31,7 @@ from benchmarks.finetune.protocol import (
     random_name,
 )
 from benchmarks.results import ResultsDir, read_rows
+from sb3_ppo_kl import behaviour_clone
 
 
 class RandomPolicy:
@@ -76,36 +78,35 @@ def collect_expert_data(expert: PPO, task_id: str, n_transitions: int) -> tuple[
     return th.as_tensor(np.concatenate(observations)), th.as_tensor(np.concatenate(actions))
 
 
-def behaviour_clone(task_id: str, task: Task, observations: th.Tensor, actions: th.Tensor) -> tuple[PPO, float]:
+class LastValues(KVWriter):
+    """An SB3 logger output that keeps the last values dumped (the clone's last ``bc/nll``)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
+        self.values = dict(key_values)
+
+
+def clone_expert(task_id: str, task: Task, observations: th.Tensor, actions: th.Tensor) -> tuple[PPO, float]:
     """
-    A fresh PPO model (the architecture every method fine-tunes) whose policy is trained by maximum likelihood
-    on the expert's actions; returns it and the last epoch's mean negative log-likelihood.
+    A fresh PPO model (the architecture every method fine-tunes) whose policy :func:`sb3_ppo_kl.behaviour_clone`
+    trains by maximum likelihood on the expert's actions; returns it and the last epoch's mean negative
+    log-likelihood.
     """
     env = make_vec_env(task_id, n_envs=task.n_envs, seed=BC_SEED)
     clone = PPO("MlpPolicy", env, seed=BC_SEED, device="cpu", **task.hyperparams)
-    policy = clone.policy
-    policy.set_training_mode(True)
-    optimizer = th.optim.Adam(policy.parameters(), lr=task.bc_learning_rate)
-    generator = th.Generator().manual_seed(BC_SEED)
-    observations, actions = observations.to(policy.device), actions.to(policy.device)
-    if isinstance(clone.action_space, spaces.Discrete):
-        actions = actions.long().flatten()
-    n = len(observations)
-    epoch_loss = float("nan")
-    for _ in range(task.bc_epochs):
-        order = th.randperm(n, generator=generator).to(policy.device)
-        losses = []
-        for start in range(0, n, task.bc_batch_size):
-            batch = order[start : start + task.bc_batch_size]
-            _, log_prob, _ = policy.evaluate_actions(observations[batch], actions[batch])
-            loss = -log_prob.mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        epoch_loss = float(np.mean(losses))
-    policy.set_training_mode(False)
-    return clone, epoch_loss
+    last = LastValues()
+    clone.set_logger(Logger(None, [last]))
+    behaviour_clone(
+        clone,
+        (observations, actions),
+        epochs=task.bc_epochs,
+        batch_size=task.bc_batch_size,
+        learning_rate=task.bc_learning_rate,
+        seed=BC_SEED,
+    )
+    return clone, float(last.values["bc/nll"])
 
 
 def prepare_models(results: ResultsDir, task_id: str, task: Task) -> list[dict[str, Any]]:
@@ -137,7 +138,7 @@ def prepare_models(results: ResultsDir, task_id: str, task: Task) -> list[dict[s
         clone = PPO.load(clone_path, device="cpu")
     else:
         observations, actions = collect_expert_data(expert, task_id, task.bc_transitions)
-        clone, bc_loss = behaviour_clone(task_id, task, observations, actions)
+        clone, bc_loss = clone_expert(task_id, task, observations, actions)
         clone_path.parent.mkdir(parents=True, exist_ok=True)
         clone.save(clone_path)
         bc_loss = round(bc_loss, 4)

@@ -86,7 +86,8 @@ class Method:
     clone's weights; ``"ppokl"``: ``PPOKL.from_pretrained(clone)``, with the clone as its frozen reference if
     ``reference``. The reference coefficient (``--ref-kl-coef``) is fixed, or adapted toward ``target`` (None: the
     ``--ref-kl-target`` option), never below its start with ``floor``; with ``anneal`` it is held, then decays to 0.
-    ``warmup``: value-only rollouts first (``--warmup-rollouts``).
+    ``warmup``: value-only rollouts first (``--warmup-rollouts``). ``ref_tau`` and ``ref_update_interval``: the
+    reference moves toward the policy (PPOKL's arguments of these names; 0 and 1: it stays the clone).
     """
 
     algo: str = "ppokl"
@@ -95,6 +96,8 @@ class Method:
     floor: bool = False
     anneal: bool = False
     warmup: bool = False
+    ref_tau: float = 0.0
+    ref_update_interval: int = 1
 
 
 # ppokl-ref-anneal: ref_kl_coef held for the first ANNEAL_HOLD of the budget, then linear to 0 at ANNEAL_END. The
@@ -113,6 +116,12 @@ METHODS: dict[str, Method] = {
     "ppokl-ref-target-0.01": Method(target=0.01),
     "ppokl-ref-floor": Method(target=0.02, floor=True),
     "ppokl-ref-anneal": Method(anneal=True),
+    # a reference that moves, with the fixed coefficient (issue 31; the rates' reasons are in docs/guide/finetune.md):
+    # a soft update of rate 0.3 (a lag of about 3 updates, shorter than the 4 to 5 that preceded LunarLander's falls),
+    # twice that rate (a lag under 2 updates), and a hard reset to the policy every 4 updates (65,536 steps)
+    "ppokl-ref-soft-0.3": Method(ref_tau=0.3),
+    "ppokl-ref-soft-0.6": Method(ref_tau=0.6),
+    "ppokl-ref-hard-4": Method(ref_tau=1.0, ref_update_interval=4),
 }
 
 
@@ -154,7 +163,40 @@ class MethodOptions:
             params += f" ref_kl_coef_bounds={self.bounds(method)}"
         if METHODS[method].warmup:
             params += f" value_warmup_rollouts={self.warmup_rollouts}"
+        if METHODS[method].ref_tau > 0:
+            params += f" ref_tau={METHODS[method].ref_tau} ref_update_interval={METHODS[method].ref_update_interval}"
         return params
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """
+    A named preset of the grid (``--protocol NAME``): its seeds, episodes per evaluation, results folder (under
+    ``benchmarks/results``) and the methods it compares, on the default tasks.
+    """
+
+    seeds: list[int]
+    eval_episodes: int
+    folder: str
+    methods: list[str]
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    # issue 31: 5 seeds and 20 episodes per evaluation, so that the methods' lowest and final returns can be told apart
+    "5seed": Protocol(
+        seeds=[0, 1, 2, 3, 4],
+        eval_episodes=20,
+        folder="finetune_5seed",
+        methods=[
+            "ppo",
+            "ppokl-ref",
+            "ppokl-ref-target",
+            "ppokl-ref-soft-0.3",
+            "ppokl-ref-soft-0.6",
+            "ppokl-ref-hard-4",
+        ],
+    ),
+}
 
 
 # The result files, in a ResultsDir: one row per fine-tuning run and its curve (a row per evaluation); the expert's,

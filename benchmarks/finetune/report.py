@@ -29,21 +29,29 @@ def _number(value: str) -> str:
     return "" if value == "" else f"{float(value):.1f}"
 
 
-def summary_table(task_id: str, rows: list[dict[str, str]], models: list[dict[str, str]]) -> list[str]:
-    """Markdown lines for one task: its models (from the models CSV's rows), then per method each seed's measures and
-    their means."""
+def setup_text(task_id: str, rows: list[dict[str, str]], models: list[dict[str, str]]) -> str:
+    """A task's models (the expert's, the clone's and the random policy's returns, from the models CSV's rows) and
+    the protocol of its runs, from the first of ``rows``."""
     first = rows[0]
     episodes = int(first["eval_episodes"])
     evaluated = {r["name"]: r for r in models if int(r["eval_episodes"]) == episodes}
     clone = evaluated.get(first["clone"], {})
     random_return = evaluated.get(random_name(task_id), {}).get("eval_return", "")
-    setup = (
+    return (
         f"Expert (SB3 PPO, {int(first['expert'].rsplit('_', 1)[-1]):,} steps): {_number(first['expert_return'])}; "
         f"clone (BC on {clone.get('bc_transitions', '?')} transitions x {clone.get('bc_epochs', '?')} epochs): "
         f"{_number(first['clone_return'])}; random policy: {_number(random_return)}. "
         f"Fine-tuning {int(first['timesteps']):,} steps per run; deterministic evaluation of {episodes} episodes "
-        f"every {int(first['eval_every']):,} steps; dip: the lowest return in the first "
-        f"{DIP_FRACTION * int(first['timesteps']):,.0f} steps."
+        f"every {int(first['eval_every']):,} steps"
+    )
+
+
+def summary_table(task_id: str, rows: list[dict[str, str]], models: list[dict[str, str]]) -> list[str]:
+    """Markdown lines for one task: its models (from the models CSV's rows), then per method each seed's measures and
+    their means."""
+    setup = (
+        f"{setup_text(task_id, rows, models)}; dip: the lowest return in the first "
+        f"{DIP_FRACTION * int(rows[0]['timesteps']):,.0f} steps."
     )
     lines = [
         f"### {task_id}",

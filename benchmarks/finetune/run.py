@@ -72,6 +72,8 @@ def make_finetune_model(
         ref_kl_target=options.target(method),
         ref_kl_coef_bounds=options.bounds(method),
         value_warmup_rollouts=options.warmup(method),
+        ref_tau=spec.ref_tau,
+        ref_update_interval=spec.ref_update_interval,
         seed=seed,
         device="cpu",
         **task.hyperparams,
@@ -227,6 +229,17 @@ def _describe(job: tuple[Any, tuple, Files]) -> str:
     return f"{fn.__name__} " + " ".join(
         str(arg) for arg in (args[:1] if fn is prepare_models else (args[0][0], *args[0][2:4]))
     )
+
+
+def copy_models(source: ResultsDir, results: ResultsDir, tasks: dict[str, Task]) -> None:
+    """
+    Copy the tasks' expert and clone zips from ``source`` (the committed ones) into ``results`` where it has none, so
+    that a protocol's own folder fine-tunes the same clones instead of training new ones.
+    """
+    for task_id, task in tasks.items():
+        for name in (model_file(expert_name(task_id, task)), model_file(clone_name(task_id, task))):
+            if not (results / name).exists() and (source / name).exists():
+                write_bytes(results / name, (source / name).read_bytes())
 
 
 def run(
