@@ -124,7 +124,7 @@ def goal_row(runs: list[Run], random: dict[str, float], name: str, reference: tu
     assert target is not None
     d = np.concatenate([c["kl"] for env in ENVS for _, c in seeded_curves(at, name, env, GOAL_BUDGET, SEEDS)])
     _, inside, _ = band_shares(d, target)
-    rel = relative_to_clip([r for r in at if r.setting in (name, BASELINE)], random).get(name, {})
+    rel = relative_to_clip([r for r in at if r.setting in (name, BASELINE) and r.seed in SEEDS], random).get(name, {})
     relative = float(np.mean([rel[env] for env in ENVS])) if all(env in rel for env in ENVS) else float("nan")
     matrices, envs, _ = score_matrices(normalised(at, random))
     iqm = float(metrics.aggregate_iqm(matrices[name])) if name in matrices and envs == ENVS else float("nan")
@@ -140,10 +140,7 @@ def goal_row(runs: list[Run], random: dict[str, float], name: str, reference: tu
         verdict = f"pending: {REFERENCE}'s runs"
     else:
         verdict = "**meets the goal**" if not shortfalls else "short: " + "; ".join(shortfalls)
-    row = (
-        f"| {name} | {inside:.0%} | {max(GOAL - inside, 0):.0%} | {prediction} | {relative:.2f} | {iqm:.2f} | "
-        f"{verdict} |"
-    )
+    row = f"| {name} | {inside:.0%} | {max(GOAL - inside, 0):.0%} | {prediction} | {relative:.2f} | {iqm:.2f} | {verdict} |"
     return row, (f"- {name}: {verdict}." if name != REFERENCE else "")
 
 
@@ -152,7 +149,8 @@ def reference_scores(runs: list[Run], random: dict[str, float]) -> tuple[float, 
     from rliable import metrics
 
     at = [r for r in runs if r.timesteps == GOAL_BUDGET]
-    rel = relative_to_clip([r for r in at if r.setting in (REFERENCE, BASELINE)], random).get(REFERENCE, {})
+    relative = relative_to_clip([r for r in at if r.setting in (REFERENCE, BASELINE) and r.seed in SEEDS], random)
+    rel = relative.get(REFERENCE, {})
     matrices, envs, _ = score_matrices(normalised(at, random))
     if not all(env in rel for env in ENVS) or REFERENCE not in matrices or envs != ENVS:
         return None
@@ -200,8 +198,7 @@ def band_section(runs: list[Run], random: dict[str, float], figures: Figures) ->
 def figure_part(runs: list[Run], ratios: dict[str, np.ndarray], figures: Figures) -> list[str]:
     """The figure of d / target update by update on one task: the paper's rule against the best new setting."""
     seeded = {
-        name: dict(seeded_curves(runs, name, FIGURE_ENV, GOAL_BUDGET, [FIGURE_SEED]))
-        for name in [REFERENCE, *BAND_SETTINGS]
+        name: dict(seeded_curves(runs, name, FIGURE_ENV, GOAL_BUDGET, [FIGURE_SEED])) for name in [REFERENCE, *BAND_SETTINGS]
     }
     new = [name for name in BAND_SETTINGS if seeded[name] and name in ratios]
     if not seeded[REFERENCE]:
@@ -246,7 +243,7 @@ def verdict_part(runs: list[Run], random: dict[str, float]) -> list[str]:
         (
             f"A setting meets the goal if its `d` is inside the band on at least {GOAL:.0%} of the updates over all 7 "
             f"tasks (seeds 0-2, {GOAL_BUDGET:,} steps) with a score at least {REFERENCE}'s: its mean over the 7 tasks "
-            f"of `(score - random) / ({BASELINE} - random)`, and rliable's IQM of the normalised scores (point "
+            f"of `(score - random) / ({BASELINE} - random)` (seeds 0-2), and rliable's IQM of the normalised scores (point "
             f"estimates; the intervals are in the budget's normalised table). It would then run at 1M on the 7 tasks, "
             "and become the setting the docs recommend when you want `kl_target` to mean what it says. A setting "
             "without its 21 runs is pending."
