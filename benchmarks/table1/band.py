@@ -110,8 +110,6 @@ def goal_row(runs: list[Run], random: dict[str, float], name: str, reference: tu
     :data:`REFERENCE`'s (``reference``: those two, or None while it is incomplete). Pending until it has seeds 0-2
     on the 7 tasks.
     """
-    from rliable import metrics
-
     at = [r for r in runs if r.timesteps == GOAL_BUDGET]
     have = {(r.env, r.seed) for r in at if r.setting == name and r.curve is not None}
     prediction = PREDICTED.get(name, "")
@@ -124,10 +122,7 @@ def goal_row(runs: list[Run], random: dict[str, float], name: str, reference: tu
     assert target is not None
     d = np.concatenate([c["kl"] for env in ENVS for _, c in seeded_curves(at, name, env, GOAL_BUDGET, SEEDS)])
     _, inside, _ = band_shares(d, target)
-    rel = relative_to_clip([r for r in at if r.setting in (name, BASELINE) and r.seed in SEEDS], random).get(name, {})
-    relative = float(np.mean([rel[env] for env in ENVS])) if all(env in rel for env in ENVS) else float("nan")
-    matrices, envs, _ = score_matrices(normalised(at, random))
-    iqm = float(metrics.aggregate_iqm(matrices[name])) if name in matrices and envs == ENVS else float("nan")
+    relative, iqm = goal_scores(at, random, name)
     shortfalls = [] if inside >= GOAL else [f"d inside the band on {inside:.0%}, {GOAL - inside:.0%} short of {GOAL:.0%}"]
     if name != REFERENCE and reference is not None:
         if not relative >= reference[0]:
@@ -144,17 +139,25 @@ def goal_row(runs: list[Run], random: dict[str, float], name: str, reference: tu
     return row, (f"- {name}: {verdict}." if name != REFERENCE else "")
 
 
-def reference_scores(runs: list[Run], random: dict[str, float]) -> tuple[float, float] | None:
-    """:data:`REFERENCE`'s mean relative to clip-0.2 and IQM at :data:`GOAL_BUDGET` (None until both are known)."""
+def goal_scores(runs: list[Run], random: dict[str, float], name: str) -> tuple[float, float]:
+    """
+    A setting's two scores at :data:`GOAL_BUDGET`: its mean over the 7 tasks relative to clip-0.2 (seeds 0-2) and
+    rliable's IQM of its normalised scores; NaN where it or clip-0.2 lacks runs.
+    """
     from rliable import metrics
 
     at = [r for r in runs if r.timesteps == GOAL_BUDGET]
-    relative = relative_to_clip([r for r in at if r.setting in (REFERENCE, BASELINE) and r.seed in SEEDS], random)
-    rel = relative.get(REFERENCE, {})
+    rel = relative_to_clip([r for r in at if r.setting in (name, BASELINE) and r.seed in SEEDS], random).get(name, {})
+    relative = float(np.mean([rel[env] for env in ENVS])) if all(env in rel for env in ENVS) else float("nan")
     matrices, envs, _ = score_matrices(normalised(at, random))
-    if not all(env in rel for env in ENVS) or REFERENCE not in matrices or envs != ENVS:
-        return None
-    return float(np.mean([rel[env] for env in ENVS])), float(metrics.aggregate_iqm(matrices[REFERENCE]))
+    iqm = float(metrics.aggregate_iqm(matrices[name])) if name in matrices and envs == ENVS else float("nan")
+    return relative, iqm
+
+
+def reference_scores(runs: list[Run], random: dict[str, float]) -> tuple[float, float] | None:
+    """:data:`REFERENCE`'s :func:`goal_scores` (None until both are known)."""
+    scores = goal_scores(runs, random, REFERENCE)
+    return None if any(np.isnan(scores)) else scores
 
 
 def band_section(runs: list[Run], random: dict[str, float], figures: Figures) -> list[str]:
