@@ -13,6 +13,19 @@ Settings are named after the rows of Table 1, plus three beyond the paper:
   where an update overshoots;
 - ``trpo``: sb3-contrib TRPO (its defaults: target KL 0.01, line search), on the same network and rollout.
 
+Issue 32's settings, for a beta that keeps ``d`` inside ``[kl_target / 1.5, kl_target * 1.5]`` (``--grid band-300k``):
+
+- ``kl-logprop-0.01``: PPOKL, kl_target 0.01, ``LogProportionalKLController`` (its default gain 0.2);
+- ``kl-adaptive-0.01+stop``: PPOKL, kl_target 0.01, the paper's rule, and the stop inside the update at the target
+  (``kl_stop=1.0``), checked every 4 minibatches (``kl_stop_interval=4``);
+- ``kl-logprop-0.01+stop``: both.
+
+The stop's design trials run by name and belong to no preset (``TRIALS`` in ``benchmarks/table1/grid.py``; they set
+PPOKL's private switches on the built model): ``trial-stop-1.2`` (stop at 1.2 x the target),
+``trial-stop-backtrack`` (an overshooting check restores the last parameters inside the band),
+``trial-stop-untold`` (the controller is not told that the update stopped), ``trial-logprop-stop-i2``
+(``kl-logprop-0.01+stop`` checked every 2 minibatches).
+
 Issue 11 searched for a PPOKL setting that learns at least as well as clipping: nine candidates in three
 stages and a discrete check (``benchmarks/RESULTS.md``). None qualified, and their options were removed
 from the package; their rows stay in the results, and ``REMOVED`` in ``benchmarks/table1/grid.py`` describes each. The code that ran
@@ -45,6 +58,8 @@ update: timesteps, mean reward of the last 100 episodes, d, the std, and for PPO
     python -m benchmarks.run --grid table1-300k --workers 2                       # the other 11 settings at 300k
     python -m benchmarks.run --grid table1-1m --workers 2                         # issue 20's rows at 1M
     python -m benchmarks.run --grid discrete --workers 2                          # LunarLander-v3 and Acrobot-v1
+    python -m benchmarks.run --grid band-300k --workers 2                         # issue 32's settings at 300k
+    python -m benchmarks.run --settings trial-stop-untold --envs HalfCheetah-v5 --seeds 0 --timesteps 300000
     python -m benchmarks.run --grid paper --ray auto                              # on a Ray cluster (docs: "Run a grid on a cluster")
     python -m benchmarks.run --settings clip-0.2 kl-fixed-1 --envs Hopper-v5 --seeds 0 --timesteps 100000
     python -m benchmarks.run --grid paper-lite --settings clip-0.2 kl-adaptive-0.01 --remeasure   # add eval, d, std to old rows
@@ -55,14 +70,14 @@ update: timesteps, mean reward of the last 100 episodes, d, the std, and for PPO
 import argparse
 
 from benchmarks.dispatch import exit_on_failure, parse_arguments
-from benchmarks.table1.grid import GRIDS, SETTINGS
+from benchmarks.table1.grid import GRIDS, SETTINGS, TRIALS
 from benchmarks.table1.run import measure_random, run_grid
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", choices=list(GRIDS), default="full", help="preset; the options below override it")
-    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS) + list(TRIALS))
     parser.add_argument("--envs", nargs="+")
     parser.add_argument("--seeds", nargs="+", type=int)
     parser.add_argument("--timesteps", type=int)

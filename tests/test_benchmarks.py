@@ -11,7 +11,7 @@ from benchmarks.results import ResultsDir, append_new_row, append_row, read_rows
 from benchmarks.table1 import grid, run
 from benchmarks.table1.data import load
 from benchmarks.table1.report import write_report
-from sb3_ppo_kl import PPOKL
+from sb3_ppo_kl import PPOKL, KLCoefController, LogProportionalKLController
 
 ENV = "InvertedPendulum-v5"
 
@@ -45,6 +45,56 @@ def test_removed_settings_cannot_run_and_every_grid_can():
     with pytest.raises(ValueError, match="was removed"):
         run.make_model("kl-perstate-meanonly-0.03", ENV, seed=0)
     assert grid.PAPER_SETTINGS == list(grid.SETTINGS)[:11]  # the paper's 11, in Table 1's order
+
+
+def test_band_settings_build_ppokl_with_their_controller_and_stop():
+    """Issue 32's three settings: the log-proportional controller (its default gain) and the stop at the target."""
+    logprop = run.make_model("kl-logprop-0.01", ENV, seed=0)
+    assert type(logprop.kl_controller) is LogProportionalKLController and logprop.kl_controller.gain == 0.2
+    assert logprop.kl_controller.kl_target == 0.01 and logprop.kl_stop is None
+    stop = run.make_model("kl-adaptive-0.01+stop", ENV, seed=0)
+    assert type(stop.kl_controller) is KLCoefController and (stop.kl_stop, stop.kl_stop_interval) == (1.0, 4)
+    both = run.make_model("kl-logprop-0.01+stop", ENV, seed=0)
+    assert type(both.kl_controller) is LogProportionalKLController and (both.kl_stop, both.kl_stop_interval) == (1.0, 4)
+    for model in (logprop, stop, both):  # the design switches stay at PPOKL's defaults outside the trials
+        assert (model._kl_stop_backtrack, model._kl_stop_tell_controller) == (False, True)
+    assert grid.GRIDS["band-300k"]["settings"] == grid.BAND_SETTINGS and grid.GRIDS["band-300k"]["timesteps"] == 300_000
+    assert set(grid.BAND_SETTINGS).isdisjoint(grid.GRIDS["full"]["settings"])  # at 1M only once one meets the goal
+
+
+def test_stop_trials_set_the_private_switches_and_no_preset_runs_them():
+    models = {name: run.make_model(name, ENV, seed=0) for name in grid.TRIALS}
+    assert models["trial-stop-1.2"].kl_stop == 1.2
+    assert models["trial-stop-backtrack"]._kl_stop_backtrack and models["trial-stop-backtrack"].kl_stop == 1.0
+    assert not models["trial-stop-untold"]._kl_stop_tell_controller
+    i2 = models["trial-logprop-stop-i2"]
+    assert type(i2.kl_controller) is LogProportionalKLController and (i2.kl_stop, i2.kl_stop_interval) == (1.0, 2)
+    assert all(name.startswith("trial-") and grid.setting(name).adaptive for name in grid.TRIALS)
+    assert set(grid.TRIALS).isdisjoint(grid.SETTINGS)
+    assert all(set(grid.TRIALS).isdisjoint(preset["settings"]) for preset in grid.GRIDS.values())
+
+
+def test_update_measures_record_the_epochs_of_a_stopped_update():
+    """With the stop, each update's epochs, minibatches and stop are those the update logged."""
+    model = run.make_model("kl-adaptive-0.01+stop", ENV, seed=0)
+    logged = []
+
+    class Logged(run.UpdateMeasures):
+        def _on_rollout_start(self) -> None:
+            values = self.logger.name_to_value
+            logged.append(tuple(values.get(f"train/{key}") for key in ("n_epochs_run", "n_minibatches_run", "stopped")))
+            super()._on_rollout_start()
+
+    measures = Logged()
+    model.learn(2 * 2048, callback=measures)
+    measures.finish()
+    final = model.logger.name_to_value
+    logged = logged[1:] + [(final["train/n_epochs_run"], final["train/n_minibatches_run"], final["train/stopped"])]
+    recorded = [(row["epochs"], row["minibatches"], row["stopped"]) for row in measures.rows]
+    assert recorded == logged
+    for epochs, minibatches, stopped in recorded:
+        assert 0 < minibatches <= 10 * 32 and epochs == minibatches / 32 and stopped in (0, 1)
+        assert minibatches % 4 == 0 or not stopped  # a stop comes at a check, every 4 minibatches
 
 
 @pytest.mark.parametrize("setting", ["kl-adaptive-0.01", "clip-0.2"])

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from benchmarks.results import ResultsDir, append_row, write_rows
-from benchmarks.table1 import decision, figures, grid, report, stats
+from benchmarks.table1 import band, decision, figures, grid, report, stats
 from benchmarks.table1.data import Run, load
+from benchmarks.table1.figures import Figures
 
 ENVS = ["HalfCheetah-v5", "Hopper-v5"]
 RANDOM = {"HalfCheetah-v5": -300.0, "Hopper-v5": 20.0}
@@ -286,3 +287,97 @@ def test_report_writes_into_its_results_folder_and_help_writes_nothing(tmp_path,
     for figure in ("table1_300000_profile.png", "table1_300000_curves.png", "table1_300000_kl.png"):
         assert f"]({figure})" in text and (tmp_path / figure).stat().st_size > 0
     assert "| Hopper-v5 | clip-0.2 | 3 | 600.0 ± 57.7 |" in text
+
+
+def test_beta_response_and_autocorrelation_against_hand_computed_values():
+    # log beta 0, 1, 1, 0, 0: the beta of updates 1-3 changed by +1, 0, -1 before them; log d changed by -2, 1, 2
+    log_beta = np.array([0.0, 1.0, 1.0, 0.0, 0.0])
+    log_d = np.array([0.0, 0.0, -2.0, -1.0, 1.0])
+    # x = (1, 0, -1), y = (-2, 1, 2): sum((x - 0)(y - 1/3)) / sum(x^2) = (-7/3 - 5/3) / 2 = -2
+    assert stats.beta_response(np.exp(log_d), np.exp(log_beta)) == pytest.approx(-2.0)
+    # log d = c - a log beta exactly, with beta of update t read from row t - 1: the slope is -a
+    log_beta = np.log([1.0, 2.0, 2.0, 1.0, 0.5, 1.0, 2.0, 4.0])
+    log_d = np.concatenate([[0.0], 0.3 - 1.7 * log_beta[:-1]])
+    assert stats.beta_response(np.exp(log_d), np.exp(log_beta)) == pytest.approx(-1.7)
+    # a blank update drops its pairs; a beta that never moved has no slope
+    assert np.isnan(stats.beta_response(np.full(6, 0.01), np.ones(6)))
+    assert np.isnan(stats.beta_response(np.array([0.01, np.nan, 0.02, 0.01]), np.array([1.0, 2.0, 1.0, 2.0])))
+
+    target = 0.01
+    # log(d / target) 1, 0, 0, 1: pairs (1, 0), (0, 0), (0, 1); means 1/3; covariance -1/3, variances 2/3: -0.5
+    assert stats.lag1_autocorrelation(target * np.exp([1.0, 0.0, 0.0, 1.0]), target) == pytest.approx(-0.5)
+    assert stats.lag1_autocorrelation(target * np.exp([1.0, -1.0, 1.0, -1.0]), target) == pytest.approx(-1.0)
+    assert stats.lag1_autocorrelation(target * np.exp([0.0, 1.0, 2.0, 3.0]), target) == pytest.approx(1.0)
+    assert np.isnan(stats.lag1_autocorrelation(np.full(5, target), target))  # no spread
+
+
+def band_curve(log_d: list[float], log_beta: list[float], **columns: list[float]) -> list[dict]:
+    """A curve of d = 0.01 * exp(log_d) and beta = exp(log_beta), with other columns by update."""
+    return [
+        update(i, kl=0.01 * np.exp(ld), kl_coef=np.exp(lb), **{k: v[i] for k, v in columns.items()})
+        for i, (ld, lb) in enumerate(zip(log_d, log_beta))
+    ]
+
+
+def test_band_section_renders_with_pending_settings(tmp_path):
+    log_d, log_beta = [0.0, 0.0, -2.0, -1.0, 1.0], [0.0, 1.0, 1.0, 0.0, 0.0]
+    env = band.FIGURE_ENV
+    curves = {
+        ("kl-adaptive-0.01", env, 0, 300_000): band_curve(log_d, log_beta),
+        ("clip-0.2", env, 0, 300_000): [update(i, kl=0.02) for i in range(5)],
+        # the stop: 2 of the 5 updates stopped, after 1.5 and 2.5 epochs
+        ("kl-logprop-0.01+stop", env, 0, 300_000): band_curve(
+            [0.0] * 5, [0.0] * 5, epochs=[10, 1.5, 10, 2.5, 10], minibatches=[320, 48, 320, 80, 320], stopped=[0, 1, 0, 1, 0]
+        ),
+    }
+    runs = results_with(tmp_path, [row(name, env=env) for name, *_ in curves], curves)
+    figures = Figures(ResultsDir(tmp_path), tmp_path / "RESULTS.md")
+    lines = band.band_section(runs, {env: -300.0}, figures)
+    # d / target: e^0, e^0, e^-2, e^-1, e^1: 1 inside, 2 below (e^-2, e^-1 < 1/1.5), 1 above of 5; the -0.5-like swing
+    swing = stats.lag1_autocorrelation(0.01 * np.exp(log_d), 0.01)
+    assert f"| kl-adaptive-0.01 | {env} | -2.00 | {swing:.2f} | 40% | 40% | 20% | - | - |" in lines
+    # the stop's columns: mean epochs (10 + 1.5 + 10 + 2.5 + 10) / 5 = 6.8, 2 of 5 stopped; beta never moved: no slope
+    assert f"| kl-logprop-0.01+stop | {env} | n/a | n/a | 0% | 100% | 0% | 6.8 | 40% |" in lines
+    assert not any(line.startswith("| clip-0.2 |") for line in lines)  # no beta, no band
+    # the figure: the paper's rule against the only new setting with a run on its task
+    assert any("kl-adaptive-0.01 (the paper's rule) against kl-logprop-0.01+stop" in line for line in lines)
+    # the verdict: every setting pending until its 21 runs are in
+    assert "| kl-adaptive-0.01 | pending (1 of 21 runs) | | about 40% (the paper's rule) | | | pending |" in lines
+    assert any(line.startswith("| kl-logprop-0.01 | pending (0 of 21 runs) |") for line in lines)
+    assert "- kl-logprop-0.01+stop: pending (1 of 21 runs)." in lines
+    figures.draw()
+    assert (tmp_path / f"table1_300000_band_{env}.png").stat().st_size > 0
+
+    # without a new setting's run the figure shows the paper's rule alone, and says so
+    alone = band.band_section([r for r in runs if r.setting != "kl-logprop-0.01+stop"], {env: -300.0}, figures)
+    assert any("kl-adaptive-0.01 (the paper's rule) alone: none of issue 32's settings" in line for line in alone)
+
+
+def test_band_verdict_says_which_setting_meets_the_goal(tmp_path):
+    random = dict.fromkeys(grid.ENVS, 0.0)
+    # per setting: d / target on every update, and every seed's score on every env
+    settings = {
+        "clip-0.2": (None, 100.0),
+        "kl-adaptive-0.01": ([0.5, 1.0, 2.0, 1.0], 90.0),  # inside on 2 of 4 updates
+        "kl-logprop-0.01": ([1.0, 1.2, 0.9, 1.0], 95.0),  # always inside, a better score: meets the goal
+        "kl-adaptive-0.01+stop": ([1.0, 1.0, 1.0, 3.0], 80.0),  # inside on 3 of 4, and a worse score
+    }
+    rows, curves = [], {}
+    for name, (ratios, score) in settings.items():
+        for env in grid.ENVS:
+            for seed in grid.SEEDS:
+                rows.append(row(name, env=env, seed=seed, score=score))
+                ratios_or_blank = ratios or [np.nan] * 4
+                curves[name, env, seed, 300_000] = [
+                    update(i, kl=0.01 * r, kl_coef=1.0 if ratios else "") for i, r in enumerate(ratios_or_blank)
+                ]
+    runs = results_with(tmp_path, rows, curves)
+    lines = band.verdict_part(runs, random)
+    # clip-0.2 is the best of the paper's settings here: every normalised score is score / 100, as is its relative
+    assert "| kl-adaptive-0.01 | 50% | 30% | about 40% (the paper's rule) | 0.90 | 0.90 | the reference |" in lines
+    assert "- kl-logprop-0.01: **meets the goal**." in lines
+    assert (
+        "- kl-adaptive-0.01+stop: short: d inside the band on 75%, 5% short of 80%; relative to clip-0.2 0.80 against "
+        "kl-adaptive-0.01's 0.90; IQM 0.80 against kl-adaptive-0.01's 0.90." in lines
+    )
+    assert "- kl-logprop-0.01+stop: pending (0 of 21 runs)." in lines

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.results import ResultsDir
-from benchmarks.table1.data import Run, curves_for, env_order, present
+from benchmarks.table1.data import Curve, Run, curves_for, env_order, present
 from benchmarks.table1.grid import BASELINE, ORDER, setting
 from benchmarks.table1.stats import BOOTSTRAP_REPS
 
@@ -62,6 +62,9 @@ COLORS = {
     "kl-perstate-0.03": "orchid",
     "kl-proportional-0.02": "black",
     "kl-meanonly-sched-0.01-0.03": "magenta",
+    "kl-logprop-0.01": "tab:olive",
+    "kl-adaptive-0.01+stop": "deeppink",
+    "kl-logprop-0.01+stop": "indigo",
 }
 
 # the performance profile's panels: each family of settings beside clip-0.2
@@ -70,6 +73,7 @@ PROFILE_PANELS = {
     "adaptive KL penalty (PPO1)": ["kl-adaptive-0.003", "kl-adaptive-0.01", "kl-adaptive-0.03", "clip-0.2"],
     "fixed KL penalty": ["kl-fixed-0.3", "kl-fixed-1", "kl-fixed-3", "kl-fixed-10", "clip-0.2"],
     "beyond the paper": ["kl-adaptive-0.01+clip-0.2", "kl-adaptive-0.03+clip-0.2", "trpo", "clip-0.2"],
+    "beta's band (issue 32)": ["kl-logprop-0.01", "kl-adaptive-0.01+stop", "kl-logprop-0.01+stop", "clip-0.2"],
 }
 
 
@@ -282,3 +286,33 @@ def plot_kl(runs: list[Run], timesteps: int, path: Path) -> None:
         "10-update trailing mean\n(dashed: PPOKL's kl_target). d is measured the same way for every algorithm.",
         path,
     )
+
+
+def plot_band(curves: dict[str, Curve], env: str, seed: int, timesteps: int, path: Path) -> None:
+    """
+    ``d / kl_target`` update by update for one run of each given setting (setting -> its curve) on one task, on a
+    log scale, with the band ``[1 / 1.5, 1.5]`` shaded and the target at 1.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    ax.axhspan(1 / 1.5, 1.5, color="tab:green", alpha=0.12, lw=0, label="band [target / 1.5, target x 1.5]")
+    ax.axhline(1.0, color="tab:green", lw=0.8)
+    for name, curve in curves.items():
+        target = setting(name).kl_target
+        assert isinstance(target, float)
+        ax.plot(curve["timesteps"], curve["kl"] / target, color=COLORS.get(name), lw=0.9, label=name)
+    ax.set_yscale("log")
+    _thousands(ax)
+    ax.set_xlabel("timesteps", fontsize=8)
+    ax.set_ylabel("d / kl_target", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, loc="upper right")
+    ax.set_title(f"{env}, seed {seed}, {timesteps:,} steps: d over the target after each update", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sb3_ppo_kl import LogProportionalKLController
+
 ENVS = [
     "HalfCheetah-v5",
     "Hopper-v5",
@@ -43,6 +45,39 @@ SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "kl-adaptive-0.01+clip-0.2": ("ppo_kl", dict(kl_target=0.01, clip_range=0.2)),
     "kl-adaptive-0.03+clip-0.2": ("ppo_kl", dict(kl_target=0.03, clip_range=0.2)),
     "trpo": ("trpo", {}),
+    # issue 32: a beta that keeps d in its band: the log-proportional controller (its default gain), and the stop
+    # inside the update at the target, checked every 4 minibatches, with either controller
+    "kl-logprop-0.01": ("ppo_kl", dict(kl_target=0.01, kl_controller_class=LogProportionalKLController)),
+    "kl-adaptive-0.01+stop": ("ppo_kl", dict(kl_target=0.01, kl_stop=1.0, kl_stop_interval=4)),
+    "kl-logprop-0.01+stop": (
+        "ppo_kl",
+        dict(kl_target=0.01, kl_controller_class=LogProportionalKLController, kl_stop=1.0, kl_stop_interval=4),
+    ),
+}
+# issue 32's settings, run by the band-300k preset; the full grid's 1M rows wait for one that meets its goal at 300k
+BAND_SETTINGS = ["kl-logprop-0.01", "kl-adaptive-0.01+stop", "kl-logprop-0.01+stop"]
+
+# Issue 32's design trials of the stop: runnable by name (``--settings trial-...``) but in no preset, and kept out of
+# the report's band verdict. setting -> (algorithm, arguments on top of the protocol, private switches of
+# PPOKL's stop set on the model after it is built). The switches (``_kl_stop_backtrack``, default False;
+# ``_kl_stop_tell_controller``, default True) are not public API: they exist only for these trials.
+TRIALS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    # stopping between the target and the band's top (1.5)
+    "trial-stop-1.2": ("ppo_kl", dict(kl_target=0.01, kl_stop=1.2, kl_stop_interval=4), {}),
+    # a check that overshoots the band restores the parameters of the last check inside it (TRPO's backtracking)
+    "trial-stop-backtrack": ("ppo_kl", dict(kl_target=0.01, kl_stop=1.0, kl_stop_interval=4), dict(_kl_stop_backtrack=True)),
+    # the controller is not told that the update stopped (the issue's first trial)
+    "trial-stop-untold": (
+        "ppo_kl",
+        dict(kl_target=0.01, kl_stop=1.0, kl_stop_interval=4),
+        dict(_kl_stop_tell_controller=False),
+    ),
+    # the log-proportional controller with the stop checked every 2 minibatches
+    "trial-logprop-stop-i2": (
+        "ppo_kl",
+        dict(kl_target=0.01, kl_controller_class=LogProportionalKLController, kl_stop=1.0, kl_stop_interval=2),
+        {},
+    ),
 }
 # Table 1 of Schulman et al. (2017): average normalised score over 7 MuJoCo tasks x 3 seeds, 1M steps
 PAPER_TABLE1 = {
@@ -81,22 +116,24 @@ REMOVED: dict[str, str] = {
         "PPOKL, kl_target 0.03, per-state penalty on the mean-only KL; best of stages 1 and 2; 0.89 of clip-0.2 at 1M (stage 3)"
     ),
 }
-# every setting that may have rows: the runnable ones, then the removed candidates
-ORDER = list(SETTINGS) + list(REMOVED)
+# every setting that may have rows: the runnable ones, the trials, then the removed candidates
+ORDER = list(SETTINGS) + list(TRIALS) + list(REMOVED)
 
 
 @dataclass(frozen=True)
 class Setting:
     """
     What a setting's name stands for: its algorithm (``"ppo"``, ``"ppo_kl"`` or ``"trpo"``) and its arguments on top
-    of :data:`PROTOCOL`. A removed candidate was an adaptive PPOKL setting whose options no longer exist: it has no
-    arguments, and no known ``kl_target``.
+    of :data:`PROTOCOL`; for a trial (:data:`TRIALS`), the private switches set on the model once it is built. A
+    removed candidate was an adaptive PPOKL setting whose options no longer exist: it has no arguments, and no known
+    ``kl_target``.
     """
 
     name: str
     algo: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     removed: bool = False
+    switches: dict[str, Any] = field(default_factory=dict)
 
     @property
     def adaptive(self) -> bool:
@@ -117,17 +154,21 @@ class Setting:
 
 
 def setting(name: str) -> Setting:
-    """The :class:`Setting` of a runnable or removed setting's name; ValueError for any other name."""
+    """The :class:`Setting` of a runnable, trial or removed setting's name; ValueError for any other name."""
     if name in SETTINGS:
         algo, kwargs = SETTINGS[name]
         return Setting(name, algo, dict(kwargs))
+    if name in TRIALS:
+        algo, kwargs, switches = TRIALS[name]
+        return Setting(name, algo, dict(kwargs), switches=dict(switches))
     if name in REMOVED:
         return Setting(name, "ppo_kl", removed=True)
-    raise ValueError(f"unknown Table 1 setting {name!r}: neither in SETTINGS nor in REMOVED")
+    raise ValueError(f"unknown Table 1 setting {name!r}: neither in SETTINGS, TRIALS nor REMOVED")
 
 
 GRIDS: dict[str, dict[str, Any]] = {
-    "full": dict(settings=list(SETTINGS), envs=ENVS, seeds=SEEDS, timesteps=1_000_000),
+    # the paper's 11 settings and the three beyond it (issue 32's settings join at 1M only if one meets its goal)
+    "full": dict(settings=[s for s in SETTINGS if s not in BAND_SETTINGS], envs=ENVS, seeds=SEEDS, timesteps=1_000_000),
     "paper": dict(settings=PAPER_SETTINGS, envs=ENVS, seeds=SEEDS, timesteps=1_000_000),
     "paper-lite": dict(settings=["clip-0.2", "kl-adaptive-0.01", "kl-fixed-1"], envs=ENVS, seeds=SEEDS, timesteps=300_000),
     # issue 20: every setting not yet run at 300k; rows already in the results are skipped. The grid runs seed by
@@ -152,6 +193,8 @@ GRIDS: dict[str, dict[str, Any]] = {
         seeds=SEEDS,
         timesteps=1_000_000,
     ),
+    # issue 32: the log-proportional controller and the stop inside the update, on the 7 tasks at 300k
+    "band-300k": dict(settings=BAND_SETTINGS, envs=ENVS, seeds=SEEDS, timesteps=300_000),
     # issue 11's discrete check: two discrete-action tasks with the protocol above, which is SB3 PPO's default
     # hyperparameters (n_steps 2048, batch 64, 10 epochs, lr 3e-4, gamma 0.99, lambda 0.95)
     "discrete": dict(
@@ -184,7 +227,9 @@ FIELDS = [
     "final_std",
 ]
 KEY = ["setting", "env", "seed", "timesteps"]
-CURVE_FIELDS = ["timesteps", "reward", "kl", "kl_coef", "std"]
+# epochs, minibatches, stopped: for a setting with the stop inside the update (kl_stop), the epochs (a fraction)
+# and minibatches the update ran and whether it stopped (1) or ran all its epochs (0); blank for the others
+CURVE_FIELDS = ["timesteps", "reward", "kl", "kl_coef", "std", "epochs", "minibatches", "stopped"]
 RANDOM_FIELDS = ["env", "episodes", "mean", "std"]
 EVAL_EPISODES = 10
 # final_kl: the mean d of the last FINAL_UPDATES updates

@@ -14,6 +14,7 @@ import numpy as np
 
 from benchmarks.dispatch import machine
 from benchmarks.results import ResultsDir, write_bytes
+from benchmarks.table1.band import band_section
 from benchmarks.table1.data import Run, Table1Data, budgets, curves_for, env_order, load, present, select
 from benchmarks.table1.decision import decision
 from benchmarks.table1.figures import Figures, plot_curves, plot_kl, plot_profile
@@ -91,6 +92,7 @@ def render(data: Table1Data, figures: Figures) -> str:
     out += trpo_bound(mujoco)
     for timesteps in budgets(mujoco):
         out += budget_section([r for r in mujoco if r.timesteps == timesteps], timesteps, random, figures)
+    out += band_section(mujoco, random, figures)
     discrete = GRIDS["discrete"]
     checked = [r for r in runs if r.env in discrete["envs"] and r.timesteps == discrete["timesteps"]]
     if checked:

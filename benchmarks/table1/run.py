@@ -47,7 +47,12 @@ def make_model(name: str, env_id: str, seed: int):
     if algo == "ppo":
         return PPO("MlpPolicy", env, seed=seed, **PROTOCOL, **kwargs)
     if algo == "ppo_kl":
-        return PPOKL("MlpPolicy", env, seed=seed, **PROTOCOL, **kwargs)
+        model = PPOKL("MlpPolicy", env, seed=seed, **PROTOCOL, **kwargs)
+        for switch, value in spec.switches.items():  # a trial's private design switches of the stop
+            if not hasattr(model, switch):
+                raise ValueError(f"trial {name!r}: PPOKL has no switch {switch!r}")
+            setattr(model, switch, value)
+        return model
     from sb3_contrib import TRPO
 
     # TRPO has no epochs or clipping; its critic takes 10 minibatch steps of 128 per update (sb3-contrib's defaults).
@@ -63,7 +68,9 @@ class UpdateMeasures(BaseCallback):
     after ``learn``) it takes ``d``, the mean per-state KL[before || after] over those observations, with
     the package's :func:`~sb3_ppo_kl.common.kl.per_state_kl`, and the mean action std. Each row also holds
     the mean return of the last 100 training episodes when the rollout ended and, for PPOKL, beta after
-    the update.
+    the update; with PPOKL's stop inside the update (``kl_stop``), also the epochs and minibatches the update ran
+    and whether it stopped, as the update logged them (``train/n_epochs_run``, ``train/n_minibatches_run``,
+    ``train/stopped``: still in the logger at the next rollout's start, which SB3 dumps after the rollout).
     """
 
     def __init__(self, progress=None) -> None:
@@ -87,6 +94,13 @@ class UpdateMeasures(BaseCallback):
             kl = per_state_kl(self._old_params, policy.get_distribution(self._obs)).mean().item()
         std = th.exp(policy.log_std).mean().item() if hasattr(policy, "log_std") else ""
         self.rows[-1].update(kl=kl, std=std, kl_coef=getattr(self.model, "kl_coef", ""))
+        if getattr(self.model, "kl_stop", None) is not None:
+            logged = self.model.logger.name_to_value
+            self.rows[-1].update(
+                epochs=logged["train/n_epochs_run"],
+                minibatches=logged["train/n_minibatches_run"],
+                stopped=logged["train/stopped"],
+            )
         self._obs = self._old_params = None
 
     def _on_rollout_start(self) -> None:
@@ -101,7 +115,7 @@ class UpdateMeasures(BaseCallback):
             self._old_params = distribution_params(self.model.policy.get_distribution(self._obs))
         episodes = [info["r"] for info in self.model.ep_info_buffer]
         reward = round(float(np.mean(episodes)), 2) if episodes else ""
-        self.rows.append(dict(timesteps=self.num_timesteps, reward=reward, kl="", kl_coef="", std=""))
+        self.rows.append(dict.fromkeys(CURVE_FIELDS, "") | dict(timesteps=self.num_timesteps, reward=reward))
         if self.progress is not None:
             with self.progress.get_lock():
                 self.progress.value += self.num_timesteps - self.last_steps

@@ -184,3 +184,39 @@ def mean_sem(values: list[float]) -> str:
     if len(values) == 1:  # one run has no standard error
         return f"{values[0]:.1f}"
     return f"{np.mean(values):.1f} ± {sem(values):.1f}"
+
+
+def beta_response(d: np.ndarray, beta: np.ndarray) -> float:
+    """
+    How ``d`` answers beta, from one run's curve: the least-squares slope (with an intercept) of the update-to-update
+    change of ``log d`` on the previous step's change of ``log beta``. Row ``t`` of a curve holds ``d_t``, the KL of
+    update ``t``, and ``beta_t``, beta after it, which update ``t + 1`` uses; so the pairs are
+    ``(log beta_{t-1} - log beta_{t-2}, log d_t - log d_{t-1})``: the change of the beta that update ``t`` used
+    against the change of its ``d``. Pairs with a blank or non-positive value are left out; NaN when beta never
+    moved over the pairs (fewer than 3 pairs, or every change 0).
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_d, log_beta = np.log(np.asarray(d, dtype=float)), np.log(np.asarray(beta, dtype=float))
+    x, y = np.diff(log_beta)[:-1], np.diff(log_d)[1:]
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if len(x) < 3 or not np.any(x != x[0]):
+        return float("nan")
+    x = x - x.mean()
+    return float(np.sum(x * (y - y.mean())) / np.sum(x * x))
+
+
+def lag1_autocorrelation(d: np.ndarray, target: float) -> float:
+    """
+    The lag-1 autocorrelation of ``log(d / target)`` over one run's updates: Pearson's correlation of each update's
+    value with the next one's (pairs of consecutive updates both recorded and positive). Negative: ``d`` swings from
+    one side of the target to the other. NaN with fewer than 3 pairs or no spread.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        error = np.log(np.asarray(d, dtype=float) / target)
+    x, y = error[:-1], error[1:]
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
