@@ -40,29 +40,28 @@ class Task:
 # RL Zoo 2.9.2, hyperparams/ppo.yml: LunarLander-v3 and LunarLanderContinuous-v3 share this entry
 LUNAR = dict(n_steps=1024, batch_size=64, gae_lambda=0.98, gamma=0.999, n_epochs=4, ent_coef=0.01)
 
+
+def _lunar(bc_transitions: int) -> Task:
+    """LunarLander-v3 and LunarLanderContinuous-v3: RL Zoo's entry, 1M steps for the expert, 500k per fine-tuning
+    run, an evaluation every rollout (16 envs x 1,024 steps), 10 epochs of behaviour cloning."""
+    return Task(
+        n_envs=16,
+        hyperparams=LUNAR,
+        expert_timesteps=1_000_000,
+        timesteps=500_000,
+        eval_every=16 * 1024,
+        bc_transitions=bc_transitions,
+        bc_epochs=10,
+    )
+
+
 TASKS: dict[str, Task] = {
-    "LunarLander-v3": Task(
-        n_envs=16,
-        hyperparams=LUNAR,
-        expert_timesteps=1_000_000,
-        timesteps=500_000,
-        eval_every=16 * 1024,
-        # calibrated (results/finetune_models.csv): 2,000 transitions give a clone at -174 (random: -204), 5,000 at
-        # 146, 10,000 at 250 (the expert: 259)
-        bc_transitions=5_000,
-        bc_epochs=10,
-    ),
-    "LunarLanderContinuous-v3": Task(
-        n_envs=16,
-        hyperparams=LUNAR,
-        expert_timesteps=1_000_000,
-        timesteps=500_000,
-        eval_every=16 * 1024,
-        # calibrated the same way: 4,000 transitions give -177 (random: -259), 4,500 give 118, 5,000 give 239 (the
-        # expert: 250); 5,000 with 5 epochs instead of 10 give -258
-        bc_transitions=4_500,
-        bc_epochs=10,
-    ),
+    # calibrated (results/finetune_models.csv): 2,000 transitions give a clone at -174 (random: -204), 5,000 at
+    # 146, 10,000 at 250 (the expert: 259)
+    "LunarLander-v3": _lunar(bc_transitions=5_000),
+    # calibrated the same way: 4,000 transitions give -177 (random: -259), 4,500 give 118, 5,000 give 239 (the
+    # expert: 250); 5,000 with 5 epochs instead of 10 give -258
+    "LunarLanderContinuous-v3": _lunar(bc_transitions=4_500),
     # RL Zoo's CartPole-v1 entry with constant learning rate and clip range (its lin_1e-3 and lin_0.2 decay them);
     # small and quick: for tests and trying the pipeline out
     "CartPole-v1": Task(
