@@ -87,11 +87,39 @@ def test_benchmark_clone_is_the_committed_clone():
         task = protocol.TASKS[task_id]
         expert = PPO.load(results / protocol.model_file(protocol.expert_name(task_id, task)), device="cpu")
         observations, actions = collect_expert_data(expert, task_id, task.bc_transitions)
-        clone, nll = clone_expert(task_id, task, observations, actions)
+        clone, nll = clone_expert(task_id, task, (observations, actions))
         committed = PPO.load(results / protocol.model_file(protocol.clone_name(task_id, task)), device="cpu")
         ours, theirs = clone.policy.state_dict(), committed.policy.state_dict()
         assert ours.keys() == theirs.keys() and all(th.equal(ours[k], theirs[k]) for k in ours)
         assert np.isfinite(nll)
+
+
+def test_benchmark_demonstrations_as_a_minari_dataset(tmp_path, monkeypatch):
+    """
+    ``python -m benchmarks.finetune --write-minari``: the clone's demonstrations as a local Minari dataset, cut into
+    the expert's episodes, with its rewards; behaviour_clone of the benchmark's architecture on it is the committed
+    clone, bit for bit. A second write of the same id is refused by name.
+    """
+    pytest.importorskip("Box2D")
+    minari = pytest.importorskip("minari")
+    from benchmarks.finetune.pretrain import clone_expert, minari_dataset_id, write_minari_dataset
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    results, task_id = ResultsDir(), "LunarLander-v3"
+    task = protocol.TASKS[task_id]
+    dataset = write_minari_dataset(results, task_id, task)
+    assert dataset.id == minari_dataset_id(task_id, task) == "sb3-ppo-kl/lunarlander-v3-expert-1000000x5000-v0"
+    loaded = minari.load_dataset(dataset.id)  # from disk, as a user would
+    episodes = list(loaded.iterate_episodes())
+    assert loaded.total_steps == task.bc_transitions and len(episodes) > 1
+    assert all(e.terminations[-1] or e.truncations[-1] for e in episodes)  # each episode ends, the last one cut
+    assert not any(e.terminations[:-1].any() or e.truncations[:-1].any() for e in episodes)
+    clone, _ = clone_expert(task_id, task, loaded)
+    committed = PPO.load(results / protocol.model_file(protocol.clone_name(task_id, task)), device="cpu")
+    ours, theirs = clone.policy.state_dict(), committed.policy.state_dict()
+    assert ours.keys() == theirs.keys() and all(th.equal(ours[k], theirs[k]) for k in ours)
+    with pytest.raises(FileExistsError, match=r"sb3-ppo-kl/lunarlander-v3-expert-1000000x5000-v0 exists already"):
+        write_minari_dataset(results, task_id, task)
 
 
 # A synthetic results folder: evaluations at these steps of a budget of 1,000 (the early mean: steps 100 and 200;

@@ -16,6 +16,9 @@ From the repository root, after the README's install command::
     # calibrate the clone first (expert, data and BC only; prints the expert's, the clone's and random returns):
     python -m benchmarks.finetune --tasks LunarLander-v3 --models-only --bc-transitions 5000 --bc-epochs 10
 
+    # the clone's demonstrations as local Minari datasets (under MINARI_DATASETS_PATH; the minari extra):
+    python -m benchmarks.finetune --write-minari
+
 Every step is resumable: the expert and clone zips are reused (they are small: commit them with the results,
 ``git add benchmarks/results/finetune_experts/*.zip``, so that later runs start from the same models), and a
 rerun skips the finished (task, method, seed) rows. Rows made with other settings (budget, clone, reference options)
@@ -33,7 +36,8 @@ The protocol, per task:
    episode after episode (the last one cut where the budget ends). The expert acts *stochastically*: its actions are sampled from its
    action distribution as in its own training (for Box actions the unclipped Gaussian sample is recorded and
    the clipped one is sent to the environment), so the clone learns the expert's action noise too and starts
-   fine-tuning with an exploring policy, as a pretrained policy would.
+   fine-tuning with an exploring policy, as a pretrained policy would. ``--write-minari`` writes these steps as a Minari
+   dataset, one episode per expert episode.
 3. **Clone.** A fresh policy of the architecture every method fine-tunes (SB3's MlpPolicy with the task's
    hyperparameters, seed 0), trained by ``sb3_ppo_kl.behaviour_clone``: ``--bc-epochs`` passes over the data in
    shuffled minibatches of 64 (their order seeded with 0), Adam at 1e-3, maximising

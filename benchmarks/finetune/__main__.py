@@ -2,14 +2,22 @@
 
 import argparse
 import dataclasses
+import sys
 
 import benchmarks.finetune
 from benchmarks.dispatch import exit_on_failure, parse_arguments
 from benchmarks.finetune.compare import protocol_report
+from benchmarks.finetune.pretrain import write_minari_dataset
 from benchmarks.finetune.protocol import METHODS, PROTOCOLS, SEEDS, TASKS, MethodOptions
 from benchmarks.finetune.report import report
 from benchmarks.finetune.run import copy_models, run
 from benchmarks.results import DEFAULT_ROOT, ResultsDir
+
+
+def overrides(args: argparse.Namespace) -> dict[str, int]:
+    """The task fields the command line sets."""
+    keys = ("expert_timesteps", "timesteps", "eval_every", "eval_episodes", "bc_transitions", "bc_epochs")
+    return {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
 
 
 def main() -> None:
@@ -38,6 +46,12 @@ def main() -> None:
     parser.add_argument("--warmup-rollouts", type=int, default=MethodOptions.warmup_rollouts, help="for ppokl-ref-warmup")
     parser.add_argument("--models-only", action="store_true", help="train and evaluate the experts and clones only")
     parser.add_argument("--summary", action="store_true", help="print the tables and draw the figures, run nothing")
+    parser.add_argument(
+        "--write-minari",
+        action="store_true",
+        help="write each task's demonstrations (the clone's data, from the committed expert) as a local Minari "
+        "dataset under MINARI_DATASETS_PATH (default ~/.minari/datasets), run nothing else; needs the minari extra",
+    )
     args, dispatch, results = parse_arguments(parser)
     protocol = None if args.protocol is None else PROTOCOLS[args.protocol]
     if protocol is not None:
@@ -54,14 +68,17 @@ def main() -> None:
         else:
             protocol_report(results, protocol, args.tasks)
         return
+    tasks = {task_id: dataclasses.replace(TASKS[task_id], **overrides(args)) for task_id in args.tasks}
+    if args.write_minari:
+        for task_id, task in tasks.items():
+            try:
+                dataset = write_minari_dataset(results, task_id, task)
+            except (FileExistsError, FileNotFoundError) as error:
+                sys.exit(f"error: {error}")
+            print(f"{dataset.id}: {dataset.total_episodes} episodes, {dataset.total_steps} steps")
+        return
     methods = args.methods or (list(METHODS) if protocol is None else protocol.methods)
     seeds = args.seeds or (SEEDS if protocol is None else protocol.seeds)
-    overrides = {
-        key: getattr(args, key)
-        for key in ("expert_timesteps", "timesteps", "eval_every", "eval_episodes", "bc_transitions", "bc_epochs")
-        if getattr(args, key) is not None
-    }
-    tasks = {task_id: dataclasses.replace(TASKS[task_id], **overrides) for task_id in args.tasks}
     options = MethodOptions(args.ref_kl_coef, args.ref_kl_target, args.warmup_rollouts)
     if protocol is not None:
         copy_models(ResultsDir(), results, tasks)
