@@ -284,6 +284,38 @@ def test_backtracking_keeps_a_step_when_no_check_was_inside_the_band(rollout):
     assert logged["train/backtracked"] == 0 and logged["train/n_minibatches_run"] == 1 and moved == pytest.approx(0.2)
 
 
+@pytest.mark.parametrize("algo, policy", [(PPOKL, "MlpPolicy"), (RecurrentPPOKL, "MlpLstmPolicy")])
+def test_value_epochs_after_the_stop_train_the_critic_alone(rollout, algo, policy):
+    """
+    With ``_kl_stop_value_epochs`` (a design trial), a stopped update runs its remaining epochs on the value loss
+    alone: the actor ends exactly where the same update without it stopped, the critic moves on, and d and the
+    logged policy steps are the stop's.
+    """
+    runs = []
+    for value_epochs in (False, True):
+        model = algo(
+            policy, make_vec_env("Pendulum-v1", n_envs=1, seed=0), n_steps=64, batch_size=16, n_epochs=4, seed=0,
+            learning_rate=3e-2, kl_stop=1.0, kl_stop_interval=1,
+        )  # fmt: skip
+        model._kl_stop_value_epochs = value_epochs
+        rollout(model)
+        model.train()
+        runs.append((model, dict(model.logger.name_to_value)))
+    (plain, plain_log), (value, value_log) = runs
+    assert plain_log["train/stopped"] == value_log["train/stopped"] == 1
+    assert value_log["train/n_minibatches_run"] == plain_log["train/n_minibatches_run"] < 16
+    assert value_log["train/kl"] == plain_log["train/kl"]  # the stop's check: the actor did not move since
+    assert value._n_updates == 4 and plain._n_updates < 4  # epochs begun
+    actor, critic = [], []
+    for name in value.policy.state_dict():
+        (critic if "value" in name or "vf" in name or "critic" in name else actor).append(name)
+    assert actor and critic
+    for name in actor:
+        assert th.equal(value.policy.state_dict()[name], plain.policy.state_dict()[name]), name
+    assert any(not th.equal(value.policy.state_dict()[n], plain.policy.state_dict()[n]) for n in critic)
+    assert np.isfinite(value_log["train/approx_kl"]) and np.isfinite(value_log["train/policy_gradient_loss"])
+
+
 @pytest.mark.parametrize("tell, expected", [(False, 2.0), (True, 1.0)])
 def test_the_controller_is_told_of_the_stop_when_asked(rollout, tell, expected):
     # one step of 0.2 stops the update at d = 0.035 > 1.5 * 0.01: the paper's rule doubles beta unless told

@@ -60,7 +60,8 @@ BAND_SETTINGS = ["kl-logprop-0.01", "kl-adaptive-0.01+stop", "kl-logprop-0.01+st
 # Issue 32's design trials of the stop: runnable by name (``--settings trial-...``) but in no preset, and kept out of
 # the report's band verdict. setting -> (algorithm, arguments on top of the protocol, private switches of
 # PPOKL's stop set on the model after it is built). The switches (``_kl_stop_backtrack``, default False;
-# ``_kl_stop_tell_controller``, default True) are not public API: they exist only for these trials.
+# ``_kl_stop_tell_controller``, default True; ``_kl_stop_value_epochs``, default False) are not public API: they exist
+# only for these trials.
 TRIALS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     # stopping between the target and the band's top (1.5)
     "trial-stop-1.2": ("ppo_kl", dict(kl_target=0.01, kl_stop=1.2, kl_stop_interval=4), {}),
@@ -71,6 +72,12 @@ TRIALS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         "ppo_kl",
         dict(kl_target=0.01, kl_stop=1.0, kl_stop_interval=4),
         dict(_kl_stop_tell_controller=False),
+    ),
+    # after the stop, the update's remaining epochs train the value function alone (the actor held fixed)
+    "trial-stop-value-epochs": (
+        "ppo_kl",
+        dict(kl_target=0.01, kl_stop=1.0, kl_stop_interval=4),
+        dict(_kl_stop_value_epochs=True),
     ),
     # the log-proportional controller with the stop checked every 2 minibatches
     "trial-logprop-stop-i2": (

@@ -217,8 +217,11 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
     # and the optimizer's state of the last check that found d inside the band, as TRPO's line search backtracks.
     # _kl_stop_tell_controller (on): tell the controller that the update was stopped, so that it does not raise beta
     # (False: the controller sees d alone, as in the issue's first trial).
+    # _kl_stop_value_epochs (off): after a stop, the update's remaining epochs train the value function alone, the
+    # actor's parameters held fixed as in the value warm-up (the stop then bounds the policy's step, not the critic's).
     _kl_stop_backtrack: bool = False
     _kl_stop_tell_controller: bool = True
+    _kl_stop_value_epochs: bool = False
 
     def __init__(
         self,
@@ -623,11 +626,13 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
         kl_checked: tuple[float, float | None] | None = None  # (d, KL to the reference) at the current parameters
         last_in_band: tuple[dict[str, Any], tuple[float, float | None]] | None = None  # backtracking's snapshot
         n_steps_run, stopped, backtracked = 0, False, False
+        value_only = False  # after a stop with _kl_stop_value_epochs: the rest of the epochs train the critic alone
 
         entropy_losses, pg_losses, value_losses, kl_divs, kl_penalties, clip_fractions = [], [], [], [], [], []
         continue_training = True
         for epoch in range(self.n_epochs):
-            approx_kl_divs = []
+            if not value_only:  # SB3 logs the last epoch's; the value epochs do not move the policy
+                approx_kl_divs = []
             for minibatch, batch in enumerate(self.rollout_buffer.get(self.batch_size)):  # type: ignore[attr-defined]
                 rollout_data = batch.data
                 values, log_prob, entropy = self._evaluate_actions(rollout_data)
@@ -655,8 +660,9 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
                 if batch.ref_dist_params is not None:
                     ref_kl = per_state_kl(batch.ref_dist_params, self.policy.action_dist)
                     ref_penalty = ref_kl_coef * _masked_mean(ref_kl, valid)
-                    ref_penalties.append(ref_penalty.item())
-                if warmup and actor_params is None:
+                    if not value_only:
+                        ref_penalties.append(ref_penalty.item())
+                if (warmup or value_only) and actor_params is None:
                     # every parameter the action distribution depends on: those the log-probabilities reach
                     all_params = list(self.policy.parameters())
                     grads = th.autograd.grad(log_prob.sum(), all_params, allow_unused=True, retain_graph=True)
@@ -680,20 +686,22 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
                 loss = policy_loss + kl_penalty + self.ent_coef * entropy_loss + self.vf_coef * value_loss
                 if ref_penalty is not None:
                     loss = loss + ref_penalty
-                if warmup:
+                if warmup or value_only:
                     loss = self.vf_coef * value_loss
 
-                pg_losses.append(policy_loss.item())
-                kl_divs.append(kl_div.item())
-                kl_penalties.append(kl_coef * kl_divs[-1])
                 value_losses.append(value_loss.item())
-                entropy_losses.append(entropy_loss.item())
+                if not value_only:  # the policy's terms, of the steps that moved it
+                    pg_losses.append(policy_loss.item())
+                    kl_divs.append(kl_div.item())
+                    kl_penalties.append(kl_coef * kl_divs[-1])
+                    entropy_losses.append(entropy_loss.item())
 
                 # SB3's optional early stop on the sampled KL estimate (independent of beta)
                 with th.no_grad():
                     approx_kl_div = _masked_mean(sampled_kl(rollout_data.old_log_prob, log_prob), valid).item()
-                    approx_kl_divs.append(approx_kl_div)
-                if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
+                    if not value_only:
+                        approx_kl_divs.append(approx_kl_div)
+                if self.target_kl is not None and not value_only and approx_kl_div > 1.5 * self.target_kl:
                     continue_training = False
                     if self.verbose >= 1:
                         print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
@@ -701,7 +709,7 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
 
                 self.policy.optimizer.zero_grad()
                 loss.backward()
-                for param in actor_params or ():  # warm-up: no gradient, so the optimizer leaves them alone
+                for param in actor_params or ():  # warm-up, value epochs: no gradient, so the optimizer leaves them alone
                     param.grad = None
                 grad_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
                 if not math.isfinite(grad_norm):  # a 0-d tensor: math's check costs less than torch's
@@ -719,6 +727,8 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
                         "parameters are those of the last finite step and the model can still be saved."
                     )
                 self.policy.optimizer.step()
+                if value_only:  # the policy did not move: the last check's d still holds
+                    continue
                 n_steps_run += 1
                 kl_checked = None
 
@@ -736,12 +746,15 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
                         ):  # overshot: back to the last check in the band
                             kl_checked = self._restore_training_state(*last_in_band)
                             backtracked = True
-                        break
+                        if not self._kl_stop_value_epochs:
+                            break
+                        value_only = True
+                        continue
                     if self._kl_stop_backtrack and kl_checked[0] >= band[0]:
                         last_in_band = self._training_state(), kl_checked
 
             self._n_updates += 1
-            if not continue_training or stopped:
+            if not continue_training or (stopped and not value_only):
                 break
 
         # Adapt beta to d, the KL between the policy before and after this update, over the whole rollout
