@@ -381,3 +381,32 @@ def test_band_verdict_says_which_setting_meets_the_goal(tmp_path):
         "kl-adaptive-0.01's 0.90; IQM 0.80 against kl-adaptive-0.01's 0.90." in lines
     )
     assert "- kl-logprop-0.01+stop: pending (0 of 21 runs)." in lines
+
+
+def test_the_stop_trials_table_sets_each_trial_beside_the_rule(tmp_path):
+    env = "InvertedDoublePendulum-v5"
+    curves = {
+        # d / target 1, 2, 0.5, 1: 2 inside, 1 above, 1 below; 10 epochs (no stop)
+        ("kl-adaptive-0.01", env, 0, 300_000): [update(i, kl=0.01 * r, kl_coef=1.0) for i, r in enumerate([1, 2, 0.5, 1])],
+        # always inside, after 2 and 3 epochs
+        ("trial-stop-backtrack", env, 0, 300_000): [
+            update(i, kl=0.01, kl_coef=1.0, epochs=e, minibatches=32 * e, stopped=1) for i, e in enumerate([2, 3])
+        ],
+        ("trial-stop-untold", env, 1, 300_000): [update(0, kl=0.01, kl_coef=1.0, epochs=2, minibatches=64, stopped=1)],
+    }
+    rows = [
+        row("kl-adaptive-0.01", env=env, score=7000.0, eval_score=6900.0),
+        row("trial-stop-backtrack", env=env, score=350.0, eval_score=500.0),
+        row("trial-stop-untold", env=env, seed=1, score=1.0),  # another seed: not a trial's row
+    ]
+    lines = band.trials_part(results_with(tmp_path, rows, curves))
+    assert f"| kl-adaptive-0.01 | {env} | 25% | 50% | 25% | 10 | 7000 | 6900 |" in lines
+    assert f"| trial-stop-backtrack | {env} | 0% | 100% | 0% | 2.5 | 350 | 500 |" in lines
+    assert not any("trial-stop-untold |" in line for line in lines)
+    # without a trial's run there is no table
+    assert (
+        band.trials_part(
+            results_with(tmp_path / "none", rows[:1], {k: v for k, v in curves.items() if k[0] == "kl-adaptive-0.01"})
+        )
+        == []
+    )

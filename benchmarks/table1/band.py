@@ -10,9 +10,9 @@ from functools import partial
 
 import numpy as np
 
-from benchmarks.table1.data import Run, budgets, env_order, present, seeded_curves
+from benchmarks.table1.data import Run, budgets, env_order, present, seeded_curves, select
 from benchmarks.table1.figures import Figures, plot_band
-from benchmarks.table1.grid import BAND_SETTINGS, BASELINE, ENVS, ORDER, SEEDS, setting
+from benchmarks.table1.grid import BAND_SETTINGS, BASELINE, ENVS, ORDER, SEEDS, TRIALS, setting
 from benchmarks.table1.stats import (
     band_shares,
     beta_response,
@@ -101,6 +101,54 @@ def response_table(runs: list[Run], timesteps: int) -> tuple[list[str], dict[str
                 f"{above:.0%} | {' | '.join(_stop_cells(curves, stops))} |"
             )
     return (out if ratios else []), {name: np.concatenate(parts) for name, parts in ratios.items()}
+
+
+# the stop's design trials: run on these tasks, seed 0, at GOAL_BUDGET, beside the settings they vary
+TRIAL_ENVS, TRIAL_SEED = ["HalfCheetah-v5", "InvertedDoublePendulum-v5"], 0
+TRIAL_COMPARED = [REFERENCE, "kl-adaptive-0.01+stop", *TRIALS, "kl-logprop-0.01+stop"]
+
+
+def trials_part(runs: list[Run]) -> list[str]:
+    """
+    The stop's design trials, one seed each: per setting and task, the band's shares, the epochs an update ran,
+    and the scores (training, the mean of the last 100 episodes; evaluation, deterministic), beside the paper's
+    rule and the two band settings with the stop on the same seed.
+    """
+    lines, shown = [], set()
+    for name in TRIAL_COMPARED:
+        target = constant_target(name)
+        for env in TRIAL_ENVS:
+            run = next((r for r in select(runs, name, env, GOAL_BUDGET) if r.seed == TRIAL_SEED and r.curve is not None), None)
+            if run is None or target is None or run.curve is None:
+                continue
+            d = run.curve["kl"][np.isfinite(run.curve["kl"])]
+            below, inside, above = band_shares(d, target)
+            epochs = run.curve["epochs"][np.isfinite(run.curve["epochs"])]
+            ran = f"{epochs.mean():.1f}" if len(epochs) else "10"
+            evaluation = "n/a" if run.eval_score is None else f"{run.eval_score:.0f}"
+            lines.append(
+                f"| {name} | {env} | {below:.0%} | {inside:.0%} | {above:.0%} | {ran} | {run.score:.0f} | {evaluation} |"
+            )
+            shown.add(name)
+    if shown.isdisjoint(TRIALS):
+        return []
+    return [
+        f"### The stop's design trials ({', '.join(TRIAL_ENVS)}, seed {TRIAL_SEED}, {GOAL_BUDGET:,} steps)",
+        "",
+        (
+            "One seed each, so the scores are indicative only. `trial-stop-1.2` stops at 1.2 x the target; "
+            "`trial-stop-backtrack` restores the last check inside the band when a check overshoots it; "
+            "`trial-stop-untold` does not tell the controller that the update stopped; `trial-stop-value-epochs` "
+            "trains the value function alone for the epochs left after the stop; `trial-logprop-stop-i2` checks "
+            "every 2 minibatches instead of 4. Training: the mean return of the last 100 training episodes; "
+            "evaluation: 10 deterministic episodes at the end."
+        ),
+        "",
+        "| setting | env | below | inside | above | epochs run (of 10) | training score | evaluation |",
+        "|---|---|---|---|---|---|---|---|",
+        *lines,
+        "",
+    ]
 
 
 def goal_row(runs: list[Run], random: dict[str, float], name: str, reference: tuple[float, float] | None) -> tuple[str, str]:
@@ -193,6 +241,7 @@ def band_section(runs: list[Run], random: dict[str, float], figures: Figures) ->
             out += [f"### {timesteps:,} steps per run", "", *table, ""]
         if timesteps == GOAL_BUDGET:
             ratios = shares
+    out += trials_part(runs)
     out += figure_part(runs, ratios, figures)
     out += verdict_part(runs, random)
     return out
