@@ -24,7 +24,8 @@ The stop's design trials run by name and belong to no preset (``TRIALS`` in ``be
 PPOKL's private switches on the built model): ``trial-stop-1.2`` (stop at 1.2 x the target),
 ``trial-stop-backtrack`` (an overshooting check restores the last parameters inside the band),
 ``trial-stop-untold`` (the controller is not told that the update stopped), ``trial-stop-value-epochs``
-(after the stop, the remaining epochs train the value function alone), ``trial-logprop-stop-i2``
+(after the stop, the remaining epochs train the value function alone), ``trial-stop-extrapolate`` (a stopped
+update tells the controller the d it would have reached, linear in the steps), ``trial-logprop-stop-i2``
 (``kl-logprop-0.01+stop`` checked every 2 minibatches).
 
 Issue 11 searched for a PPOKL setting that learns at least as well as clipping: nine candidates in three

@@ -316,6 +316,23 @@ def test_value_epochs_after_the_stop_train_the_critic_alone(rollout, algo, polic
     assert np.isfinite(value_log["train/approx_kl"]) and np.isfinite(value_log["train/policy_gradient_loss"])
 
 
+def test_extrapolation_tells_the_controller_the_d_of_the_whole_update(rollout):
+    # steps of 0.03, checked every step: the update stops after 4 of its 8 planned steps at d = 0.0133, inside the
+    # band; extrapolated to 8 steps, 0.0266 is above it, so the paper's rule doubles beta (told of the stop: unchanged)
+    model = _shifting(PPOKL, "MlpPolicy", shift=0.03, kl_stop=1.0, kl_stop_interval=1)
+    model._kl_stop_extrapolate = True
+    logged, _ = _train_one_rollout(model, rollout)
+    assert logged["train/stopped"] == 1 and logged["train/n_minibatches_run"] == 4
+    assert logged["train/kl"] == pytest.approx(kl_of_shift(0.12), rel=1e-4)  # the logged d is the measured one
+    assert model.kl_coef == 2.0
+    controller = KLCoefController(kl_target=0.01)
+    controller.update(logged["train/kl"] * 8 / 4)
+    assert controller.kl_coef == 2.0
+    told = _shifting(PPOKL, "MlpPolicy", shift=0.03, kl_stop=1.0, kl_stop_interval=1)
+    _train_one_rollout(told, rollout)
+    assert told.kl_coef == 1.0
+
+
 @pytest.mark.parametrize("tell, expected", [(False, 2.0), (True, 1.0)])
 def test_the_controller_is_told_of_the_stop_when_asked(rollout, tell, expected):
     # one step of 0.2 stops the update at d = 0.035 > 1.5 * 0.01: the paper's rule doubles beta unless told

@@ -60,7 +60,7 @@ BAND_SETTINGS = ["kl-logprop-0.01", "kl-adaptive-0.01+stop", "kl-logprop-0.01+st
 # Issue 32's design trials of the stop: runnable by name (``--settings trial-...``) but in no preset, and kept out of
 # the report's band verdict. setting -> (algorithm, arguments on top of the protocol, private switches of
 # PPOKL's stop set on the model after it is built). The switches (``_kl_stop_backtrack``, default False;
-# ``_kl_stop_tell_controller``, default True; ``_kl_stop_value_epochs``, default False) are not public API: they exist
+# ``_kl_stop_tell_controller``, default True; ``_kl_stop_value_epochs`` and ``_kl_stop_extrapolate``, default False) are not public API: they exist
 # only for these trials.
 TRIALS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     # stopping between the target and the band's top (1.5)
@@ -78,6 +78,13 @@ TRIALS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         "ppo_kl",
         dict(kl_target=0.01, kl_stop=1.0, kl_stop_interval=4),
         dict(_kl_stop_value_epochs=True),
+    ),
+    # a stopped update tells the controller the d it would have reached (linear in the steps): beta rises until the
+    # penalty alone holds the updates near the target, and the stop ends only those that overshoot
+    "trial-stop-extrapolate": (
+        "ppo_kl",
+        dict(kl_target=0.01, kl_stop=1.0, kl_stop_interval=4),
+        dict(_kl_stop_extrapolate=True),
     ),
     # the log-proportional controller with the stop checked every 2 minibatches
     "trial-logprop-stop-i2": (

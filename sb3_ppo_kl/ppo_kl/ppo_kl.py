@@ -222,6 +222,10 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
     _kl_stop_backtrack: bool = False
     _kl_stop_tell_controller: bool = True
     _kl_stop_value_epochs: bool = False
+    # _kl_stop_extrapolate (off): tell the controller of a stopped update the d the whole update would have reached,
+    # extrapolated linearly from the steps run (d * planned steps / steps run), instead of the stop: beta then rises
+    # until the penalty alone holds an update near the target, and the stop only ends the updates that overshoot.
+    _kl_stop_extrapolate: bool = False
 
     def __init__(
         self,
@@ -765,7 +769,11 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
         ref_kl_after = None
         if not warmup:
             kl_after, ref_kl_after = self._measured_rollout_kl() if kl_checked is None else kl_checked
-            self.kl_controller.update(kl_after, progress, stopped=stopped and self._kl_stop_tell_controller)
+            if stopped and self._kl_stop_extrapolate:
+                planned = self.n_epochs * self._minibatches_per_epoch()
+                self.kl_controller.update(kl_after * planned / n_steps_run, progress)
+            else:
+                self.kl_controller.update(kl_after, progress, stopped=stopped and self._kl_stop_tell_controller)
             if ref_kl_after is not None:
                 self.ref_kl_controller.update(ref_kl_after, progress)
             # With ref_tau > 0, the reference moves toward the policy, every ref_update_interval such updates
