@@ -56,25 +56,19 @@ def test_band_settings_build_ppokl_with_their_controller_and_stop():
     assert type(stop.kl_controller) is KLCoefController and (stop.kl_stop, stop.kl_stop_interval) == (1.0, 4)
     both = run.make_model("kl-logprop-0.01+stop", ENV, seed=0)
     assert type(both.kl_controller) is LogProportionalKLController and (both.kl_stop, both.kl_stop_interval) == (1.0, 4)
-    for model in (logprop, stop, both):  # the design switches stay at PPOKL's defaults outside the trials
-        assert (model._kl_stop_backtrack, model._kl_stop_tell_controller) == (False, True)
-        assert not (model._kl_stop_value_epochs or model._kl_stop_extrapolate)
     assert grid.GRIDS["band-300k"]["settings"] == grid.BAND_SETTINGS and grid.GRIDS["band-300k"]["timesteps"] == 300_000
     assert set(grid.BAND_SETTINGS).isdisjoint(grid.GRIDS["full"]["settings"])  # at 1M only once one meets the goal
 
 
-def test_stop_trials_set_the_private_switches_and_no_preset_runs_them():
-    models = {name: run.make_model(name, ENV, seed=0) for name in grid.TRIALS}
-    assert models["trial-stop-1.2"].kl_stop == 1.2
-    assert models["trial-stop-backtrack"]._kl_stop_backtrack and models["trial-stop-backtrack"].kl_stop == 1.0
-    assert not models["trial-stop-untold"]._kl_stop_tell_controller
-    assert models["trial-stop-value-epochs"]._kl_stop_value_epochs and models["trial-stop-value-epochs"].kl_stop == 1.0
-    assert models["trial-stop-extrapolate"]._kl_stop_extrapolate and models["trial-stop-extrapolate"].kl_stop == 1.0
-    i2 = models["trial-logprop-stop-i2"]
-    assert type(i2.kl_controller) is LogProportionalKLController and (i2.kl_stop, i2.kl_stop_interval) == (1.0, 2)
+def test_settled_stop_trials_keep_their_rows_but_no_longer_run():
     assert all(name.startswith("trial-") and grid.setting(name).adaptive for name in grid.TRIALS)
+    assert all(grid.setting(name).trial and grid.setting(name).kl_target == 0.01 for name in grid.TRIALS)
+    assert grid.setting("trial-logprop-stop-i2").kwargs["kl_stop_interval"] == 2
     assert set(grid.TRIALS).isdisjoint(grid.SETTINGS)
     assert all(set(grid.TRIALS).isdisjoint(preset["settings"]) for preset in grid.GRIDS.values())
+    with pytest.raises(ValueError, match=r"'trial-stop-untold' is one of issue 32's settled design trials .* 9ec2d75"):
+        run.make_model("trial-stop-untold", ENV, seed=0)
+    assert not grid.setting("kl-adaptive-0.01+stop").trial
 
 
 def test_update_measures_record_the_epochs_of_a_stopped_update():

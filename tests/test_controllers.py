@@ -197,6 +197,8 @@ class ShiftLogStd(th.optim.Optimizer):
     def step(self, closure=None):
         for group in self.param_groups:
             for param in group["params"]:
+                if param.grad is None:  # as torch's optimizers: a parameter without a gradient stays
+                    continue
                 param.add_(group["shift"])
                 self.state[param]["steps"] = self.state[param].get("steps", 0) + 1
 
@@ -223,22 +225,24 @@ def _train_one_rollout(model, rollout):
 
 @pytest.mark.parametrize("algo, policy", [(PPOKL, "MlpPolicy"), (RecurrentPPOKL, "MlpLstmPolicy")])
 @pytest.mark.parametrize(
-    "interval, steps",
+    "interval, steps, kept",
     [
-        (1, 4),  # checks after 1, 2, 3, 4 steps: d = 0.0009, 0.0035, 0.0076, 0.0133; the first >= 0.01 is the 4th
-        (2, 4),  # checks after 2 and 4 steps
-        (3, 6),  # checks after 3 (0.0076) and 6 steps (0.0275)
+        (1, 4, 4),  # checks after 1, 2, 3, 4 steps: d = 0.0009, 0.0035, 0.0076, 0.0133; the first >= 0.01 is the 4th
+        (2, 4, 4),  # checks after 2 and 4 steps
+        # checks after 3 (0.0076, inside the band) and 6 steps (0.0275, above it): back to the 3rd step's parameters
+        (3, 6, 3),
     ],
 )
-def test_the_stop_ends_the_epochs_once_d_reaches_the_bound(rollout, algo, policy, interval, steps):
+def test_the_stop_ends_the_epochs_once_d_reaches_the_bound(rollout, algo, policy, interval, steps, kept):
     model = _shifting(algo, policy, shift=0.03, kl_stop=1.0, kl_stop_interval=interval)
     logged, moved = _train_one_rollout(model, rollout)
     assert logged["train/stopped"] == 1
     assert logged["train/n_minibatches_run"] == steps and logged["train/n_epochs_run"] == steps / 4  # 4 minibatches per epoch
-    assert moved == pytest.approx(0.03 * steps, rel=1e-5)
-    assert logged["train/kl"] == pytest.approx(kl_of_shift(0.03 * steps), rel=1e-4)
+    assert logged["train/backtracked"] == int(kept < steps)
+    assert moved == pytest.approx(0.03 * kept, rel=1e-5)
+    assert logged["train/kl"] == pytest.approx(kl_of_shift(0.03 * kept), rel=1e-4)
     assert logged["train/kl"] == pytest.approx(model._rollout_kl()[0], rel=1e-6)  # the d of the final parameters
-    assert model._n_updates == math.ceil(steps / 4)  # epochs begun, as SB3 counts them
+    assert model._n_updates == 2  # every epoch is begun: those after the stop train the value function
 
 
 @pytest.mark.parametrize("algo, policy", [(PPOKL, "MlpPolicy"), (RecurrentPPOKL, "MlpLstmPolicy")])
@@ -264,82 +268,60 @@ def test_backtracking_restores_the_last_check_inside_the_band(rollout):
     # steps of 0.09: d = 0.0076 after one step (inside the band [0.0067, 0.015], below the target),
     # 0.0288 after two (above the band): the second step is undone, parameters and optimizer state alike
     model = _shifting(PPOKL, "MlpPolicy", shift=0.09, kl_stop=1.0, kl_stop_interval=1)
-    model._kl_stop_backtrack = True
     logged, moved = _train_one_rollout(model, rollout)
     assert logged["train/stopped"] == 1 and logged["train/backtracked"] == 1 and logged["train/n_minibatches_run"] == 2
     assert moved == pytest.approx(0.09, rel=1e-5)
     assert model.policy.optimizer.state[model.policy.log_std]["steps"] == 1
     assert logged["train/kl"] == pytest.approx(kl_of_shift(0.09), rel=1e-4) == model._rollout_kl()[0]
-    # without backtracking the same update ends above the band
-    logged, moved = _train_one_rollout(_shifting(PPOKL, "MlpPolicy", shift=0.09, kl_stop=1.0, kl_stop_interval=1), rollout)
-    assert "train/backtracked" not in logged and moved == pytest.approx(0.18, rel=1e-5)
-    assert logged["train/kl"] == pytest.approx(kl_of_shift(0.18), rel=1e-4)
 
 
 def test_backtracking_keeps_a_step_when_no_check_was_inside_the_band(rollout):
     # one step of 0.2: d = 0.0352, from 0 (below the band) straight above it: nothing to go back to
     model = _shifting(PPOKL, "MlpPolicy", shift=0.2, kl_stop=1.0, kl_stop_interval=1)
-    model._kl_stop_backtrack = True
     logged, moved = _train_one_rollout(model, rollout)
     assert logged["train/backtracked"] == 0 and logged["train/n_minibatches_run"] == 1 and moved == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize("algo, policy", [(PPOKL, "MlpPolicy"), (RecurrentPPOKL, "MlpLstmPolicy")])
-def test_value_epochs_after_the_stop_train_the_critic_alone(rollout, algo, policy):
+def test_after_the_stop_the_epochs_left_train_the_critic_alone(rollout, algo, policy):
     """
-    With ``_kl_stop_value_epochs`` (a design trial), a stopped update runs its remaining epochs on the value loss
-    alone: the actor ends exactly where the same update without it stopped, the critic moves on, and d and the
-    logged policy steps are the stop's.
+    A stopped update runs its remaining epochs on the value loss alone: the actor ends exactly as it was at the check
+    whose d the update kept, the critic moves on, and every epoch is begun.
     """
-    runs = []
-    for value_epochs in (False, True):
-        model = algo(
-            policy, make_vec_env("Pendulum-v1", n_envs=1, seed=0), n_steps=64, batch_size=16, n_epochs=4, seed=0,
-            learning_rate=3e-2, kl_stop=1.0, kl_stop_interval=1,
-        )  # fmt: skip
-        model._kl_stop_value_epochs = value_epochs
-        rollout(model)
-        model.train()
-        runs.append((model, dict(model.logger.name_to_value)))
-    (plain, plain_log), (value, value_log) = runs
-    assert plain_log["train/stopped"] == value_log["train/stopped"] == 1
-    assert value_log["train/n_minibatches_run"] == plain_log["train/n_minibatches_run"] < 16
-    assert value_log["train/kl"] == plain_log["train/kl"]  # the stop's check: the actor did not move since
-    assert value._n_updates == 4 and plain._n_updates < 4  # epochs begun
-    actor, critic = [], []
-    for name in value.policy.state_dict():
-        (critic if "value" in name or "vf" in name or "critic" in name else actor).append(name)
+    model = algo(
+        policy, make_vec_env("Pendulum-v1", n_envs=1, seed=0), n_steps=64, batch_size=16, n_epochs=4, seed=0,
+        learning_rate=3e-2, kl_stop=1.0, kl_stop_interval=1,
+    )  # fmt: skip
+    checks = []
+    measure = model._measured_rollout_kl
+
+    def recording():
+        kl = measure()
+        checks.append((kl[0], {name: value.clone() for name, value in model.policy.state_dict().items()}))
+        return kl
+
+    model._measured_rollout_kl = recording
+    rollout(model)
+    model.train()
+    logged = model.logger.name_to_value
+    assert logged["train/stopped"] == 1 and logged["train/n_minibatches_run"] < 16 and model._n_updates == 4
+    kept = [state for kl, state in checks if kl == logged["train/kl"]][-1]
+    actor = [n for n in kept if not any(word in n for word in ("value", "vf", "critic"))]
+    critic = [n for n in kept if n not in actor]
     assert actor and critic
+    final = model.policy.state_dict()
     for name in actor:
-        assert th.equal(value.policy.state_dict()[name], plain.policy.state_dict()[name]), name
-    assert any(not th.equal(value.policy.state_dict()[n], plain.policy.state_dict()[n]) for n in critic)
-    assert np.isfinite(value_log["train/approx_kl"]) and np.isfinite(value_log["train/policy_gradient_loss"])
+        assert th.equal(final[name], kept[name]), name
+    assert any(not th.equal(final[name], kept[name]) for name in critic)
+    assert np.isfinite(logged["train/approx_kl"]) and np.isfinite(logged["train/policy_gradient_loss"])
 
 
-def test_extrapolation_tells_the_controller_the_d_of_the_whole_update(rollout):
-    # steps of 0.03, checked every step: the update stops after 4 of its 8 planned steps at d = 0.0133, inside the
-    # band; extrapolated to 8 steps, 0.0266 is above it, so the paper's rule doubles beta (told of the stop: unchanged)
-    model = _shifting(PPOKL, "MlpPolicy", shift=0.03, kl_stop=1.0, kl_stop_interval=1)
-    model._kl_stop_extrapolate = True
-    logged, _ = _train_one_rollout(model, rollout)
-    assert logged["train/stopped"] == 1 and logged["train/n_minibatches_run"] == 4
-    assert logged["train/kl"] == pytest.approx(kl_of_shift(0.12), rel=1e-4)  # the logged d is the measured one
-    assert model.kl_coef == 2.0
-    controller = KLCoefController(kl_target=0.01)
-    controller.update(logged["train/kl"] * 8 / 4)
-    assert controller.kl_coef == 2.0
-    told = _shifting(PPOKL, "MlpPolicy", shift=0.03, kl_stop=1.0, kl_stop_interval=1)
-    _train_one_rollout(told, rollout)
-    assert told.kl_coef == 1.0
-
-
-@pytest.mark.parametrize("tell, expected", [(False, 2.0), (True, 1.0)])
-def test_the_controller_is_told_of_the_stop_when_asked(rollout, tell, expected):
-    # one step of 0.2 stops the update at d = 0.035 > 1.5 * 0.01: the paper's rule doubles beta unless told
+def test_the_controller_is_told_of_the_stop(rollout):
+    # one step of 0.2 stops the update at d = 0.035 > 1.5 * 0.01: the paper's rule would double beta, but told
+    # that the stop limited the update, it leaves beta alone
     model = _shifting(PPOKL, "MlpPolicy", shift=0.2, kl_stop=1.0, kl_stop_interval=1)
-    model._kl_stop_tell_controller = tell
     assert _train_one_rollout(model, rollout)[0]["train/stopped"] == 1
-    assert model.kl_coef == expected
+    assert model.kl_coef == 1.0
 
 
 def test_a_stop_that_never_fires_changes_nothing(rollout):
@@ -378,7 +360,10 @@ def test_a_huge_step_stops_at_the_first_check_and_no_step_never_stops(rollout, a
         logged = model.logger.name_to_value
         assert (logged["train/stopped"], logged["train/n_minibatches_run"]) == (stopped, steps), learning_rate
         assert logged["train/kl"] >= 0.01 if stopped else logged["train/kl"] == 0.0
-        assert np.isfinite(logged["train/kl"]) and logged["train/kl"] == pytest.approx(model._rollout_kl()[0], rel=1e-5)
+        # the d of the final parameters; a recurrent policy's d depends a little on where the buffer's random split
+        # cuts the rollout into sequences, and the value epochs after the stop draw other splits
+        rel = 1e-2 if algo is RecurrentPPOKL else 1e-5
+        assert np.isfinite(logged["train/kl"]) and logged["train/kl"] == pytest.approx(model._rollout_kl()[0], rel=rel)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -401,7 +386,6 @@ def test_the_controller_class_and_its_state_survive_save_and_load(tmp_path, algo
         kl_stop=1.2,
         kl_stop_interval=3,
     )
-    model._kl_stop_backtrack = True
     model.learn(2 * 64)
     assert model.kl_coef != 0.7  # adapted
     model.save(tmp_path / "model")
@@ -409,7 +393,7 @@ def test_the_controller_class_and_its_state_survive_save_and_load(tmp_path, algo
     assert type(loaded.kl_controller) is controller_class
     assert vars(loaded.kl_controller) == vars(model.kl_controller)
     assert loaded.kl_coef == model.kl_coef
-    assert (loaded.kl_stop, loaded.kl_stop_interval, loaded._kl_stop_backtrack) == (1.2, 3, True)
+    assert (loaded.kl_stop, loaded.kl_stop_interval) == (1.2, 3)
     before = loaded.kl_coef
     loaded.learn(64, reset_num_timesteps=False)
     assert "train/stopped" in loaded.logger.name_to_value

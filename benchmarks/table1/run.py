@@ -27,6 +27,7 @@ from benchmarks.table1.grid import (
     RANDOM_CSV,
     RANDOM_FIELDS,
     RESULTS_CSV,
+    TRIAL_COMMIT,
     curve_name,
     setting,
 )
@@ -42,17 +43,17 @@ def make_model(name: str, env_id: str, seed: int):
     spec = setting(name)
     if spec.removed:
         raise ValueError(f"setting {name!r} was removed (its options are gone): it can no longer be run")
+    if spec.trial:
+        raise ValueError(
+            f"setting {name!r} is one of issue 32's settled design trials of the stop: commit {TRIAL_COMMIT} ran it "
+            "(git checkout it to rerun); kl_stop now does what the winners did"
+        )
     algo, kwargs = spec.algo, spec.kwargs
     env = make_vec_env(env_id, n_envs=1, seed=seed)
     if algo == "ppo":
         return PPO("MlpPolicy", env, seed=seed, **PROTOCOL, **kwargs)
     if algo == "ppo_kl":
-        model = PPOKL("MlpPolicy", env, seed=seed, **PROTOCOL, **kwargs)
-        for switch, value in spec.switches.items():  # a trial's private design switches of the stop
-            if not hasattr(model, switch):
-                raise ValueError(f"trial {name!r}: PPOKL has no switch {switch!r}")
-            setattr(model, switch, value)
-        return model
+        return PPOKL("MlpPolicy", env, seed=seed, **PROTOCOL, **kwargs)
     from sb3_contrib import TRPO
 
     # TRPO has no epochs or clipping; its critic takes 10 minibatch steps of 128 per update (sb3-contrib's defaults).

@@ -101,14 +101,18 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
     :param kl_stop: Control inside the update. None (default): every update runs its ``n_epochs`` (unless
         ``target_kl`` stops it). A float ``> 0``, a multiple of ``kl_target``: every ``kl_stop_interval`` minibatches
         ``d``, the KL between the rollout policy and the current one, is measured over the whole rollout, as beta's
-        rule measures it, and the epochs end once ``d >= kl_stop * kl_target``. ``kl_stop=1.0`` stops at the
-        target: ``d`` then ends a little past it, inside the band unless the last ``kl_stop_interval`` minibatches
-        carry it past ``kl_target * kl_tolerance``. The stopped update's ``d`` adapts beta (no extra pass is
-        needed for it), but a stopped update never raises beta: the stop, not beta, limited it (see ``stopped`` in
-        :meth:`~sb3_ppo_kl.KLCoefController.update`). Logged as ``train/stopped`` (1 or 0),
-        ``train/n_minibatches_run`` and ``train/n_epochs_run`` (minibatches run over minibatches per epoch). The
-        cost is one forward pass of the actor over the rollout, without gradients, per check. Independent of
-        ``target_kl``, which stops on one minibatch's sampled estimate, before its step; both may be set.
+        rule measures it, and the policy's steps end once ``d >= kl_stop * kl_target``. ``kl_stop=1.0`` stops at
+        the target: ``d`` then ends a little past it. Two more rules, chosen by issue 32's trials
+        (``benchmarks/RESULTS.md``): a check that finds ``d`` above the band (``kl_target * kl_tolerance``) puts
+        back the parameters and optimizer state of the last check inside it, as TRPO's line search backtracks
+        (``train/backtracked``); and the epochs left after the stop train the value function alone, the
+        parameters of the action distribution held fixed, as in the value warm-up. The stopped update's ``d``
+        adapts beta (no extra pass is needed for it), but a stopped update never raises beta: the stop, not beta,
+        limited it (see ``stopped`` in :meth:`~sb3_ppo_kl.KLCoefController.update`). Logged as ``train/stopped``
+        (1 or 0), ``train/n_minibatches_run`` and ``train/n_epochs_run`` (the policy's steps, over minibatches per
+        epoch). The cost is one forward pass of the actor over the rollout, without gradients, per check, and a
+        copy of the parameters and optimizer state per check inside the band. Independent of ``target_kl``, which
+        stops on one minibatch's sampled estimate, before its step; both may be set.
     :param kl_stop_interval: Minibatches (gradient steps, counted across epochs) between two checks of
         ``kl_stop``, an integer ``>= 1``. Default 4: with the paper's 2048 samples and minibatches of 64, one check
         per 256 samples trained on. Fewer checks cost less and overshoot more.
@@ -212,20 +216,6 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
     #: :class:`~sb3_ppo_kl.NonFiniteError` naming the env and the step at the first non-finite one (see
     #: :class:`~sb3_ppo_kl.common.finite.CheckFiniteCallback`). Set ``model.check_finite_env = False`` to skip it.
     check_finite_env: bool = True
-    # Design options of kl_stop under trial (issue 32); set them on a model before learn().
-    # _kl_stop_backtrack (off): when a check finds d above the band (kl_target * kl_tolerance), restore the parameters
-    # and the optimizer's state of the last check that found d inside the band, as TRPO's line search backtracks.
-    # _kl_stop_tell_controller (on): tell the controller that the update was stopped, so that it does not raise beta
-    # (False: the controller sees d alone, as in the issue's first trial).
-    # _kl_stop_value_epochs (off): after a stop, the update's remaining epochs train the value function alone, the
-    # actor's parameters held fixed as in the value warm-up (the stop then bounds the policy's step, not the critic's).
-    _kl_stop_backtrack: bool = False
-    _kl_stop_tell_controller: bool = True
-    _kl_stop_value_epochs: bool = False
-    # _kl_stop_extrapolate (off): tell the controller of a stopped update the d the whole update would have reached,
-    # extrapolated linearly from the steps run (d * planned steps / steps run), instead of the stop: beta then rises
-    # until the penalty alone holds an update near the target, and the stop only ends the updates that overshoot.
-    _kl_stop_extrapolate: bool = False
 
     def __init__(
         self,
@@ -630,7 +620,7 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
         kl_checked: tuple[float, float | None] | None = None  # (d, KL to the reference) at the current parameters
         last_in_band: tuple[dict[str, Any], tuple[float, float | None]] | None = None  # backtracking's snapshot
         n_steps_run, stopped, backtracked = 0, False, False
-        value_only = False  # after a stop with _kl_stop_value_epochs: the rest of the epochs train the critic alone
+        value_only = False  # after the stop: the rest of the epochs train the value function alone
 
         entropy_losses, pg_losses, value_losses, kl_divs, kl_penalties, clip_fractions = [], [], [], [], [], []
         continue_training = True
@@ -750,15 +740,13 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
                         ):  # overshot: back to the last check in the band
                             kl_checked = self._restore_training_state(*last_in_band)
                             backtracked = True
-                        if not self._kl_stop_value_epochs:
-                            break
-                        value_only = True
+                        value_only = True  # the policy's step ends here; the value function trains on
                         continue
-                    if self._kl_stop_backtrack and kl_checked[0] >= band[0]:
+                    if kl_checked[0] >= band[0]:
                         last_in_band = self._training_state(), kl_checked
 
             self._n_updates += 1
-            if not continue_training or (stopped and not value_only):
+            if not continue_training:
                 break
 
         # Adapt beta to d, the KL between the policy before and after this update, over the whole rollout
@@ -769,11 +757,7 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
         ref_kl_after = None
         if not warmup:
             kl_after, ref_kl_after = self._measured_rollout_kl() if kl_checked is None else kl_checked
-            if stopped and self._kl_stop_extrapolate:
-                planned = self.n_epochs * self._minibatches_per_epoch()
-                self.kl_controller.update(kl_after * planned / n_steps_run, progress)
-            else:
-                self.kl_controller.update(kl_after, progress, stopped=stopped and self._kl_stop_tell_controller)
+            self.kl_controller.update(kl_after, progress, stopped=stopped)
             if ref_kl_after is not None:
                 self.ref_kl_controller.update(ref_kl_after, progress)
             # With ref_tau > 0, the reference moves toward the policy, every ref_update_interval such updates
@@ -815,8 +799,7 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
             self.logger.record("train/stopped", int(stopped))
             self.logger.record("train/n_minibatches_run", n_steps_run)
             self.logger.record("train/n_epochs_run", n_steps_run / self._minibatches_per_epoch())
-            if self._kl_stop_backtrack:
-                self.logger.record("train/backtracked", int(backtracked))
+            self.logger.record("train/backtracked", int(backtracked))
 
     def learn(
         self: SelfPPOKL,
