@@ -23,7 +23,7 @@ Issue 32's settings, for a beta that keeps ``d`` inside ``[kl_target / 1.5, kl_t
 The stop's design trials (``TRIALS`` in ``benchmarks/table1/grid.py``: ``trial-stop-plain``, ``trial-stop-1.2``,
 ``trial-stop-backtrack``, ``trial-stop-untold``, ``trial-stop-value-epochs``, ``trial-stop-extrapolate``,
 ``trial-logprop-stop-i2``) are settled: backtracking and the value epochs after the stop are what ``kl_stop`` does
-now, and commit 9ec2d75 ran them all (its private switches of PPOKL). Their rows stay in the results.
+now, and commit 9ec2d75 can run them all (it has their private switches of PPOKL). Their rows stay in the results.
 
 Issue 11 searched for a PPOKL setting that learns at least as well as clipping: nine candidates in three
 stages and a discrete check (``benchmarks/RESULTS.md``). None qualified, and their options were removed

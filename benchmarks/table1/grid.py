@@ -60,8 +60,8 @@ BAND_SETTINGS = ["kl-logprop-0.01", "kl-adaptive-0.01+stop", "kl-logprop-0.01+st
 
 # Issue 32's design trials of the stop, settled: HalfCheetah-v5 and InvertedDoublePendulum-v5, seed 0, 300k (the
 # report's trials table). Backtracking and training the value function through the epochs left after the stop won,
-# and are now what kl_stop does; the other switches lost and are gone. So these no longer run: commit 9ec2d75 ran
-# them (its private switches of PPOKL, set on the built model). setting -> (its arguments, what it tried). Their
+# and are now what kl_stop does; the other switches lost and are gone. So these no longer run here: commit 9ec2d75
+# has every trial's private switch of PPOKL (there trial-stop-plain is kl-adaptive-0.01+stop). setting -> (its arguments, what it tried). Their
 # rows stay in results/table1.csv, kept out of the band verdict.
 TRIAL_COMMIT = "9ec2d75"
 TRIALS: dict[str, tuple[dict[str, Any], str]] = {

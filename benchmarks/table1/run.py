@@ -45,8 +45,8 @@ def make_model(name: str, env_id: str, seed: int):
         raise ValueError(f"setting {name!r} was removed (its options are gone): it can no longer be run")
     if spec.trial:
         raise ValueError(
-            f"setting {name!r} is one of issue 32's settled design trials of the stop: commit {TRIAL_COMMIT} ran it "
-            "(git checkout it to rerun); kl_stop now does what the winners did"
+            f"setting {name!r} is one of issue 32's settled design trials of the stop: commit {TRIAL_COMMIT} can "
+            "run it (git checkout it); kl_stop now does what the winners did"
         )
     algo, kwargs = spec.algo, spec.kwargs
     env = make_vec_env(env_id, n_envs=1, seed=seed)
