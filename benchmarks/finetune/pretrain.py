@@ -6,7 +6,7 @@ for the models CSV.
 """
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +61,9 @@ class Episode:
 
     observations: np.ndarray
     actions: np.ndarray
-    rewards: list[float] = field(default_factory=list)
-    terminations: list[bool] = field(default_factory=list)
-    truncations: list[bool] = field(default_factory=list)
+    rewards: list[float]
+    terminations: list[bool]
+    truncations: list[bool]
 
 
 def collect_expert_episodes(expert: PPO, task_id: str, n_transitions: int) -> list[Episode]:
