@@ -632,30 +632,6 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
                 values, log_prob, entropy = self._evaluate_actions(rollout_data)
                 values = values.flatten()
                 valid = self._valid_samples(rollout_data)  # None, or the unpadded rows of recurrent minibatches
-                advantages = rollout_data.advantages
-                # Normalization does not make sense if mini batchsize == 1
-                valid_advantages = advantages if valid is None else advantages[valid]
-                if self.normalize_advantage and len(valid_advantages) > 1:
-                    advantages = (advantages - valid_advantages.mean()) / (valid_advantages.std() + 1e-8)
-
-                # Importance-sampled surrogate, r * A; optionally clipped as in PPO2
-                ratio = th.exp(log_prob - rollout_data.old_log_prob)
-                surrogate = advantages * ratio
-                if clip_range is not None:
-                    surrogate = th.min(surrogate, advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range))
-                    clip_fractions.append(_masked_mean((th.abs(ratio - 1) > clip_range).float(), valid).item())
-                policy_loss = -_masked_mean(surrogate, valid)
-
-                # The KL penalty: beta * KL[pi_old(.|s) || pi_theta(.|s)], averaged over states
-                kl_div = _masked_mean(self._kl_to_old(batch, log_prob), valid)
-                kl_penalty = kl_coef * kl_div
-                # With a reference policy: ref_kl_coef * KL[pi_ref(.|s) || pi_theta(.|s)], averaged over states
-                ref_penalty = None
-                if batch.ref_dist_params is not None:
-                    ref_kl = per_state_kl(batch.ref_dist_params, self.policy.action_dist)
-                    ref_penalty = ref_kl_coef * _masked_mean(ref_kl, valid)
-                    if not value_only:
-                        ref_penalties.append(ref_penalty.item())
                 if (warmup or value_only) and actor_params is None:
                     # every parameter the action distribution depends on: those the log-probabilities reach
                     all_params = list(self.policy.parameters())
@@ -673,33 +649,66 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
                     value_loss = F.mse_loss(rollout_data.returns, values_pred)
                 else:
                     value_loss = _masked_mean((rollout_data.returns - values_pred) ** 2, valid)
-
-                # Entropy loss favours exploration; approximate it when there is no analytical form
-                entropy_loss = -_masked_mean(-log_prob if entropy is None else entropy, valid)
-
-                loss = policy_loss + kl_penalty + self.ent_coef * entropy_loss + self.vf_coef * value_loss
-                if ref_penalty is not None:
-                    loss = loss + ref_penalty
-                if warmup or value_only:
-                    loss = self.vf_coef * value_loss
-
                 value_losses.append(value_loss.item())
-                if not value_only:  # the policy's terms, of the steps that moved it
+                terms = {"value loss": value_loss}  # for the error message of a non-finite step
+
+                if value_only:
+                    # After the stop the policy is held where the stop left it: only the value function trains,
+                    # and the policy's terms are not computed
+                    loss = self.vf_coef * value_loss
+                else:
+                    advantages = rollout_data.advantages
+                    # Normalization does not make sense if mini batchsize == 1
+                    valid_advantages = advantages if valid is None else advantages[valid]
+                    if self.normalize_advantage and len(valid_advantages) > 1:
+                        advantages = (advantages - valid_advantages.mean()) / (valid_advantages.std() + 1e-8)
+
+                    # Importance-sampled surrogate, r * A; optionally clipped as in PPO2
+                    ratio = th.exp(log_prob - rollout_data.old_log_prob)
+                    surrogate = advantages * ratio
+                    if clip_range is not None:
+                        surrogate = th.min(surrogate, advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range))
+                        clip_fractions.append(_masked_mean((th.abs(ratio - 1) > clip_range).float(), valid).item())
+                    policy_loss = -_masked_mean(surrogate, valid)
+
+                    # The KL penalty: beta * KL[pi_old(.|s) || pi_theta(.|s)], averaged over states
+                    kl_div = _masked_mean(self._kl_to_old(batch, log_prob), valid)
+                    kl_penalty = kl_coef * kl_div
+
+                    # Entropy loss favours exploration; approximate it when there is no analytical form
+                    entropy_loss = -_masked_mean(-log_prob if entropy is None else entropy, valid)
+
+                    loss = policy_loss + kl_penalty + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+                    # With a reference policy: ref_kl_coef * KL[pi_ref(.|s) || pi_theta(.|s)], averaged over states
+                    if batch.ref_dist_params is not None:
+                        ref_kl = per_state_kl(batch.ref_dist_params, self.policy.action_dist)
+                        ref_penalty = ref_kl_coef * _masked_mean(ref_kl, valid)
+                        ref_penalties.append(ref_penalty.item())
+                        loss = loss + ref_penalty
+                    if warmup:
+                        loss = self.vf_coef * value_loss
+
                     pg_losses.append(policy_loss.item())
                     kl_divs.append(kl_div.item())
                     kl_penalties.append(kl_coef * kl_divs[-1])
                     entropy_losses.append(entropy_loss.item())
+                    terms.update(
+                        {
+                            "policy loss (ratio * advantage)": policy_loss,
+                            "KL divergence": kl_div,
+                            "entropy loss": entropy_loss,
+                        }
+                    )
 
-                # SB3's optional early stop on the sampled KL estimate (independent of beta)
-                with th.no_grad():
-                    approx_kl_div = _masked_mean(sampled_kl(rollout_data.old_log_prob, log_prob), valid).item()
-                    if not value_only:
-                        approx_kl_divs.append(approx_kl_div)
-                if self.target_kl is not None and not value_only and approx_kl_div > 1.5 * self.target_kl:
-                    continue_training = False
-                    if self.verbose >= 1:
-                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
-                    break
+                    # SB3's optional early stop on the sampled KL estimate (independent of beta)
+                    with th.no_grad():
+                        approx_kl_div = _masked_mean(sampled_kl(rollout_data.old_log_prob, log_prob), valid).item()
+                    approx_kl_divs.append(approx_kl_div)
+                    if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
+                        continue_training = False
+                        if self.verbose >= 1:
+                            print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
+                        break
 
                 self.policy.optimizer.zero_grad()
                 loss.backward()
@@ -708,12 +717,6 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
                 grad_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
                 if not math.isfinite(grad_norm):  # a 0-d tensor: math's check costs less than torch's
                     self.policy.optimizer.zero_grad(set_to_none=True)
-                    terms = {
-                        "policy loss (ratio * advantage)": policy_loss,
-                        "KL divergence": kl_div,
-                        "value loss": value_loss,
-                        "entropy loss": entropy_loss,
-                    }
                     bad = [name for name, term in terms.items() if not th.isfinite(term)] or ["gradient norm"]
                     raise NonFiniteError(
                         f"{type(self).__name__}: non-finite {', '.join(bad)} in the update after {self.num_timesteps} timesteps "
