@@ -135,6 +135,13 @@ def test_the_controller_is_built_from_the_class_and_the_algorithms_arguments():
     assert type(PPOKL("MlpPolicy", "Pendulum-v1").kl_controller) is KLCoefController  # the default: the paper's rule
 
 
+def test_the_packages_controllers_can_be_named():
+    """Where a class cannot be written (a zoo yml file, the command line), its name does; the model keeps the class."""
+    model = PPOKL("MlpPolicy", "Pendulum-v1", kl_controller_class="LogProportionalKLController", kl_controller_kwargs=dict(gain=0.3))
+    assert type(model.kl_controller) is LogProportionalKLController and model.kl_controller.gain == 0.3
+    assert type(PPOKL("MlpPolicy", "Pendulum-v1", kl_controller_class="KLCoefController").kl_controller) is KLCoefController
+
+
 def test_a_users_controller_drives_beta_in_training():
     model = PPOKL(
         "MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=32, n_epochs=1, kl_controller_class=HalvingController, seed=0
@@ -147,7 +154,12 @@ def test_a_users_controller_drives_beta_in_training():
     "kwargs, error, message",
     [
         (dict(kl_controller_class=dict), TypeError, "`kl_controller_class` must be a subclass of sb3_ppo_kl.KLCoefController"),
-        (dict(kl_controller_class="LogProportionalKLController"), TypeError, "`kl_controller_class` must be a subclass"),
+        (
+            dict(kl_controller_class="LogProportional"),
+            TypeError,
+            "`kl_controller_class` must be a subclass of sb3_ppo_kl.KLCoefController or one of the names "
+            "'KLCoefController', 'LogProportionalKLController', got 'LogProportional'",
+        ),
         (dict(kl_controller_class=LogProportionalKLController()), TypeError, "`kl_controller_class` must be a subclass"),
         (dict(kl_controller_class=None), TypeError, "`kl_controller_class` must be a subclass"),
         (dict(kl_controller_kwargs=[("gain", 0.2)]), TypeError, "`kl_controller_kwargs` must be None or a dict"),

@@ -122,6 +122,26 @@ def test_kl_target_schedule_from_a_yml_file(tmp_path):
         ).setup_experiment()
 
 
+def test_kl_controller_class_from_a_yml_file(tmp_path):
+    """A yml file names the controller (a class cannot be written there), with its own arguments as a mapping."""
+    conf = tmp_path / "mine.yml"
+    entry = dict(
+        policy="MlpPolicy",
+        n_timesteps=1000,
+        n_steps=64,
+        batch_size=32,
+        kl_controller_class="LogProportionalKLController",
+        kl_controller_kwargs=dict(gain=0.3),
+        kl_stop=1.0,
+    )
+    conf.write_text(yaml.safe_dump({"Pendulum-v1": entry}))
+    register()
+    manager = ExperimentManager(argparse.Namespace(), "ppo_kl", "Pendulum-v1", str(tmp_path), n_timesteps=1, config=str(conf))
+    model, _ = manager.setup_experiment()
+    assert type(model.kl_controller).__name__ == "LogProportionalKLController" and model.kl_controller.gain == 0.3
+    assert model.kl_stop == 1.0
+
+
 def test_ref_kl_coef_schedule_from_a_yml_file(tmp_path):
     """``ref_kl_coef: lin_1.0`` with a reference zip: the coefficient falls linearly from 1.0 to 0 over training."""
     PPOKL("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32, seed=0).save(tmp_path / "expert")

@@ -14,7 +14,7 @@ import numpy as np
 
 from benchmarks.results import ResultsDir
 from benchmarks.table1.data import Curve, Run, curves_for, env_order, present
-from benchmarks.table1.grid import BASELINE, ORDER, setting
+from benchmarks.table1.grid import BASELINE, ORDER, TRIALS, setting
 from benchmarks.table1.stats import BOOTSTRAP_REPS
 
 
@@ -66,6 +66,10 @@ COLORS = {
     "kl-adaptive-0.01+stop": "deeppink",
     "kl-logprop-0.01+stop": "indigo",
 }
+# issue 32's stop trials share the "other settings" panels with clip-0.2 (blue): a colour each, none of them blue
+COLORS.update(
+    zip(TRIALS, ["tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray"], strict=True)
+)
 
 # the performance profile's panels: each family of settings beside clip-0.2
 PROFILE_PANELS = {

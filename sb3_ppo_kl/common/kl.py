@@ -356,21 +356,37 @@ class LogProportionalKLController(KLCoefController):
 STANDARD_CONTROLLER_ARGUMENTS = ("kl_coef", "kl_target", "adaptive_kl", "kl_tolerance", "kl_adapt_factor", "kl_coef_bounds")
 
 
+# The package's controllers by name: ``kl_controller_class`` takes these names too, where a class cannot be written
+# (an RL Zoo hyperparameter file, ``python -m sb3_ppo_kl --param``)
+CONTROLLERS: dict[str, type[KLCoefController]] = {
+    "KLCoefController": KLCoefController,
+    "LogProportionalKLController": LogProportionalKLController,
+}
+
+
 def make_kl_controller(controller_class: Any, controller_kwargs: Any, **standard: Any) -> KLCoefController:
     """
     The KL coefficient's controller that an algorithm's ``kl_controller_class`` and ``kl_controller_kwargs`` ask for:
     ``controller_class(**standard, **controller_kwargs)``, as SB3 builds ``rollout_buffer_class`` with
     ``rollout_buffer_kwargs``.
 
-    :param controller_class: a subclass of :class:`KLCoefController` (or the class itself)
+    :param controller_class: a subclass of :class:`KLCoefController` (or the class itself), or the name of one of
+        the package's controllers (:data:`CONTROLLERS`: ``"LogProportionalKLController"``)
     :param controller_kwargs: None, or a dict of the class's own arguments (``dict(gain=0.3)``) that are not
         the standard ones: those are the algorithm's own arguments
     :param standard: the standard arguments (see ``STANDARD_CONTROLLER_ARGUMENTS``), as the algorithm got them
     :return: the controller, every argument checked by the class
-    :raises TypeError: for a ``controller_class`` that is not a KLCoefController subclass, ``controller_kwargs``
+    :raises TypeError: for a ``controller_class`` that is not a KLCoefController subclass or a known name, ``controller_kwargs``
         that are not a dict with string keys, or arguments that the class does not take
     :raises ValueError: for ``controller_kwargs`` that contain a standard argument
     """
+    if isinstance(controller_class, str):
+        if controller_class not in CONTROLLERS:
+            raise TypeError(
+                f"`kl_controller_class` must be a subclass of sb3_ppo_kl.KLCoefController or one of the names "
+                f"{', '.join(map(repr, CONTROLLERS))}, got {controller_class!r}"
+            )
+        controller_class = CONTROLLERS[controller_class]
     if not (isinstance(controller_class, type) and issubclass(controller_class, KLCoefController)):
         raise TypeError(
             f"`kl_controller_class` must be a subclass of sb3_ppo_kl.KLCoefController, got {described(controller_class)}"

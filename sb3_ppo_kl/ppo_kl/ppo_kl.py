@@ -96,6 +96,8 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
         SB3 builds ``rollout_buffer_class``. :class:`~sb3_ppo_kl.LogProportionalKLController` multiplies beta by
         ``(d / kl_target) ** gain`` after each update, a step that grows with the error. The controller is
         ``model.kl_controller``; its class and state (beta, its own arguments) are saved and loaded with the model.
+        Where a class cannot be written (an RL Zoo hyperparameter file, ``python -m sb3_ppo_kl --param``), the name
+        of one of the package's controllers does: ``"LogProportionalKLController"``.
     :param kl_controller_kwargs: None (default), or a dict of the controller class's own arguments, e.g.
         ``dict(gain=0.3)``; the standard ones above are refused there (give them as this algorithm's arguments).
     :param kl_stop: Control inside the update. None (default): every update runs its ``n_epochs`` (unless
@@ -233,7 +235,7 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
         kl_tolerance: float = 1.5,
         kl_adapt_factor: float = 2.0,
         kl_coef_bounds: Sequence[float] = (1e-4, 1e4),
-        kl_controller_class: type[KLCoefController] = KLCoefController,
+        kl_controller_class: type[KLCoefController] | str = KLCoefController,
         kl_controller_kwargs: dict[str, Any] | None = None,
         kl_stop: float | None = None,
         kl_stop_interval: int = 4,
@@ -337,7 +339,7 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
         kl_tolerance: float,
         kl_adapt_factor: float,
         kl_coef_bounds: Sequence[float],
-        kl_controller_class: type[KLCoefController],
+        kl_controller_class: type[KLCoefController] | str,
         kl_controller_kwargs: dict[str, Any] | None,
         kl_stop: float | None,
         kl_stop_interval: int,

@@ -64,7 +64,7 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
         to this range. Default ``(1e-4, 1e4)``. With ``adaptive_kl=True``, ``low`` must be ``> 0``: a beta of 0
         would stay 0 for good (0 times ``kl_adapt_factor`` is 0).
     :param kl_controller_class: The rule that adapts beta, a :class:`~sb3_ppo_kl.KLCoefController` subclass.
-        Default ``KLCoefController`` (the paper's rule); see PPOKL.
+        Default ``KLCoefController`` (the paper's rule); a class's name also does (see PPOKL).
     :param kl_controller_kwargs: None (default), or a dict of the controller class's own arguments, e.g.
         ``dict(gain=0.3)`` for :class:`~sb3_ppo_kl.LogProportionalKLController`.
     :param kl_stop: None (default), or a float ``> 0``: end the epochs of an update once ``d`` over the whole
@@ -143,7 +143,7 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
         kl_tolerance: float = 1.5,
         kl_adapt_factor: float = 2.0,
         kl_coef_bounds: Sequence[float] = (1e-4, 1e4),
-        kl_controller_class: type[KLCoefController] = KLCoefController,
+        kl_controller_class: type[KLCoefController] | str = KLCoefController,
         kl_controller_kwargs: dict[str, Any] | None = None,
         kl_stop: float | None = None,
         kl_stop_interval: int = 4,
