@@ -24,6 +24,10 @@ The stop's design trials (``TRIALS`` in ``benchmarks/table1/grid.py``: ``trial-s
 ``trial-stop-backtrack``, ``trial-stop-untold``, ``trial-stop-value-epochs``, ``trial-stop-extrapolate``,
 ``trial-logprop-stop-i2``) are settled: backtracking and the value epochs after the stop are what ``kl_stop`` does
 now, and commit 9ec2d75 can run them all (it has their private switches of PPOKL). Their rows stay in the results.
+One trial runs on this code: ``trial-stop-top``, the stop at the band's top (``kl_stop=1.5``), where every
+overshooting check backtracks into the band::
+
+    python -m benchmarks.run --settings trial-stop-top --envs HalfCheetah-v5 InvertedDoublePendulum-v5 --seeds 0 --timesteps 300000
 
 Issue 11 searched for a PPOKL setting that learns at least as well as clipping: nine candidates in three
 stages and a discrete check (``benchmarks/RESULTS.md``). None qualified, and their options were removed
@@ -69,14 +73,15 @@ update: timesteps, mean reward of the last 100 episodes, d, the std, and for PPO
 import argparse
 
 from benchmarks.dispatch import exit_on_failure, parse_arguments
-from benchmarks.table1.grid import GRIDS, SETTINGS
+from benchmarks.table1.grid import GRIDS, SETTINGS, TRIALS
 from benchmarks.table1.run import measure_random, run_grid
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", choices=list(GRIDS), default="full", help="preset; the options below override it")
-    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS))
+    open_trials = [name for name, (_, _, commit) in TRIALS.items() if commit is None]  # the trials this code runs
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS) + open_trials)
     parser.add_argument("--envs", nargs="+")
     parser.add_argument("--seeds", nargs="+", type=int)
     parser.add_argument("--timesteps", type=int)

@@ -71,6 +71,13 @@ def test_settled_stop_trials_keep_their_rows_but_no_longer_run():
     assert not grid.setting("kl-adaptive-0.01+stop").trial
 
 
+def test_an_open_trial_runs_on_this_code():
+    """trial-stop-top is the settled stop at the band's top: no commit of its own, so the runner builds it."""
+    assert grid.setting("trial-stop-top").trial and grid.setting("trial-stop-top").trial_commit is None
+    model = run.make_model("trial-stop-top", ENV, seed=0)
+    assert (model.kl_stop, model.kl_stop_interval, model.kl_controller.kl_target) == (1.5, 4, 0.01)
+
+
 def test_update_measures_record_the_epochs_of_a_stopped_update():
     """With the stop, each update's epochs, minibatches and stop are those the update logged."""
     model = run.make_model("kl-adaptive-0.01+stop", ENV, seed=0)

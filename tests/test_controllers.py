@@ -137,7 +137,9 @@ def test_the_controller_is_built_from_the_class_and_the_algorithms_arguments():
 
 def test_the_packages_controllers_can_be_named():
     """Where a class cannot be written (a zoo yml file, the command line), its name does; the model keeps the class."""
-    model = PPOKL("MlpPolicy", "Pendulum-v1", kl_controller_class="LogProportionalKLController", kl_controller_kwargs=dict(gain=0.3))
+    model = PPOKL(
+        "MlpPolicy", "Pendulum-v1", kl_controller_class="LogProportionalKLController", kl_controller_kwargs=dict(gain=0.3)
+    )
     assert type(model.kl_controller) is LogProportionalKLController and model.kl_controller.gain == 0.3
     assert type(PPOKL("MlpPolicy", "Pendulum-v1", kl_controller_class="KLCoefController").kl_controller) is KLCoefController
 
@@ -157,8 +159,10 @@ def test_a_users_controller_drives_beta_in_training():
         (
             dict(kl_controller_class="LogProportional"),
             TypeError,
-            "`kl_controller_class` must be a subclass of sb3_ppo_kl.KLCoefController or one of the names "
-            "'KLCoefController', 'LogProportionalKLController', got 'LogProportional'",
+            (
+                "`kl_controller_class` must be a subclass of sb3_ppo_kl.KLCoefController or one of the names "
+                "'KLCoefController', 'LogProportionalKLController', got 'LogProportional'"
+            ),
         ),
         (dict(kl_controller_class=LogProportionalKLController()), TypeError, "`kl_controller_class` must be a subclass"),
         (dict(kl_controller_class=None), TypeError, "`kl_controller_class` must be a subclass"),

@@ -138,7 +138,7 @@ def trials_part(runs: list[Run]) -> list[str]:
         (
             "One seed each, so the scores are indicative only. Backtracking and the value epochs after the stop won "
             "and are what `kl_stop` does now; kl-adaptive-0.01+stop and kl-logprop-0.01+stop run with them. "
-            + " ".join(f"`{name}`: {description}." for name, (_, description) in TRIALS.items())
+            + " ".join(f"`{name}`: {description}." for name, (_, description, _) in TRIALS.items())
             + " Training: the mean return of the last 100 training episodes; evaluation: 10 deterministic episodes "
             "at the end."
         ),

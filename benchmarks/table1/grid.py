@@ -58,32 +58,41 @@ SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
 # issue 32's settings, run by the band-300k preset; the full grid's 1M rows wait for one that meets its goal at 300k
 BAND_SETTINGS = ["kl-logprop-0.01", "kl-adaptive-0.01+stop", "kl-logprop-0.01+stop"]
 
-# Issue 32's design trials of the stop, settled: HalfCheetah-v5 and InvertedDoublePendulum-v5, seed 0, 300k (the
-# report's trials table). Backtracking and training the value function through the epochs left after the stop won,
-# and are now what kl_stop does; the other switches lost and are gone. So these no longer run here: commit 9ec2d75
-# has every trial's private switch of PPOKL (there trial-stop-plain is kl-adaptive-0.01+stop). setting -> (its arguments, what it tried). Their
-# rows stay in results/table1.csv, kept out of the band verdict.
+# Issue 32's design trials of the stop: HalfCheetah-v5 and InvertedDoublePendulum-v5, seed 0, 300k (the report's
+# trials table). setting -> (its arguments, what it tried, the commit that runs it). Settled ones: backtracking and
+# training the value function through the epochs left after the stop won, and are now what kl_stop does; the other
+# switches lost and are gone, so these no longer run here: commit 9ec2d75 has every such private switch of PPOKL
+# (there trial-stop-plain is kl-adaptive-0.01+stop). A commit of None: this code runs it (a trial of the settled
+# stop's own arguments). Their rows stay in results/table1.csv, kept out of the band verdict.
 TRIAL_COMMIT = "9ec2d75"
-TRIALS: dict[str, tuple[dict[str, Any], str]] = {
+TRIALS: dict[str, tuple[dict[str, Any], str, str | None]] = {
     "trial-stop-plain": (
         dict(kl_target=0.01, kl_stop=1.0, kl_stop_interval=4),
         (
             "the stop as first built: it ends the whole update, critic included, with no backtracking "
             "(these rows ran as kl-adaptive-0.01+stop before the trials)"
         ),
+        TRIAL_COMMIT,
     ),
-    "trial-stop-1.2": (dict(kl_target=0.01, kl_stop=1.2, kl_stop_interval=4), "trial-stop-plain stopping at 1.2 x the target"),
+    "trial-stop-1.2": (
+        dict(kl_target=0.01, kl_stop=1.2, kl_stop_interval=4),
+        "trial-stop-plain stopping at 1.2 x the target",
+        TRIAL_COMMIT,
+    ),
     "trial-stop-backtrack": (
         dict(kl_target=0.01, kl_stop=1.0, kl_stop_interval=4),
         "trial-stop-plain, where a check that overshoots the band restores the last check inside it (won: kept)",
+        TRIAL_COMMIT,
     ),
     "trial-stop-untold": (
         dict(kl_target=0.01, kl_stop=1.0, kl_stop_interval=4),
         "trial-stop-plain, the controller not told that the update stopped (lost: removed)",
+        TRIAL_COMMIT,
     ),
     "trial-stop-value-epochs": (
         dict(kl_target=0.01, kl_stop=1.0, kl_stop_interval=4),
         "trial-stop-plain, the epochs left after the stop training the value function alone (won: kept)",
+        TRIAL_COMMIT,
     ),
     "trial-stop-extrapolate": (
         dict(kl_target=0.01, kl_stop=1.0, kl_stop_interval=4),
@@ -91,10 +100,21 @@ TRIALS: dict[str, tuple[dict[str, Any], str]] = {
             "trial-stop-plain, a stopped update telling the controller the d it would have reached, linear in the "
             "steps (lost: removed)"
         ),
+        TRIAL_COMMIT,
     ),
     "trial-logprop-stop-i2": (
         dict(kl_target=0.01, kl_controller_class=LogProportionalKLController, kl_stop=1.0, kl_stop_interval=2),
         "kl-logprop-0.01 with trial-stop-plain checked every 2 minibatches",
+        TRIAL_COMMIT,
+    ),
+    "trial-stop-top": (
+        dict(kl_target=0.01, kl_stop=1.5, kl_stop_interval=4),
+        (
+            "kl-adaptive-0.01+stop as kl_stop does it now, stopping at the band's top (`kl_stop=1.5`): a check past "
+            "the top backtracks to the last check inside, so a stopped update ends inside the band, and one that "
+            "reaches the target before the top runs on"
+        ),
+        None,
     ),
 }
 # Table 1 of Schulman et al. (2017): average normalised score over 7 MuJoCo tasks x 3 seeds, 1M steps
@@ -142,7 +162,8 @@ ORDER = list(SETTINGS) + list(TRIALS) + list(REMOVED)
 class Setting:
     """
     What a setting's name stands for: its algorithm (``"ppo"``, ``"ppo_kl"`` or ``"trpo"``) and its arguments on top
-    of :data:`PROTOCOL`; ``trial``: one of issue 32's settled design trials (:data:`TRIALS`), no longer runnable. A
+    of :data:`PROTOCOL`; ``trial``: one of issue 32's design trials (:data:`TRIALS`), and ``trial_commit`` the commit
+    that runs it (None: this code; a settled trial no longer runs here). A
     removed candidate was an adaptive PPOKL setting whose options no longer exist: it has no arguments, and no known
     ``kl_target``.
     """
@@ -152,6 +173,7 @@ class Setting:
     kwargs: dict[str, Any] = field(default_factory=dict)
     removed: bool = False
     trial: bool = False
+    trial_commit: str | None = None
 
     @property
     def adaptive(self) -> bool:
@@ -177,7 +199,8 @@ def setting(name: str) -> Setting:
         algo, kwargs = SETTINGS[name]
         return Setting(name, algo, dict(kwargs))
     if name in TRIALS:
-        return Setting(name, "ppo_kl", dict(TRIALS[name][0]), trial=True)
+        kwargs, _, commit = TRIALS[name]
+        return Setting(name, "ppo_kl", dict(kwargs), trial=True, trial_commit=commit)
     if name in REMOVED:
         return Setting(name, "ppo_kl", removed=True)
     raise ValueError(f"unknown Table 1 setting {name!r}: neither in SETTINGS, TRIALS nor REMOVED")

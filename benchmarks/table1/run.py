@@ -27,7 +27,6 @@ from benchmarks.table1.grid import (
     RANDOM_CSV,
     RANDOM_FIELDS,
     RESULTS_CSV,
-    TRIAL_COMMIT,
     curve_name,
     setting,
 )
@@ -43,9 +42,9 @@ def make_model(name: str, env_id: str, seed: int):
     spec = setting(name)
     if spec.removed:
         raise ValueError(f"setting {name!r} was removed (its options are gone): it can no longer be run")
-    if spec.trial:
+    if spec.trial_commit is not None:
         raise ValueError(
-            f"setting {name!r} is one of issue 32's settled design trials of the stop: commit {TRIAL_COMMIT} can "
+            f"setting {name!r} is one of issue 32's settled design trials of the stop: commit {spec.trial_commit} can "
             "run it (git checkout it); kl_stop now does what the winners did"
         )
     algo, kwargs = spec.algo, spec.kwargs
