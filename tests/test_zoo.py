@@ -122,22 +122,27 @@ def test_kl_target_schedule_from_a_yml_file(tmp_path):
         ).setup_experiment()
 
 
+def _model_from_yml(tmp_path: Path, env_id: str, **params: object) -> object:
+    """The model RL Zoo builds from a hyperparameter file of one entry: ``params`` on top of a short run's settings."""
+    conf = tmp_path / "mine.yml"
+    entry = dict(policy="MlpPolicy", n_timesteps=1000, n_steps=64, batch_size=32, **params)
+    conf.write_text(yaml.safe_dump({env_id: entry}))
+    register()
+    manager = ExperimentManager(argparse.Namespace(), "ppo_kl", env_id, str(tmp_path), n_timesteps=1, config=str(conf))
+    model, _ = manager.setup_experiment()
+    return model
+
+
 def test_kl_controller_class_from_a_yml_file(tmp_path):
     """A yml file names the controller (a class cannot be written there), with its own arguments as a mapping."""
-    conf = tmp_path / "mine.yml"
-    entry = dict(
-        policy="MlpPolicy",
-        n_timesteps=1000,
-        n_steps=64,
-        batch_size=32,
+    model = _model_from_yml(
+        tmp_path,
+        "Pendulum-v1",
         kl_controller_class="LogProportionalKLController",
         kl_controller_kwargs=dict(gain=0.3),
         kl_stop=1.0,
     )
-    conf.write_text(yaml.safe_dump({"Pendulum-v1": entry}))
-    register()
-    manager = ExperimentManager(argparse.Namespace(), "ppo_kl", "Pendulum-v1", str(tmp_path), n_timesteps=1, config=str(conf))
-    model, _ = manager.setup_experiment()
+    assert isinstance(model, PPOKL)
     assert type(model.kl_controller).__name__ == "LogProportionalKLController" and model.kl_controller.gain == 0.3
     assert model.kl_stop == 1.0
 
