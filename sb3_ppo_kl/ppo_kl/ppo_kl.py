@@ -652,7 +652,6 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
                 else:
                     value_loss = _masked_mean((rollout_data.returns - values_pred) ** 2, valid)
                 value_losses.append(value_loss.item())
-                terms = {"value loss": value_loss}  # for the error message of a non-finite step
 
                 if value_only:
                     # After the stop the policy is held where the stop left it: only the value function trains,
@@ -694,13 +693,6 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
                     kl_divs.append(kl_div.item())
                     kl_penalties.append(kl_coef * kl_divs[-1])
                     entropy_losses.append(entropy_loss.item())
-                    terms.update(
-                        {
-                            "policy loss (ratio * advantage)": policy_loss,
-                            "KL divergence": kl_div,
-                            "entropy loss": entropy_loss,
-                        }
-                    )
 
                     # SB3's optional early stop on the sampled KL estimate (independent of beta)
                     with th.no_grad():
@@ -719,6 +711,15 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
                 grad_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
                 if not math.isfinite(grad_norm):  # a 0-d tensor: math's check costs less than torch's
                     self.policy.optimizer.zero_grad(set_to_none=True)
+                    terms = {"value loss": value_loss}
+                    if not value_only:  # the value epochs after a stop compute no policy terms
+                        terms.update(
+                            {
+                                "policy loss (ratio * advantage)": policy_loss,
+                                "KL divergence": kl_div,
+                                "entropy loss": entropy_loss,
+                            }
+                        )
                     bad = [name for name, term in terms.items() if not th.isfinite(term)] or ["gradient norm"]
                     raise NonFiniteError(
                         f"{type(self).__name__}: non-finite {', '.join(bad)} in the update after {self.num_timesteps} timesteps "
