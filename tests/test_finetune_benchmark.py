@@ -76,9 +76,23 @@ def test_settings_check_accepts_the_5seed_rows():
             _check_settings(DEFAULT_ROOT, rows, task_id, protocol.TASKS[task_id], "ppo", options)
 
 
+def assert_is_the_committed_clone(clone: PPO, results: ResultsDir, task_id: str, task: protocol.Task) -> None:
+    """
+    ``clone``'s policy has the committed clone's parameters, to float tolerance: torch picks its CPU kernels by the
+    machine's instruction set, and the same cloning on the same data differs by rounding from one CPU to another
+    (at most 8e-6 in any parameter, measured here with ``ATEN_CPU_CAPABILITY=default`` against AVX2, for both
+    tasks; on one machine the clone is bit for bit the committed one).
+    """
+    committed = PPO.load(results / protocol.model_file(protocol.clone_name(task_id, task)), device="cpu")
+    ours, theirs = clone.policy.state_dict(), committed.policy.state_dict()
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        th.testing.assert_close(ours[key], theirs[key], rtol=0.0, atol=1e-4, msg=lambda m, key=key: f"{key}: {m}")
+
+
 def test_benchmark_clone_is_the_committed_clone():
     """The benchmark's clone, by sb3_ppo_kl.behaviour_clone, rebuilt from the committed expert: the committed clone,
-    bit for bit, on both tasks."""
+    to float tolerance, on both tasks."""
     pytest.importorskip("Box2D")
     from benchmarks.finetune.pretrain import clone_expert, collect_expert_data
 
@@ -88,9 +102,7 @@ def test_benchmark_clone_is_the_committed_clone():
         expert = PPO.load(results / protocol.model_file(protocol.expert_name(task_id, task)), device="cpu")
         observations, actions = collect_expert_data(expert, task_id, task.bc_transitions)
         clone, nll = clone_expert(task_id, task, (observations, actions))
-        committed = PPO.load(results / protocol.model_file(protocol.clone_name(task_id, task)), device="cpu")
-        ours, theirs = clone.policy.state_dict(), committed.policy.state_dict()
-        assert ours.keys() == theirs.keys() and all(th.equal(ours[k], theirs[k]) for k in ours)
+        assert_is_the_committed_clone(clone, results, task_id, task)
         assert np.isfinite(nll)
 
 
@@ -98,7 +110,7 @@ def test_benchmark_demonstrations_as_a_minari_dataset(tmp_path, monkeypatch):
     """
     ``python -m benchmarks.finetune --write-minari``: the clone's demonstrations as a local Minari dataset, cut into
     the expert's episodes, with its rewards; behaviour_clone of the benchmark's architecture on it is the committed
-    clone, bit for bit. A second write of the same id is refused by name.
+    clone, to float tolerance. A second write of the same id is refused by name.
     """
     pytest.importorskip("Box2D")
     minari = pytest.importorskip("minari")
@@ -115,9 +127,7 @@ def test_benchmark_demonstrations_as_a_minari_dataset(tmp_path, monkeypatch):
     assert all(e.terminations[-1] or e.truncations[-1] for e in episodes)  # each episode ends, the last one cut
     assert not any(e.terminations[:-1].any() or e.truncations[:-1].any() for e in episodes)
     clone, _ = clone_expert(task_id, task, loaded)
-    committed = PPO.load(results / protocol.model_file(protocol.clone_name(task_id, task)), device="cpu")
-    ours, theirs = clone.policy.state_dict(), committed.policy.state_dict()
-    assert ours.keys() == theirs.keys() and all(th.equal(ours[k], theirs[k]) for k in ours)
+    assert_is_the_committed_clone(clone, results, task_id, task)
     with pytest.raises(FileExistsError, match=r"sb3-ppo-kl/lunarlander-v3-expert-1000000x5000-v0 exists already"):
         write_minari_dataset(results, task_id, task)
 
