@@ -68,7 +68,11 @@ COLORS = {
 }
 # issue 32's stop trials share the "other settings" panels with clip-0.2 (blue): a colour each, none of them blue
 COLORS.update(
-    zip(TRIALS, ["tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "gold"], strict=True)
+    zip(
+        TRIALS,
+        ["tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "gold", "tab:cyan"],
+        strict=True,
+    )
 )
 
 # the performance profile's panels: each family of settings beside clip-0.2

@@ -116,6 +116,16 @@ TRIALS: dict[str, tuple[dict[str, Any], str, str | None]] = {
         ),
         None,
     ),
+    "trial-stop-late": (
+        dict(kl_target=0.01, kl_stop=1.0, kl_stop_interval=4, _kl_stop_goal=0.5),
+        (
+            "kl-adaptive-0.01+stop, where a stopped update tells the paper's rule `target * 0.5 / f`, f the fraction "
+            "of the update's policy steps run before the stop: beta doubles while updates stop before a third of "
+            "their epochs and halves while they stop after three quarters, so that the stop falls mid-update "
+            "(the stop keeps d inside the band, beta keeps the epochs; a private switch of PPOKL, `_kl_stop_goal`)"
+        ),
+        None,
+    ),
 }
 # Table 1 of Schulman et al. (2017): average normalised score over 7 MuJoCo tasks x 3 seeds, 1M steps
 PAPER_TABLE1 = {
