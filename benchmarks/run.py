@@ -23,7 +23,9 @@ Issue 32's settings, for a beta that keeps ``d`` inside ``[kl_target / 1.5, kl_t
 The stop's design trials (``TRIALS`` in ``benchmarks/table1/grid.py``: ``trial-stop-plain``, ``trial-stop-1.2``,
 ``trial-stop-backtrack``, ``trial-stop-untold``, ``trial-stop-value-epochs``, ``trial-stop-extrapolate``,
 ``trial-logprop-stop-i2``) are settled: backtracking and the value epochs after the stop are what ``kl_stop`` does
-now, and commit 9ec2d75 can run them all (it has their private switches of PPOKL). Their rows stay in the results.
+now, and commit 9ec2d75 can run them all (it has their private switches of PPOKL). ``trial-stop-late`` (beta aims
+the stop mid-update; seed 0 on the 7 tasks) lost and is settled too: commit 295c1bd runs it. Their rows stay in the
+results.
 One trial runs on this code: ``trial-stop-top``, the stop at the band's top (``kl_stop=1.5``), where every
 overshooting check backtracks into the band::
 

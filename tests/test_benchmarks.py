@@ -68,6 +68,8 @@ def test_settled_stop_trials_keep_their_rows_but_no_longer_run():
     assert all(set(grid.TRIALS).isdisjoint(preset["settings"]) for preset in grid.GRIDS.values())
     with pytest.raises(ValueError, match=r"'trial-stop-untold' is one of issue 32's settled design trials .* 9ec2d75"):
         run.make_model("trial-stop-untold", ENV, seed=0)
+    with pytest.raises(ValueError, match=r"'trial-stop-late' is one of issue 32's settled design trials .* 295c1bd"):
+        run.make_model("trial-stop-late", ENV, seed=0)
     assert not grid.setting("kl-adaptive-0.01+stop").trial
 
 

@@ -410,3 +410,32 @@ def test_the_stop_trials_table_sets_each_trial_beside_the_rule(tmp_path):
         )
         == []
     )
+
+
+def test_the_one_seed_table_sets_band_against_score_over_the_seven_tasks(tmp_path):
+    random = dict.fromkeys(grid.ENVS, 0.0)
+    # seed 0 on every task: the rule inside on 2 of 4 updates (score 90, evaluation 100); a trial always inside after
+    # 3 and 5 epochs (score 60, evaluation 50); clip-0.2 100 and 100. trial-stop-top lacks a task: no row.
+    rows, curves = [], {}
+    for env in grid.ENVS:
+        rows += [
+            row("clip-0.2", env=env, score=100.0, eval_score=100.0),
+            row("kl-adaptive-0.01", env=env, score=90.0, eval_score=100.0),
+            row("trial-stop-late", env=env, score=60.0, eval_score=50.0),
+        ]
+        curves["clip-0.2", env, 0, 300_000] = [update(i, kl=0.02) for i in range(4)]
+        curves["kl-adaptive-0.01", env, 0, 300_000] = [
+            update(i, kl=0.01 * r, kl_coef=1.0) for i, r in enumerate([0.5, 1.0, 2.0, 1.0])
+        ]
+        curves["trial-stop-late", env, 0, 300_000] = [
+            update(i, kl=0.01, kl_coef=1.0, epochs=e, minibatches=32 * e, stopped=1) for i, e in enumerate([3, 5, 3, 5])
+        ]
+    rows.append(row("trial-stop-top", env="Hopper-v5", score=1.0))
+    curves["trial-stop-top", "Hopper-v5", 0, 300_000] = [update(0, kl=0.01, kl_coef=1.0)]
+    lines = band.one_seed_part(results_with(tmp_path, rows, curves), random)
+    assert "| kl-adaptive-0.01 | 25% | 50% | 25% | 10 | 0.90 | 1.00 |" in lines
+    assert "| trial-stop-late | 0% | 100% | 0% | 4.0 | 0.60 | 0.50 |" in lines
+    assert not any(line.startswith("| trial-stop-top |") for line in lines)
+    # the rule alone is no comparison: no table
+    alone = [r for r in rows if r["setting"] != "trial-stop-late"]
+    assert band.one_seed_part(results_with(tmp_path / "alone", alone, curves), random) == []

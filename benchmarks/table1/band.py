@@ -6,6 +6,7 @@ how it swings (:func:`~benchmarks.table1.stats.lag1_autocorrelation`) and how of
 ``d / target`` update by update; and the verdict on issue 32's goal for its settings (:data:`BAND_SETTINGS`).
 """
 
+import dataclasses
 from functools import partial
 
 import numpy as np
@@ -150,6 +151,51 @@ def trials_part(runs: list[Run]) -> list[str]:
     ]
 
 
+def one_seed_part(runs: list[Run], random: dict[str, float]) -> list[str]:
+    """
+    The band against the score on one seed over the 7 tasks: every band setting and trial with seed
+    :data:`TRIAL_SEED` on all 7 tasks at :data:`GOAL_BUDGET`, with the band's shares over all their updates, the epochs
+    an update ran, and the mean over the tasks of the training and evaluation scores relative to clip-0.2 (its same
+    seed). The stop's designs move along a trade-off between the two halves of the goal; this table shows where.
+    """
+    at = [r for r in runs if r.timesteps == GOAL_BUDGET and r.seed == TRIAL_SEED]
+    lines = []
+    for name in [REFERENCE, *BAND_SETTINGS, *TRIALS]:
+        target = constant_target(name)
+        mine = {r.env: r for r in at if r.setting == name and r.curve is not None}
+        if target is None or not set(ENVS) <= set(mine):
+            continue
+        curves = [mine[env].curve for env in ENVS]
+        below, inside, above = band_shares(np.concatenate([c["kl"] for c in curves if c is not None]), target)
+        epochs = np.concatenate([c["epochs"] for c in curves if c is not None])
+        epochs = epochs[np.isfinite(epochs)]
+        pair = [r for r in at if r.setting in (name, BASELINE)]
+        evaluated = [dataclasses.replace(r, score=r.eval_score) for r in pair if r.eval_score is not None]
+        scores = []
+        for source in (pair, evaluated):
+            relative = relative_to_clip(source, random).get(name, {})
+            scores.append(f"{np.mean([relative[env] for env in ENVS]):.2f}" if set(ENVS) <= set(relative) else "n/a")
+        ran = f"{epochs.mean():.1f}" if len(epochs) else "10"
+        lines.append(f"| {name} | {below:.0%} | {inside:.0%} | {above:.0%} | {ran} | {scores[0]} | {scores[1]} |")
+    if len(lines) < 2:
+        return []
+    return [
+        f"### The band against the score: seed {TRIAL_SEED} on the {len(ENVS)} tasks, {GOAL_BUDGET:,} steps",
+        "",
+        (
+            f"Every setting and trial with seed {TRIAL_SEED} on all {len(ENVS)} tasks: the band's shares over all their "
+            "updates; the epochs an update ran (of 10); and the mean over the tasks of the score relative to "
+            f"{BASELINE} on the same seed, `(score - random) / ({BASELINE} - random)`, for the training score (the "
+            "goal's) and the deterministic evaluation. One seed, so the scores are indicative only."
+        ),
+        "",
+        f"| setting | below | inside | above | epochs run | training, relative to {BASELINE} | evaluation, relative |",
+        "|---|---|---|---|---|---|---|",
+        *lines,
+        "",
+    ]
+
+
 def goal_row(runs: list[Run], random: dict[str, float], name: str, reference: tuple[float, float] | None) -> tuple[str, str]:
     """
     One setting's row of the verdict at :data:`GOAL_BUDGET`, and its verdict in words: the share of its updates
@@ -241,6 +287,7 @@ def band_section(runs: list[Run], random: dict[str, float], figures: Figures) ->
         if timesteps == GOAL_BUDGET:
             ratios = shares
     out += trials_part(runs)
+    out += one_seed_part(runs, random)
     out += figure_part(runs, ratios, figures)
     out += verdict_part(runs, random)
     return out

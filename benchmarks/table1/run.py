@@ -47,18 +47,12 @@ def make_model(name: str, env_id: str, seed: int):
             f"setting {name!r} is one of issue 32's settled design trials of the stop: commit {spec.trial_commit} can "
             "run it (git checkout it); kl_stop now does what the winners did"
         )
-    algo = spec.algo
-    # an open trial's private switches of PPOKL (names starting with "_") are set on the model once it is built
-    kwargs = {key: value for key, value in spec.kwargs.items() if not key.startswith("_")}
-    switches = {key: value for key, value in spec.kwargs.items() if key.startswith("_")}
+    algo, kwargs = spec.algo, spec.kwargs
     env = make_vec_env(env_id, n_envs=1, seed=seed)
     if algo == "ppo":
         return PPO("MlpPolicy", env, seed=seed, **PROTOCOL, **kwargs)
     if algo == "ppo_kl":
-        model = PPOKL("MlpPolicy", env, seed=seed, **PROTOCOL, **kwargs)
-        for key, value in switches.items():
-            setattr(model, key, value)
-        return model
+        return PPOKL("MlpPolicy", env, seed=seed, **PROTOCOL, **kwargs)
     from sb3_contrib import TRPO
 
     # TRPO has no epochs or clipping; its critic takes 10 minibatch steps of 128 per update (sb3-contrib's defaults).

@@ -763,14 +763,7 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
         ref_kl_after = None
         if not warmup:
             kl_after, ref_kl_after = self._measured_rollout_kl() if kl_checked is None else kl_checked
-            stop_goal = getattr(self, "_kl_stop_goal", None)  # issue 32's trial-stop-late (a private switch)
-            if stopped and stop_goal is not None:
-                # a stop after a fraction f of the update's policy steps tells the controller target * goal / f, so
-                # that beta rises while updates stop early and falls while they stop late
-                fraction = n_steps_run / (self.n_epochs * self._minibatches_per_epoch())
-                self.kl_controller.update(kl_target * stop_goal / fraction, progress)
-            else:
-                self.kl_controller.update(kl_after, progress, stopped=stopped)
+            self.kl_controller.update(kl_after, progress, stopped=stopped)
             if ref_kl_after is not None:
                 self.ref_kl_controller.update(ref_kl_after, progress)
             # With ref_tau > 0, the reference moves toward the policy, every ref_update_interval such updates
