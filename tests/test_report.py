@@ -341,10 +341,13 @@ def test_band_section_renders_with_pending_settings(tmp_path):
     assert not any(line.startswith("| clip-0.2 |") for line in lines)  # no beta, no band
     # the figure: the paper's rule against the only new setting with a run on its task
     assert any("kl-adaptive-0.01 (the paper's rule) against kl-logprop-0.01+stop" in line for line in lines)
-    # the verdict: every setting pending until its 21 runs are in
-    assert "| kl-adaptive-0.01 | pending (1 of 21 runs) | | about 40% (the paper's rule) | | | pending |" in lines
+    # the verdict: every setting pending until its 21 runs are in, with the runs in so far (clip-0.2 scores as they do)
+    assert (
+        "| kl-adaptive-0.01 | pending (1 of 21 runs; so far 40% inside, 1.00 of clip-0.2 on 1 task) | | about 40% (the "
+        "paper's rule) | | | pending |" in lines
+    )
     assert any(line.startswith("| kl-logprop-0.01 | pending (0 of 21 runs) |") for line in lines)
-    assert "- kl-logprop-0.01+stop: pending (1 of 21 runs)." in lines
+    assert "- kl-logprop-0.01+stop: pending (1 of 21 runs; so far 100% inside, 1.00 of clip-0.2 on 1 task)." in lines
     figures.draw()
     assert (tmp_path / f"table1_300000_band_{env}.png").stat().st_size > 0
 

@@ -210,7 +210,20 @@ def goal_row(runs: list[Run], random: dict[str, float], name: str, reference: tu
     if missing:
         done = len(ENVS) * len(SEEDS) - missing
         runs_done = f"{done} of {len(ENVS) * len(SEEDS)} runs"
-        return f"| {name} | pending ({runs_done}) | | {prediction} | | | pending |", f"- {name}: pending ({runs_done})."
+        so_far = ""
+        target = constant_target(name)
+        if done and target is not None:  # the runs in so far, for progress: not a verdict
+            curves = [c for env in ENVS for _, c in seeded_curves(at, name, env, GOAL_BUDGET, SEEDS)]
+            _, inside, _ = band_shares(np.concatenate([c["kl"] for c in curves]), target)
+            mine = [r for r in at if r.setting in (name, BASELINE) and r.seed in SEEDS]
+            rel = relative_to_clip(mine, random).get(name, {})
+            so_far = f"; so far {inside:.0%} inside" + (
+                f", {np.mean(list(rel.values())):.2f} of {BASELINE} on {len(rel)} task{'s' if len(rel) > 1 else ''}" if rel else ""
+            )
+        return (
+            f"| {name} | pending ({runs_done}{so_far}) | | {prediction} | | | pending |",
+            f"- {name}: pending ({runs_done}{so_far}).",
+        )
     target = constant_target(name)
     assert target is not None
     d = np.concatenate([c["kl"] for env in ENVS for _, c in seeded_curves(at, name, env, GOAL_BUDGET, SEEDS)])
