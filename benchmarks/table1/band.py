@@ -218,7 +218,9 @@ def goal_row(runs: list[Run], random: dict[str, float], name: str, reference: tu
             mine = [r for r in at if r.setting in (name, BASELINE) and r.seed in SEEDS]
             rel = relative_to_clip(mine, random).get(name, {})
             so_far = f"; so far {inside:.0%} inside" + (
-                f", {np.mean(list(rel.values())):.2f} of {BASELINE} on {len(rel)} task{'s' if len(rel) > 1 else ''}" if rel else ""
+                f", {np.mean(list(rel.values())):.2f} of {BASELINE} on {len(rel)} task{'s' if len(rel) > 1 else ''}"
+                if rel
+                else ""
             )
         return (
             f"| {name} | pending ({runs_done}{so_far}) | | {prediction} | | | pending |",
