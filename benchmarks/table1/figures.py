@@ -70,7 +70,7 @@ COLORS = {
 COLORS.update(
     zip(
         TRIALS,
-        ["tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "gold", "tab:cyan"],
+        ["tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "gold", "black"],
         strict=True,
     )
 )
