@@ -207,16 +207,16 @@ def goal_row(runs: list[Run], random: dict[str, float], name: str, reference: tu
     have = {(r.env, r.seed) for r in at if r.setting == name and r.curve is not None}
     prediction = PREDICTED.get(name, "")
     missing = len(ENVS) * len(SEEDS) - len(have & {(env, seed) for env in ENVS for seed in SEEDS})
+    target = constant_target(name)
+    curves = [c for env in ENVS for _, c in seeded_curves(at, name, env, GOAL_BUDGET, SEEDS)]
+    # the share inside the band over the runs in (all of them, or so far)
+    inside = None if target is None or not curves else band_shares(np.concatenate([c["kl"] for c in curves]), target)[1]
     if missing:
         done = len(ENVS) * len(SEEDS) - missing
         runs_done = f"{done} of {len(ENVS) * len(SEEDS)} runs"
         so_far = ""
-        target = constant_target(name)
-        if done and target is not None:  # the runs in so far, for progress: not a verdict
-            curves = [c for env in ENVS for _, c in seeded_curves(at, name, env, GOAL_BUDGET, SEEDS)]
-            _, inside, _ = band_shares(np.concatenate([c["kl"] for c in curves]), target)
-            mine = [r for r in at if r.setting in (name, BASELINE) and r.seed in SEEDS]
-            rel = relative_to_clip(mine, random).get(name, {})
+        if inside is not None:  # the runs in so far, for progress: not a verdict
+            rel = relative_by_env(at, random, name)
             so_far = f"; so far {inside:.0%} inside" + (
                 f", {np.mean(list(rel.values())):.2f} of {BASELINE} on {len(rel)} task{'s' if len(rel) > 1 else ''}"
                 if rel
@@ -226,10 +226,7 @@ def goal_row(runs: list[Run], random: dict[str, float], name: str, reference: tu
             f"| {name} | pending ({runs_done}{so_far}) | | {prediction} | | | pending |",
             f"- {name}: pending ({runs_done}{so_far}).",
         )
-    target = constant_target(name)
-    assert target is not None
-    d = np.concatenate([c["kl"] for env in ENVS for _, c in seeded_curves(at, name, env, GOAL_BUDGET, SEEDS)])
-    _, inside, _ = band_shares(d, target)
+    assert inside is not None
     relative, iqm = goal_scores(at, random, name)
     shortfalls = [] if inside >= GOAL else [f"d inside the band on {inside:.0%}, {GOAL - inside:.0%} short of {GOAL:.0%}"]
     if name != REFERENCE and reference is not None:
@@ -247,6 +244,11 @@ def goal_row(runs: list[Run], random: dict[str, float], name: str, reference: tu
     return row, (f"- {name}: {verdict}." if name != REFERENCE else "")
 
 
+def relative_by_env(at: list[Run], random: dict[str, float], name: str) -> dict[str, float]:
+    """A setting's score relative to clip-0.2 per task, over seeds 0-2, from the runs ``at`` one budget."""
+    return relative_to_clip([r for r in at if r.setting in (name, BASELINE) and r.seed in SEEDS], random).get(name, {})
+
+
 def goal_scores(runs: list[Run], random: dict[str, float], name: str) -> tuple[float, float]:
     """
     A setting's two scores at :data:`GOAL_BUDGET`: its mean over the 7 tasks relative to clip-0.2 (seeds 0-2) and
@@ -255,7 +257,7 @@ def goal_scores(runs: list[Run], random: dict[str, float], name: str) -> tuple[f
     from rliable import metrics
 
     at = [r for r in runs if r.timesteps == GOAL_BUDGET]
-    rel = relative_to_clip([r for r in at if r.setting in (name, BASELINE) and r.seed in SEEDS], random).get(name, {})
+    rel = relative_by_env(at, random, name)
     relative = float(np.mean([rel[env] for env in ENVS])) if all(env in rel for env in ENVS) else float("nan")
     matrices, envs, _ = score_matrices(normalised(at, random))
     iqm = float(metrics.aggregate_iqm(matrices[name])) if name in matrices and envs == ENVS else float("nan")
