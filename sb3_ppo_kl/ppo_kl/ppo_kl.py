@@ -114,7 +114,10 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
         (1 or 0), ``train/n_minibatches_run`` and ``train/n_epochs_run`` (the policy's steps, over minibatches per
         epoch). The cost is one forward pass of the actor over the rollout, without gradients, per check, and a
         copy of the parameters and optimizer state per check inside the band. Independent of ``target_kl``, which
-        stops on one minibatch's sampled estimate, before its step; both may be set.
+        stops on one minibatch's sampled estimate, before its step; both may be set. Measured on the paper's 7
+        MuJoCo tasks (issue 32, 300k steps, seeds 0-2), ``kl_stop=1.0`` kept ``d`` inside the band on 96% of
+        updates, against the paper's rule's 43%, and reached 0.58 of clip-0.2's score, against the rule's 0.99:
+        it buys a bounded step with return (the user guide's "PPO1 in one page").
     :param kl_stop_interval: Minibatches (gradient steps, counted across epochs) between two checks of
         ``kl_stop``, an integer ``>= 1``. Default 4: with the paper's 2048 samples and minibatches of 64, one check
         per 256 samples trained on. Fewer checks cost less and overshoot more.
