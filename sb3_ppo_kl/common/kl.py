@@ -321,6 +321,8 @@ class LogProportionalKLController(KLCoefController):
     updates inside the band is highest on average at ``gain = 0.2`` (54%, against 33-48% for the paper's rule),
     which is also the gain whose worst loss against the best gain of each case is smallest (3 points); gains
     0.15 to 0.25 are within half a point of it on average. The noise alone caps any rule that acts only between updates at 58-75%.
+    Measured on the 7 tasks (issue 32, 300k steps, seeds 0-2), ``gain=0.2`` kept ``d`` inside the band on 53% of
+    updates, against the paper's rule's 43%, and reached 0.88 of clip-0.2's score, against the rule's 0.99.
 
     The arguments are :class:`KLCoefController`'s, checked as there, with ``kl_adapt_factor`` the bound of each
     step, and:
