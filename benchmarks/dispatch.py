@@ -24,8 +24,18 @@ from benchmarks.results import ResultsDir
 
 
 def machine() -> str:
-    """The machine a run ran on, for its row."""
-    return f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
+    """
+    The machine a run ran on, for its row: with its CPU's model and the SIMD level of torch's CPU kernels, as two
+    CPUs may round differently, and a continuous task's episodes then end elsewhere (``benchmarks.finetune.eval_noise``).
+    """
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        models = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+        cpu = models[0].split(":", 1)[1].strip() if models else cpu
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{platform.machine()} {os.cpu_count()} cores ({cpu}, {capability}), Python {platform.python_version()}"
 
 
 def parse_arguments(
