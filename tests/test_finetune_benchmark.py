@@ -200,3 +200,18 @@ def test_protocol_summary_of_a_folder_without_runs(tmp_path, monkeypatch, capsys
     assert "### LunarLander-v3" in text and "No runs yet: every method is pending." in text
     assert "| ppokl-ref-hard-4 | pending | pending | pending | pending | pending |" in text
     assert not list(tmp_path.iterdir())
+
+
+def test_eval_noise_nudges_actions_by_the_relative_amount_asked():
+    """benchmarks.finetune.eval_noise: no nudge is the model's own deterministic action, bit for bit; a nudge of 1e-3
+    moves each action by a relative amount of that order, with a seeded noise."""
+    from benchmarks.finetune.eval_noise import Nudged
+
+    model = PPO("MlpPolicy", "Pendulum-v1", seed=0, device="cpu")
+    obs = np.stack([model.observation_space.sample() for _ in range(64)])
+    actions, _ = model.predict(obs, deterministic=True)
+    assert np.array_equal(Nudged(model, 0.0, seed=0).predict(obs)[0], actions)
+    nudged, _ = Nudged(model, 1e-3, seed=0).predict(obs)
+    relative = np.abs(nudged / actions - 1)
+    assert 0 < relative.max() < 1e-2 and relative.mean() > 1e-4
+    assert np.array_equal(nudged, Nudged(model, 1e-3, seed=0).predict(obs)[0])
