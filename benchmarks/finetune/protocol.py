@@ -11,6 +11,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv
 
 from benchmarks.results import ResultsDir, read_rows
+from benchmarks.table1.grid import PROTOCOL as TABLE1_PROTOCOL
 from sb3_ppo_kl import HoldThenLinearSchedule
 
 EXPERT_SEED = 0  # the expert's training envs and model
@@ -55,6 +56,20 @@ def _lunar(bc_transitions: int) -> Task:
     )
 
 
+def _table1(bc_transitions: int) -> Task:
+    """A MuJoCo task with the paper's Table 1 protocol (``benchmarks.table1.grid.PROTOCOL``): one env, 1M steps for
+    the expert, 300k per fine-tuning run, an evaluation every 16,384 steps, 10 epochs of behaviour cloning."""
+    return Task(
+        n_envs=1,
+        hyperparams=TABLE1_PROTOCOL,
+        expert_timesteps=1_000_000,
+        timesteps=300_000,
+        eval_every=16_384,
+        bc_transitions=bc_transitions,
+        bc_epochs=10,
+    )
+
+
 TASKS: dict[str, Task] = {
     # calibrated (results/finetune_models.csv): 2,000 transitions give a clone at -174 (random: -204), 5,000 at
     # 146, 10,000 at 250 (the expert: 259)
@@ -75,6 +90,12 @@ TASKS: dict[str, Task] = {
         bc_transitions=500,
         bc_epochs=5,
     ),
+    # issue 46: two MuJoCo tasks the moving reference was not chosen on, with Table 1's protocol (one env,
+    # n_steps 2048, batch 64, 10 epochs, Adam 3e-4, gamma 0.99, lambda 0.95, no entropy bonus): an expert of 1M steps,
+    # 300k steps per fine-tuning run, an evaluation every 8 rollouts (16,384 steps).
+    # calibration: see the comment of each entry (results/finetune_5seed/finetune_models.csv)
+    "Walker2d-v5": _table1(bc_transitions=5_000),
+    "HalfCheetah-v5": _table1(bc_transitions=5_000),
 }
 
 
