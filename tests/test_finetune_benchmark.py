@@ -198,8 +198,28 @@ def test_protocol_summary_of_a_folder_without_runs(tmp_path, monkeypatch, capsys
     main()
     text = capsys.readouterr().out
     assert "### LunarLander-v3" in text and "No runs yet: every method is pending." in text
-    assert "| ppokl-ref-hard-4 | pending | pending | pending | pending | pending |" in text
+    assert "### HalfCheetah-v5" in text and "### Walker2d-v5" in text
+    # the MuJoCo tasks run only the three methods issue 46 fixed: the others are "not run" there, not pending
+    not_run = "| not run | not run | not run | not run |"
+    assert f"| ppokl-ref-hard-4 | pending | pending | pending | pending {not_run} pending |" in text
+    assert (
+        "| ppokl-ref-soft-0.3 | pending | pending | pending | pending | pending | pending | pending | pending | pending |"
+        in text
+    )
     assert not list(tmp_path.iterdir())
+
+
+def test_the_5seed_protocol_runs_its_own_methods_on_the_mujoco_tasks():
+    five = protocol.PROTOCOLS["5seed"]
+    assert five.methods_of("LunarLander-v3") == five.methods
+    for task_id in ("Walker2d-v5", "HalfCheetah-v5"):
+        assert five.methods_of(task_id) == ["ppo", "ppokl-ref", "ppokl-ref-soft-0.3"]
+        task = protocol.TASKS[task_id]
+        # Table 1's protocol: one env, n_steps 2048, batch 64, 10 epochs, Adam 3e-4, gamma 0.99, lambda 0.95, no entropy
+        assert task.n_envs == 1 and task.expert_timesteps == 1_000_000 and task.timesteps == 300_000
+        assert task.eval_every == 16_384
+        expected = dict(n_steps=2048, batch_size=64, n_epochs=10, learning_rate=3e-4, gamma=0.99, gae_lambda=0.95)
+        assert task.hyperparams == {**expected, "ent_coef": 0.0}
 
 
 def test_eval_noise_nudges_actions_by_the_relative_amount_asked():

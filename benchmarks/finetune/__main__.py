@@ -13,6 +13,8 @@ from benchmarks.finetune.report import report
 from benchmarks.finetune.run import copy_models, run
 from benchmarks.results import DEFAULT_ROOT, ResultsDir
 
+DEFAULT_TASKS = ["LunarLander-v3", "LunarLanderContinuous-v3"]
+
 
 def overrides(args: argparse.Namespace) -> dict[str, int]:
     """The task fields the command line sets."""
@@ -26,7 +28,7 @@ def main() -> None:
         description=benchmarks.finetune.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--tasks", nargs="+", default=["LunarLander-v3", "LunarLanderContinuous-v3"], choices=list(TASKS))
+    parser.add_argument("--tasks", nargs="+", choices=list(TASKS), help=f"default: {DEFAULT_TASKS}, or the protocol's")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), help="default: all, or the protocol's")
     parser.add_argument("--seeds", nargs="+", type=int, help=f"default: {SEEDS}, or the protocol's")
     parser.add_argument(
@@ -54,6 +56,7 @@ def main() -> None:
     )
     args, dispatch, results = parse_arguments(parser)
     protocol = None if args.protocol is None else PROTOCOLS[args.protocol]
+    args.tasks = args.tasks or (DEFAULT_TASKS if protocol is None else protocol.tasks)
     if protocol is not None:
         if args.eval_episodes not in (None, protocol.eval_episodes):
             parser.error(
@@ -78,12 +81,13 @@ def main() -> None:
             print(f"{dataset.id}: {dataset.total_episodes} episodes, {dataset.total_steps} steps")
         return
     methods = args.methods or (list(METHODS) if protocol is None else protocol.methods)
+    task_methods = {} if args.methods or protocol is None else protocol.task_methods
     seeds = args.seeds or (SEEDS if protocol is None else protocol.seeds)
     options = MethodOptions(args.ref_kl_coef, args.ref_kl_target, args.warmup_rollouts)
     if protocol is not None:
         copy_models(ResultsDir(), results, tasks)
     with exit_on_failure():
-        run(results, tasks, methods, seeds, options, models_only=args.models_only, **dispatch)
+        run(results, tasks, methods, seeds, options, models_only=args.models_only, task_methods=task_methods, **dispatch)
 
 
 if __name__ == "__main__":

@@ -120,10 +120,14 @@ def _pm(stats: Stats, measure: str, digits: int = 1) -> str:
     return f"{mean:,.{digits}f} ± " + ("n/a" if np.isnan(se) else f"{se:,.{digits}f}")
 
 
-def _methods(protocol: Protocol, rows: list[dict[str, str]]) -> list[str]:
-    """The protocol's methods, then any other method with rows in the folder (in METHODS' order)."""
-    others = [m for m in METHODS if m not in protocol.methods and any(r["method"] == m for r in rows)]
-    return protocol.methods + others + sorted({r["method"] for r in rows} - set(METHODS))
+def _methods(protocol: Protocol, rows: list[dict[str, str]], task_id: str | None = None) -> list[str]:
+    """The protocol's methods (on ``task_id``, or on any of its tasks), then any other method with rows in the folder
+    (in METHODS' order)."""
+    tasks = protocol.tasks if task_id is None else [task_id]
+    planned = [m for m in METHODS if any(m in protocol.methods_of(t) for t in tasks)]
+    planned += [m for t in tasks for m in protocol.methods_of(t) if m not in planned and m not in METHODS]
+    others = [m for m in METHODS if m not in planned and any(r["method"] == m for r in rows)]
+    return planned + others + sorted({r["method"] for r in rows} - set(METHODS) - set(planned))
 
 
 def task_table(
@@ -145,7 +149,7 @@ def task_table(
         "| method | seeds | lowest | early mean | final | steps to expert (reached) | KL to clone, end |",
         "|---|---|---|---|---|---|---|",
     ]
-    for method in _methods(protocol, rows):
+    for method in _methods(protocol, rows, task_id):
         s = stats.get((task_id, method))
         if s is None:
             lines.append(f"| {method} | pending | | | | | |")
@@ -179,13 +183,17 @@ def verdict_table(tasks: list[str], protocol: Protocol, rows: list[dict[str, str
         )
     lines.append("")
     lines.append("Each cell: yes or no, with the method's margin over the bar.")
-    header = "| method | " + " | ".join(f"{t}: protects | {t}: ends as PPO" for t in tasks) + " | both, on every task |"
+    header = "| method | " + " | ".join(f"{t}: protects | {t}: ends as PPO" for t in tasks) + " | both, on every task run |"
     lines += ["", header, "|---|" + "---|---|" * len(tasks) + "---|"]
     partial = False
     for method in _methods(protocol, rows):
         cells, met = [], True
         for task_id in tasks:
             v = verdict(stats, task_id, method)
+            task_rows = [r for r in rows if r["task"] == task_id]
+            if v is None and method not in _methods(protocol, task_rows, task_id):
+                cells += ["not run", "not run"]
+                continue
             if v is None:
                 cells += ["pending", "pending"]
                 met = False
@@ -228,7 +236,7 @@ def plot_panels(task_id: str, protocol: Protocol, rows: list[dict[str, str]], cu
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = _methods(protocol, rows)
+    methods = _methods(protocol, rows, task_id)
     ncols = 3
     nrows = -(-len(methods) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), sharex=True, sharey=True, squeeze=False)
@@ -271,7 +279,7 @@ def plot_kl(task_id: str, protocol: Protocol, rows: list[dict[str, str]], curves
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.2))
-    for method in _methods(protocol, rows):
+    for method in _methods(protocol, rows, task_id):
         drawn = _seed_curves(curves, task_id, method, "kl_to_clone")
         if drawn is None:
             continue
