@@ -93,9 +93,13 @@ TASKS: dict[str, Task] = {
     # issue 46: two MuJoCo tasks the moving reference was not chosen on, with Table 1's protocol (one env,
     # n_steps 2048, batch 64, 10 epochs, Adam 3e-4, gamma 0.99, lambda 0.95, no entropy bonus): an expert of 1M steps,
     # 300k steps per fine-tuning run, an evaluation every 8 rollouts (16,384 steps).
-    # calibration: see the comment of each entry (results/finetune_5seed/finetune_models.csv)
-    "Walker2d-v5": _table1(bc_transitions=5_000),
-    "HalfCheetah-v5": _table1(bc_transitions=5_000),
+    # calibrated on 20 episodes (results/finetune_5seed/finetune_models.csv): the expert 2,266, random 1.7; 500
+    # transitions give a clone at 309, 600 to 900 at 495 to 550 (a quarter of the way), 950 at 1,636, 1,000 at 1,296
+    # (57% of the way), 2,000 at 2,590. The step from 900 to 950 is a cliff: 1,000 is the nearest to half way.
+    "Walker2d-v5": _table1(bc_transitions=1_000),
+    # calibrated the same way: the expert 1,581, random -279; 100 transitions give 390, 200 give 520 (43% of the way),
+    # 300 give 838, 500 give 1,262, 5,000 give 1,621
+    "HalfCheetah-v5": _table1(bc_transitions=200),
 }
 
 
