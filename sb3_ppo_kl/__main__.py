@@ -150,9 +150,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m sb3_ppo_kl") -> f
     parser.add_argument(
         "--no-progress-bar", action="store_true", help="no progress bar (it needs tqdm and rich: the [extra] extra)"
     )
-    parser.add_argument(
-        "--threads", type=_positive_int, default=1, help="torch threads (default: 1, fastest for small MLPs)"
-    )
+    parser.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default: 1, fastest for small MLPs)")
     args = parser.parse_args(argv)
     th.set_num_threads(args.threads)
 

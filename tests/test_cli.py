@@ -30,7 +30,9 @@ def _python(code: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_console_scripts_are_installed_with_the_package():
-    scripts = {e.name: e.value for e in importlib.metadata.entry_points(group="console_scripts") if e.dist.name == "sb3-ppo-kl"}
+    scripts = {
+        e.name: e.value for e in importlib.metadata.entry_points(group="console_scripts") if e.dist.name == "sb3-ppo-kl"
+    }
     assert scripts == {"sb3-ppo-kl": "sb3_ppo_kl.__main__:cli", "sb3-ppo-kl-zoo": "sb3_ppo_kl.zoo.__main__:main"}
     for name in scripts:
         assert (BIN / name).exists(), name
@@ -117,10 +119,8 @@ def test_without_tqdm_and_rich_the_progress_bar_is_skipped_in_one_line(tmp_path)
     )
     result = _python(code, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stderr.splitlines() == [
-        'sb3-ppo-kl: no progress bar (tqdm is not installed): pip install "sb3-ppo-kl[extra]" for one, '
-        "or pass --no-progress-bar"
-    ]
+    message = 'sb3-ppo-kl: no progress bar (tqdm is not installed): pip install "sb3-ppo-kl[extra]" for one, or pass'
+    assert result.stderr.splitlines() == [f"{message} --no-progress-bar"]
     assert "CartPole-v1: mean reward" in result.stdout and (tmp_path / "ppokl_CartPole-v1.zip").exists()
 
 

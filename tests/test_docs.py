@@ -75,7 +75,13 @@ def test_each_readme_block_runs_alone_in_a_fresh_interpreter(index, tmp_path):
     """As a reader pastes one block into a new Python: its own imports, the package as installed, an empty folder."""
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     result = subprocess.run(
-        [sys.executable, "-c", README_BLOCKS[index]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", README_BLOCKS[index]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,  # checked below, with the block and its output in the message
     )
     assert result.returncode == 0, f"README block {index}:\n{README_BLOCKS[index]}\n{result.stderr[-3000:]}"
 

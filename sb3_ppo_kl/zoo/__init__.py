@@ -18,8 +18,9 @@ rl_zoo3 and optuna (the ``[zoo]`` extra) are imported when a function needs them
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from stable_baselines3.common.base_class import BaseAlgorithm
 

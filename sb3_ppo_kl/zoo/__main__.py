@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     missing = [module for module in ZOO_MODULES if importlib.util.find_spec(module) is None]
     if missing:
         raise SystemExit(
-            f"sb3-ppo-kl-zoo: RL Zoo is not installed ({', '.join(missing)} missing): pip install \"sb3-ppo-kl[zoo]\""
+            f'sb3-ppo-kl-zoo: RL Zoo is not installed ({", ".join(missing)} missing): pip install "sb3-ppo-kl[zoo]"'
         )
     if not argv or argv[0] not in ("train", "enjoy"):
         raise SystemExit(USAGE)
