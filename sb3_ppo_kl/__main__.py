@@ -27,7 +27,7 @@ from stable_baselines3.common.utils import LinearSchedule
 
 from sb3_ppo_kl import PPOKL
 
-# PPOKL's arguments that take a schedule of the progress remaining, so a `lin_<x>` value
+# PPOKL's arguments that take a schedule of the progress remaining: the only ones a `lin_<x>` value may set
 SCHEDULES = ("learning_rate", "clip_range", "clip_range_vf", "kl_target", "ref_kl_coef")
 _LIN = re.compile(r"lin_(.+)")
 # How values that are meant as expressions start: one that cannot be read is an error, not a string
