@@ -1,6 +1,9 @@
 """The documentation's Python examples run, with the short budgets they are written with (a few seconds each)."""
 
+import os
 import re
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -29,6 +32,8 @@ def python_blocks(page: Path) -> list[str]:
 
 
 PAGES_WITH_CODE = [page for page in PAGES if python_blocks(page)]
+README = ROOT / "README.md"
+README_BLOCKS = python_blocks(README)
 
 
 def test_the_pages_with_examples_are_found():
@@ -37,9 +42,12 @@ def test_the_pages_with_examples_are_found():
     assert {f"docs/modules/{name}.rst" for name in ("ppo_kl", "ppo_mask", "ppo_recurrent")} <= names
 
 
-@pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=lambda page: page.relative_to(ROOT).as_posix())
+@pytest.mark.parametrize(
+    "page", [page for page in PAGES_WITH_CODE if page != README], ids=lambda page: page.relative_to(ROOT).as_posix()
+)
 def test_examples_run(page, tmp_path, monkeypatch):
-    """Each page's blocks run in order, in one namespace (a later block may use an earlier one's names)."""
+    """Each page's blocks run in order, in one namespace (a later block may use an earlier one's names).
+    The README's blocks are each run alone, below."""
     monkeypatch.chdir(tmp_path)  # examples save models and logs in the working directory
     threads = th.get_num_threads()
     namespace = {"__name__": "__main__"}
@@ -60,3 +68,39 @@ def test_readme_is_short_and_links_into_the_docs():
     assert links, "the README links into docs/"
     for link in links:
         assert (ROOT / link).exists(), link
+
+
+@pytest.mark.parametrize("index", range(len(README_BLOCKS)), ids=lambda index: f"block {index}")
+def test_each_readme_block_runs_alone_in_a_fresh_interpreter(index, tmp_path):
+    """As a reader pastes one block into a new Python: its own imports, the package as installed, an empty folder."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", README_BLOCKS[index]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,  # checked below, with the block and its output in the message
+    )
+    assert result.returncode == 0, f"README block {index}:\n{README_BLOCKS[index]}\n{result.stderr[-3000:]}"
+
+
+def test_readme_commands_use_the_venv_they_install():
+    """Every command in the README runs the project's venv's Python or scripts, as the install command makes it."""
+    readme = README.read_text(encoding="utf-8")
+    # a command starts a line (in a code block), an inline `code span` or follows `&&`, and has arguments
+    programs = r"(python3?|pip|pytest|ruff|mypy|sphinx-build|twine|sb3-ppo-kl(?:-zoo)?)"
+    commands = re.findall(rf"(?:^[ \t]*|`|&&[ \t]*){programs}(?= )", readme, flags=re.MULTILINE)
+    assert commands == ["python3"], "use .venv/bin/ (only `python3 -m venv` makes the venv)"
+    assert readme.count(".venv/bin/python -m sb3_ppo_kl.zoo") == 2 and ".venv/bin/sb3-ppo-kl " in readme
+
+
+def test_the_readme_sections_the_examples_cite_exist():
+    headings = set(re.findall(r"^#+ (.+)$", README.read_text(encoding="utf-8"), flags=re.MULTILINE))
+    cited = {
+        section
+        for example in sorted((ROOT / "examples").glob("*.py"))
+        for section in re.findall(r'README, "([^"]+)"', example.read_text(encoding="utf-8"))
+    }
+    assert "Speed" in cited and cited <= headings, cited - headings

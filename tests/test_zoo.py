@@ -60,6 +60,7 @@ def test_train_then_enjoy_round_trip(tmp_path, env_id, steps):
 
 
 def test_params_reach_the_model_and_console_script(tmp_path):
+    """-params reach the model through the console script, which sets one torch thread unless told otherwise."""
     script = Path(sys.executable).parent / "sb3-ppo-kl-zoo"
     assert script.exists(), "the console script is installed with the package"
     result = subprocess.run(
@@ -77,6 +78,8 @@ def test_params_reach_the_model_and_console_script(tmp_path):
             "-params",
             "kl_target:0.02",
             "kl_coef:0.5",
+            "--verbose",
+            "2",  # rl_zoo3 then says how many torch threads it sets
         ],
         cwd=tmp_path,
         env=ENV,
@@ -86,6 +89,7 @@ def test_params_reach_the_model_and_console_script(tmp_path):
         check=False,  # checked below, with the output in the message
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "Setting torch.num_threads to 1" in result.stdout  # one thread, without --num-threads
     model = PPOKL.load(tmp_path / "logs" / "ppo_kl" / "CartPole-v1_1" / "CartPole-v1.zip")
     assert model.kl_controller.kl_target == 0.02
     assert model.kl_coef in (0.25, 0.5, 1.0)  # started at 0.5, adapted at most once (one update)

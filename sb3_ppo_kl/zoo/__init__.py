@@ -11,20 +11,25 @@ enjoy scripts read), as RL Zoo's own guide does for SBX.
 
 Names: ``ppo_kl`` (PPOKL), ``ppo_kl_lstm`` (RecurrentPPOKL, as RL Zoo's ``ppo_lstm``) and
 ``ppo_kl_mask`` (MaskablePPOKL; its environments must provide ``action_masks()``).
+
+rl_zoo3 and optuna (the ``[zoo]`` extra) are imported when a function needs them, so that this module, its
+``ALGOS`` and ``default_config`` import without them, and the command line can say how to install them.
 """
 
-from pathlib import Path
-from typing import Any
+from __future__ import annotations
 
-import optuna
-from rl_zoo3 import hyperparams_opt, utils
-from rl_zoo3.exp_manager import ExperimentManager
-from rl_zoo3.utils import SimpleLinearSchedule
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from sb3_ppo_kl.ppo_kl import PPOKL
 from sb3_ppo_kl.ppo_kl_mask import MaskablePPOKL
 from sb3_ppo_kl.ppo_kl_recurrent import RecurrentPPOKL
+
+if TYPE_CHECKING:
+    import optuna
 
 HYPERPARAMS_DIR = Path(__file__).parent / "hyperparams"
 
@@ -60,6 +65,8 @@ def sample_ppo_kl_params(trial: optuna.Trial, n_actions: int, n_envs: int, addit
     - ``kl_coef`` (initial beta): log-uniform in [0.01, 10]
     - ``adaptive_kl``: True or False (fixed beta)
     """
+    from rl_zoo3 import hyperparams_opt
+
     hyperparams = hyperparams_opt.sample_ppo_params(_NoneOrClipTrial(trial), n_actions, n_envs, additional_args)  # type: ignore[arg-type]
     hyperparams["kl_target"] = trial.suggest_float("kl_target", 0.001, 0.1, log=True)
     hyperparams["kl_coef"] = trial.suggest_float("kl_coef", 0.01, 10.0, log=True)
@@ -69,6 +76,8 @@ def sample_ppo_kl_params(trial: optuna.Trial, n_actions: int, n_envs: int, addit
 
 def convert_ppo_kl_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
     """The inverse direction, for ``--trial-id`` / loading a study: Optuna's raw params to PPOKL arguments."""
+    from rl_zoo3 import hyperparams_opt
+
     kl_keys = ("kl_target", "kl_coef", "adaptive_kl")
     hyperparams = hyperparams_opt.convert_onpolicy_params({k: v for k, v in sampled_params.items() if k not in kl_keys})
     hyperparams.update({k: sampled_params[k] for k in kl_keys if k in sampled_params})
@@ -85,6 +94,9 @@ def _preprocess_schedules(hyperparams: dict[str, Any]) -> dict[str, Any]:
     becomes a value that falls linearly from 0.02 to 0 over training, as it does for ``clip_range``
     (``ref_kl_coef: lin_1.0``: the KL to the reference weighs 1.0 at the start and nothing at the end).
     """
+    from rl_zoo3.utils import SimpleLinearSchedule
+
+    assert _RL_ZOO_PREPROCESS_SCHEDULES is not None, "register() keeps rl_zoo3's own before replacing it"
     hyperparams = _RL_ZOO_PREPROCESS_SCHEDULES(hyperparams)
     for key in SCHEDULED:
         value = hyperparams.get(key)
@@ -100,11 +112,18 @@ def _preprocess_schedules(hyperparams: dict[str, Any]) -> dict[str, Any]:
     return hyperparams
 
 
-_RL_ZOO_PREPROCESS_SCHEDULES = ExperimentManager._preprocess_schedules
+# rl_zoo3's own ExperimentManager._preprocess_schedules, kept by the first register()
+_RL_ZOO_PREPROCESS_SCHEDULES: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
 
 def register() -> None:
     """Make our algorithms known to rl_zoo3 (idempotent)."""
+    global _RL_ZOO_PREPROCESS_SCHEDULES
+    from rl_zoo3 import hyperparams_opt, utils
+    from rl_zoo3.exp_manager import ExperimentManager
+
+    if _RL_ZOO_PREPROCESS_SCHEDULES is None:
+        _RL_ZOO_PREPROCESS_SCHEDULES = ExperimentManager._preprocess_schedules
     for name, algo in ALGOS.items():
         utils.ALGOS[name] = algo
         hyperparams_opt.HYPERPARAMS_SAMPLER[name] = sample_ppo_kl_params
