@@ -53,7 +53,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.save_util import open_path
 from torch.overrides import TorchFunctionMode
 
-from sb3_ppo_kl.common.safe_pickle import Refused, SafeUnpickler, _names_method, admitted
+from sb3_ppo_kl.common.safe_pickle import Refused, SafeUnpickler, TooManyOps, _names_method, admitted
 
 __all__ = [
     "ModelZip",
@@ -101,12 +101,15 @@ class SafeLoadLimits:
         million
     :param max_rollout_size: the values of the rollout buffer ``_setup_model`` allocates: ``n_steps * n_envs`` times
         an observation's and an action's sizes: 1 billion
+    :param max_pickle_ops: the opcodes of one pickled field (about a microsecond each to decode; a model's largest
+        fields take a few thousand): 2 million
     """
 
     max_bytes: int = _GIB
     max_parameters: int = 100_000_000
     max_space_size: int = 10_000_000
     max_rollout_size: int = 1_000_000_000
+    max_pickle_ops: int = 2_000_000
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -128,12 +131,14 @@ class _Context:
         message = f"{self.context}: " * bool(self.context) + f"{where} {problem}. {self.remedy}".strip()
         return SafeLoadError(message, name, refused)
 
-    def over(self, kind: str, name: str, what: str, value: int, limits: "SafeLoadLimits", limit: str) -> SafeLoadError:
+    def over(
+        self, kind: str, name: str, what: str, value: int, limits: "SafeLoadLimits", limit: str, unit: str = ""
+    ) -> SafeLoadError:
         maximum = getattr(limits, limit)
         where = f"the {kind} {name!r}" if kind else name
         message = (
             f"{self.context}: " * bool(self.context)
-            + f"{where} {what} {value:,}, over the safe path's limit {limit}={maximum:,}; nothing was allocated. "
+            + f"{where} {what} {value:,}{unit}, over the safe path's limit {limit}={maximum:,}; nothing was allocated. "
             + f"If you expect a model this large, raise the limit: {self.raise_limit.format(limit=limit)}"
         )
         return SafeLoadError(message, name, limit=limit)
@@ -167,7 +172,9 @@ def _decode(data: bytes, field: str, how: _Context, limits: SafeLoadLimits) -> A
         return _torch_load(raw, field, how, limits, "field", " (in a torch storage)")
 
     try:
-        return SafeUnpickler(data, load_storage).load()
+        return SafeUnpickler(data, load_storage, limits.max_pickle_ops).load()
+    except TooManyOps:
+        raise how.over("field", field, "has more pickle opcodes than", limits.max_pickle_ops, limits, "max_pickle_ops") from None
     except Refused as refusal:
         if refusal.is_global:
             problem = (
@@ -196,20 +203,31 @@ def _first_line(error: BaseException) -> str:
 _READ_MEMBERS = ("data", "system_info.txt", "_stable_baselines3_version")
 
 
+_CHUNK = 1 << 20
+
+
 def _read_once(path: str | os.PathLike | io.BufferedIOBase, limits: SafeLoadLimits, how: _Context) -> bytes:
     """The file's bytes, read once (SB3's rules for a path: ``.zip`` appended if the path does not exist)."""
     file = open_path(path, "r", suffix="zip")  # type: ignore[arg-type]
+    chunks: list[bytes] = []
+    total = 0
     try:
         with contextlib.suppress(OSError, AttributeError, io.UnsupportedOperation):
             size = os.fstat(file.fileno()).st_size
             if size > limits.max_bytes:
-                raise how.over("", "the file", "has", size, limits, "max_bytes")
-        raw = file.read(limits.max_bytes + 1)
+                raise how.over("", "the file", "has", size, limits, "max_bytes", " bytes")
+        while total <= limits.max_bytes:  # in chunks: a read of max_bytes would allocate them all
+            chunk = file.read(min(_CHUNK, limits.max_bytes + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
     finally:
         if isinstance(path, (str, os.PathLike)):
             file.close()
-    if len(raw) > limits.max_bytes:
-        raise how.over("", "the file", "has more bytes than", limits.max_bytes, limits, "max_bytes")
+    if total > limits.max_bytes:
+        raise how.over("", "the file", "has more than", limits.max_bytes, limits, "max_bytes", " bytes")
+    raw = b"".join(chunks)
     return raw
 
 
@@ -220,10 +238,10 @@ def _check_archive(archive: zipfile.ZipFile, names: Iterable[str], owner: str, l
         if info.filename not in names:
             continue
         if info.file_size > limits.max_bytes:
-            raise how.over("member", f"{owner}{info.filename}", "declares an uncompressed size of", info.file_size, limits, "max_bytes")
+            raise how.over("member", f"{owner}{info.filename}", "declares an uncompressed size of", info.file_size, limits, "max_bytes", " bytes")
         total += info.file_size
         if total > limits.max_bytes:
-            raise how.over("member", f"{owner}{info.filename}", "brings the uncompressed size to", total, limits, "max_bytes")
+            raise how.over("member", f"{owner}{info.filename}", "brings the uncompressed size to", total, limits, "max_bytes", " bytes")
 
 
 def _torch_load(data: bytes, member: str, how: _Context, limits: SafeLoadLimits, kind: str = "member", inside: str = "") -> Any:
@@ -489,7 +507,10 @@ def _space_size(space: Any) -> tuple[int, int]:
 
 
 def _check_spaces(objects: dict[str, Any], limits: SafeLoadLimits, how: _Context) -> int:
-    """The spaces' sizes within ``max_space_size``; returns an observation's and an action's values together."""
+    """
+    The spaces' sizes within ``max_space_size``; returns the values a rollout buffer holds per step for them: the
+    observation, the action and its mask (an action's one-hot size).
+    """
     total = 0
     for key in ("observation_space", "action_space"):
         space = objects.get(key)
@@ -500,8 +521,8 @@ def _check_spaces(objects: dict[str, Any], limits: SafeLoadLimits, how: _Context
         except (TypeError, ValueError, AttributeError) as error:
             raise how.error("field", key, f"is a damaged space ({_first_line(error)})") from None
         if max(flat, one_hot) > limits.max_space_size:
-            raise how.over("field", key, "has a size of", max(flat, one_hot), limits, "max_space_size")
-        total += flat + one_hot
+            raise how.over("field", key, "has a size of", max(flat, one_hot), limits, "max_space_size", " values")
+        total += flat if key == "observation_space" else flat + one_hot  # an action, and its mask (MaskablePPO)
     return total
 
 
@@ -531,7 +552,7 @@ class _TooManyCalls(Exception):
     pass
 
 
-_MAX_BUILD_CALLS = 200_000  # a policy of SB3 or sb3-contrib takes a few hundred
+_MAX_BUILD_CALLS = 20_000  # a policy of SB3 or sb3-contrib takes a few hundred
 
 
 def check_policy_size(
@@ -557,12 +578,12 @@ def check_policy_size(
         with th.device("meta"), counter, _quiet():
             policy = policy_class(**kwargs)
     except _TooManyCalls:
-        raise how.over("", what, "builds a policy of more torch operations than", _MAX_BUILD_CALLS, limits, "max_parameters") from None
+        raise how.over("", what, "build a policy of more torch operations than", _MAX_BUILD_CALLS, limits, "max_parameters") from None
     except Exception as error:  # the class refusing the file's arguments: the same error the load would raise
         raise how.error("", what, f"does not build a {policy_class.__name__} ({type(error).__name__}: {_first_line(error)})") from None
     count = sum(tensor.numel() for tensor in [*policy.parameters(), *policy.buffers()])
     if count > limits.max_parameters:
-        raise how.over("", what, f"builds a {policy_class.__name__} of", count, limits, "max_parameters")
+        raise how.over("", what, f"build a policy ({policy_class.__name__}) of", count, limits, "max_parameters", " parameters")
 
 
 @contextlib.contextmanager
@@ -610,7 +631,7 @@ def _check_sizes(
     if isinstance(n_steps, int) and isinstance(n_envs, int):
         rollout = max(n_steps, 0) * max(n_envs, 0) * step_size
         if rollout > limits.max_rollout_size:
-            raise how.over("", "the fields 'n_steps' and 'n_envs'", "give a rollout buffer of", rollout, limits, "max_rollout_size")
+            raise how.over("", "the fields 'n_steps' and 'n_envs'", "give a rollout buffer of", rollout, limits, "max_rollout_size", " values")
     policy_class = objects.get("policy_class")
     if policy_class is not None:
         check_policy_size(
@@ -627,7 +648,7 @@ def _check_sizes(
         spec_kwargs = dict(spec["kwargs"])
         if isinstance(spec.get("policy_class"), type) and _accepts(spec["policy_class"], "lr_schedule"):
             spec_kwargs["lr_schedule"] = _zero
-        check_policy_size(spec.get("policy_class"), spec_kwargs, "the field '_ref_policy_spec'", limits, how)
+        check_policy_size(spec.get("policy_class"), spec_kwargs, "the field '_ref_policy_spec' would", limits, how)
 
 
 # --- the algorithms' load -------------------------------------------------------------------------------------------

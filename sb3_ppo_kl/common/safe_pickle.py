@@ -24,6 +24,7 @@ refused), before it is used.
 
 import codecs
 import collections
+import copyreg
 import importlib
 import inspect
 import io
@@ -65,6 +66,10 @@ class Refused(Exception):  # noqa: N818 (a refusal, which safe_load turns into a
         self.is_global = is_global
 
 
+class TooManyOps(Refused):
+    """A pickle of more opcodes than the reader's limit."""
+
+
 # Globals admitted by name, module -> names: numpy's array, dtype, scalar and random-generator pickling; SB3's
 # schedules; the containers of episode buffers and tensors; torch's tensor rebuilding; the builtins and the codec
 # of protocol 2 (sets, and bytes written as latin-1 text).
@@ -81,8 +86,9 @@ _BY_NAME: dict[str, tuple[str, ...]] = {
     "numpy.random._philox": ("Philox",),
     "numpy.random._sfc64": ("SFC64",),
     "collections": ("deque", "OrderedDict"),
-    "builtins": ("set", "frozenset", "bytearray"),
+    "builtins": ("set", "frozenset", "bytearray", "object"),  # object: the base copyreg._reconstructor takes
     "_codecs": ("encode",),
+    "copyreg": ("_reconstructor",),
     "stable_baselines3.common.utils": ("FloatSchedule", "LinearSchedule", "ConstantSchedule"),
     "rl_zoo3.utils": ("SimpleLinearSchedule",),  # lin_<start> of RL Zoo files (this package's too); if installed
     "sb3_contrib.common.recurrent.type_aliases": ("RNNStates",),
@@ -137,7 +143,8 @@ def admitted(module: str, name: str) -> Any:
       ``SeedSequence`` and their pickling helpers; SB3's ``FloatSchedule``, ``LinearSchedule`` and
       ``ConstantSchedule``, and the RL Zoo's ``SimpleLinearSchedule`` (``lin_<start>``) where it is installed;
       ``collections.deque`` and ``OrderedDict``; ``set``, ``frozenset``, ``bytearray`` and ``_codecs.encode`` (as
-      protocol 2 writes sets and bytes); sb3-contrib's ``RNNStates``; ``torch.device``, ``torch.Size``, torch's
+      protocol 2 writes sets and bytes), and ``copyreg._reconstructor`` with ``object`` (as protocols 0 and 1 make
+      an instance); sb3-contrib's ``RNNStates``; ``torch.device``, ``torch.Size``, torch's
       dtypes (``torch.float32``...) and tensors (rebuilt without backward hooks, their storages read by
       ``torch.load(weights_only=True)``);
     - by kind, classes only: every class of ``gymnasium.spaces``; torch's activation modules
@@ -300,6 +307,15 @@ def _call_encode(args: tuple, kwargs: dict) -> Any:
     return codecs.encode(text, "latin-1")
 
 
+def _call_reconstructor(args: tuple, kwargs: dict) -> Any:
+    """``copyreg._reconstructor(cls, object, None)``: how protocols 0 and 1 make an instance (``object.__new__``)."""
+    _check(not kwargs and len(args) == 3, "copyreg._reconstructor with these arguments")
+    cls, base, state = args
+    _check(_instantiable(cls), f"an instance of {_describe(cls)}")
+    _check(base is object and state is None, "copyreg._reconstructor of a base other than object")
+    return object.__new__(cls)
+
+
 def _call_device(args: tuple, kwargs: dict) -> Any:
     _check(not kwargs and 1 <= len(args) <= 2, "torch.device with these arguments")
     _check(all(isinstance(arg, (str, int)) for arg in args), "torch.device of anything but a str or int")
@@ -350,11 +366,13 @@ _CALLS: dict[Any, Callable[[tuple, dict], Any]] = {
     frozenset: _call_set(frozenset),
     bytearray: _call_bytearray,
     codecs.encode: _call_encode,
+    copyreg._reconstructor: _call_reconstructor,
     th.device: _call_device,
     th.Size: _call_size,
     th._utils._rebuild_tensor_v2: _call_rebuild_tensor,
     th._utils._rebuild_parameter: _call_rebuild_parameter,
 }
+_CALLS_BY_ID = {id(func): rule for func, rule in _CALLS.items()}  # by identity: no __eq__ of the file's objects
 #: numpy's classes whose instances the calls above make and whose state (BUILD) numpy's own ``__setstate__`` sets
 _NUMPY_STATEFUL = (np.ndarray, np.dtype, np.random.Generator, np.random.RandomState, np.random.BitGenerator)
 
@@ -432,11 +450,15 @@ class SafeUnpickler:
     :param data: the pickle
     :param load_storage: reads the bytes of a torch storage (``torch.storage._load_from_bytes``'s argument: a torch
         file), with the reader's limits; None: a pickle holding a tensor is refused
+    :param max_ops: the most opcodes decoded (a TooManyOps after them); None: no limit
     """
 
-    def __init__(self, data: bytes, load_storage: Callable[[bytes], Any] | None = None) -> None:
+    def __init__(
+        self, data: bytes, load_storage: Callable[[bytes], Any] | None = None, max_ops: int | None = None
+    ) -> None:
         self.data = data
         self.load_storage = load_storage
+        self.max_ops = max_ops
 
     def find_class(self, module: str, name: str) -> Any:
         """The admitted global ``module.name``, or a Refused naming it."""
@@ -453,7 +475,7 @@ class SafeUnpickler:
             _check(self.load_storage is not None and len(args) == 1 and not kwargs, "a torch storage here")
             _check(isinstance(args[0], bytes), "a torch storage that is not bytes")
             return self.load_storage(args[0])  # type: ignore[misc]
-        rule = _CALLS.get(func) if _hashable(func) else None
+        rule = _CALLS_BY_ID.get(id(func))
         if rule is not None:
             return rule(args, kwargs)
         if _instantiable(func):
@@ -502,7 +524,9 @@ class SafeUnpickler:
             items, stack = stack, marks.pop()
             return items
 
-        for opcode, arg, _ in pickletools.genops(io.BytesIO(self.data)):
+        for count, (opcode, arg, _) in enumerate(pickletools.genops(io.BytesIO(self.data))):
+            if self.max_ops is not None and count >= self.max_ops:
+                raise TooManyOps(f"more than {self.max_ops} opcodes")
             name = opcode.name
             if name in _REFUSED_OPCODES:
                 raise Refused(_REFUSED_OPCODES[name])
@@ -601,14 +625,6 @@ class SafeUnpickler:
             else:
                 raise Refused(f"the opcode {name}")
         raise Refused("a pickle without STOP")
-
-
-def _hashable(obj: Any) -> bool:
-    try:
-        hash(obj)
-    except TypeError:
-        return False
-    return True
 
 
 def _describe(obj: Any) -> str:
