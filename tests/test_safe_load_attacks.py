@@ -25,8 +25,8 @@ from stable_baselines3 import PPO
 from stable_baselines3.common import save_util
 from stable_baselines3.common.utils import ConstantSchedule, LinearSchedule
 
-from sb3_ppo_kl import PPOKL, KLCoefController
-from sb3_ppo_kl.common.safe_load import SafeLoadError, SafeLoadLimits, safe_loads
+from sb3_ppo_kl import PPOKL, KLCoefController, SafeLoadLimits
+from sb3_ppo_kl.common.safe_load import SafeLoadError, safe_loads
 
 SMALL = dict(n_steps=16, batch_size=16, n_epochs=1, seed=0)
 
@@ -339,7 +339,10 @@ def test_a_huge_policy_is_refused_before_it_is_built(ppokl_zip, tmp_path, load):
         "from_pretrained": lambda: PPOKL.from_pretrained(crafted, "CartPole-v1"),
         "ref_policy": lambda: PPOKL("MlpPolicy", "CartPole-v1", ref_policy=crafted),
     }[load]
-    error = _bounded(run, r"the fields 'policy_class' and 'policy_kwargs' build a policy \(ActorCriticPolicy\) of 800,300,003 parameters, over")
+    error = _bounded(
+        run,
+        r"the fields 'policy_class' and 'policy_kwargs' build a policy \(ActorCriticPolicy\) of 800,300,003 parameters, over",
+    )
     assert error.limit == "max_parameters"
     assert "SafeLoadLimits(max_parameters=...)" in str(error)
 
@@ -356,19 +359,26 @@ def test_a_huge_reference_spec_is_refused(tmp_path):
     spec = PPOKL.load(tmp_path / "model.zip")._ref_policy_spec
     spec["kwargs"]["net_arch"] = [20_000, 20_000]
     crafted = _craft(tmp_path / "model.zip", tmp_path / "crafted.zip", pickled={"_ref_policy_spec": spec})
-    _bounded(lambda: PPOKL.load(crafted, safe=True), r"the field '_ref_policy_spec' would build a policy \(ActorCriticPolicy\) of 800,")
+    _bounded(
+        lambda: PPOKL.load(crafted, safe=True),
+        r"the field '_ref_policy_spec' would build a policy \(ActorCriticPolicy\) of 800,",
+    )
 
 
 def test_huge_spaces_and_rollouts_are_refused(ppokl_zip, tmp_path):
     space = gym.spaces.Box(-1.0, 1.0, (4,))
     space._shape = (10**6, 10**6)  # a space whose fields claim a trillion values
     crafted = _craft(ppokl_zip, tmp_path / "space.zip", pickled={"observation_space": space})
-    error = _bounded(lambda: PPOKL.load(crafted, safe=True), r"the field 'observation_space' has a size of 1,000,000,000,000 values")
+    error = _bounded(
+        lambda: PPOKL.load(crafted, safe=True), r"the field 'observation_space' has a size of 1,000,000,000,000 values"
+    )
     assert error.limit == "max_space_size"
     crafted = _craft(ppokl_zip, tmp_path / "discrete.zip", pickled={"action_space": gym.spaces.Discrete(10**12)})
     _bounded(lambda: PPOKL.load(crafted, safe=True), r"the field 'action_space' has a size of 1,000,000,000,000")
     crafted = _craft(ppokl_zip, tmp_path / "rollout.zip", plain={"n_steps": 10**9})
-    error = _bounded(lambda: PPOKL.load(crafted, safe=True), r"'n_steps' and 'n_envs' give a rollout buffer of 7,000,000,000 values")
+    error = _bounded(
+        lambda: PPOKL.load(crafted, safe=True), r"'n_steps' and 'n_envs' give a rollout buffer of 7,000,000,000 values"
+    )
     assert error.limit == "max_rollout_size"
 
 
@@ -441,3 +451,30 @@ def test_a_model_with_protocol_2_fields_loads(ppokl_zip, tmp_path):
     model = PPOKL.load(crafted, safe=True)
     assert model.observation_space == trusted.observation_space
     assert np.array_equal(model._last_obs, trusted._last_obs)
+
+
+# --- the weights' names: SB3's load reaches the attribute each one names ----------------------------------------------
+
+
+def test_weights_and_variables_of_unknown_names_are_refused(ppokl_zip, tmp_path):
+    entries = _entries(ppokl_zip)
+    entries["kl_controller.pth"] = entries["policy.optimizer.pth"]
+    crafted = _write(tmp_path / "member.zip", entries)
+    with pytest.raises(SafeLoadError, match=r"the member 'kl_controller.pth' is not a state dict of PPOKL"):
+        PPOKL.load(crafted, safe=True)
+
+    # pytorch_variables names attributes whose .data SB3 sets: here a function of SB3's policy class
+    entries = _entries(ppokl_zip)
+    variables = io.BytesIO()
+    th.save({"policy.__class__.forward": th.zeros(1)}, variables)
+    entries["pytorch_variables.pth"] = variables.getvalue()
+    crafted = _write(tmp_path / "variables.zip", entries)
+    with pytest.raises(SafeLoadError, match=r"'pytorch_variables.pth' names the variable 'policy.__class__.forward'"):
+        PPOKL.load(crafted, safe=True)
+    forward = vars(PPOKL.policy_aliases["MlpPolicy"])["forward"]
+    assert not hasattr(forward, "data")
+    try:  # live under SB3's load: the class's method gets the attribute
+        PPOKL.load(crafted)
+        assert hasattr(forward, "data")
+    finally:
+        vars(forward).pop("data", None)

@@ -40,9 +40,8 @@ import pathlib
 import pickle
 import pickletools
 import re
-import sys
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -174,7 +173,9 @@ def _decode(data: bytes, field: str, how: _Context, limits: SafeLoadLimits) -> A
     try:
         return SafeUnpickler(data, load_storage, limits.max_pickle_ops).load()
     except TooManyOps:
-        raise how.over("field", field, "has more pickle opcodes than", limits.max_pickle_ops, limits, "max_pickle_ops") from None
+        raise how.over(
+            "field", field, "has more pickle opcodes than", limits.max_pickle_ops, limits, "max_pickle_ops"
+        ) from None
     except Refused as refusal:
         if refusal.is_global:
             problem = (
@@ -187,7 +188,7 @@ def _decode(data: bytes, field: str, how: _Context, limits: SafeLoadLimits) -> A
         raise how.error("field", field, problem, refusal.refused) from None
     except SafeLoadError:
         raise
-    except Exception as error:  # a damaged pickle, or an admitted class refusing its state
+    except Exception as error:  # noqa: BLE001 (a damaged pickle, or an admitted class refusing its state)
         problem = f"could not be decoded safely ({type(error).__name__}: {_first_line(error)})"
         raise how.error("field", field, problem) from None
 
@@ -238,13 +239,25 @@ def _check_archive(archive: zipfile.ZipFile, names: Iterable[str], owner: str, l
         if info.filename not in names:
             continue
         if info.file_size > limits.max_bytes:
-            raise how.over("member", f"{owner}{info.filename}", "declares an uncompressed size of", info.file_size, limits, "max_bytes", " bytes")
+            raise how.over(
+                "member",
+                f"{owner}{info.filename}",
+                "declares an uncompressed size of",
+                info.file_size,
+                limits,
+                "max_bytes",
+                " bytes",
+            )
         total += info.file_size
         if total > limits.max_bytes:
-            raise how.over("member", f"{owner}{info.filename}", "brings the uncompressed size to", total, limits, "max_bytes", " bytes")
+            raise how.over(
+                "member", f"{owner}{info.filename}", "brings the uncompressed size to", total, limits, "max_bytes", " bytes"
+            )
 
 
-def _torch_load(data: bytes, member: str, how: _Context, limits: SafeLoadLimits, kind: str = "member", inside: str = "") -> Any:
+def _torch_load(
+    data: bytes, member: str, how: _Context, limits: SafeLoadLimits, kind: str = "member", inside: str = ""
+) -> Any:
     """
     A torch file (a ``*.pth`` member, or a tensor's storage in a pickle) read by ``torch.load(weights_only=True)``,
     after the sizes of its inner archive are checked; torch's refusals become SafeLoadErrors naming the member.
@@ -261,7 +274,7 @@ def _torch_load(data: bytes, member: str, how: _Context, limits: SafeLoadLimits,
     buffer.seek(0)
     try:
         return th.load(buffer, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch's refusal (an UnpicklingError) or a damaged file
+    except Exception as error:  # noqa: BLE001 (torch's refusal (an UnpicklingError) or a damaged file)
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
         found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
         if found is not None:
@@ -344,14 +357,16 @@ class ModelZip:
             for name in sorted(names):
                 try:
                     members[name] = archive.read(name)
-                except Exception as error:  # a bad CRC, an unknown compression, an encrypted member...
+                except Exception as error:  # noqa: BLE001 (a bad CRC, an unknown compression, an encrypted member...)
                     raise how.error("member", name, f"could not be read from the zip ({_first_line(error)})") from None
         data = None
         if "data" in members:
             try:
                 data = json.loads(members["data"].decode())
             except (ValueError, RecursionError) as error:
-                raise how.error("member", "data", f"is not SB3's JSON ({type(error).__name__}: {_first_line(error)})") from None
+                raise how.error(
+                    "member", "data", f"is not SB3's JSON ({type(error).__name__}: {_first_line(error)})"
+                ) from None
             if not isinstance(data, dict):
                 raise how.error("member", "data", "is not a JSON object, as SB3 writes it")
         return cls(members, data, limits, how)
@@ -402,6 +417,9 @@ class ModelZip:
             for name, content in self.members.items():
                 if name == "data" and data is not None:
                     content = json.dumps(data).encode()
+                elif name == "system_info.txt":  # printed by print_system_info: no terminal control sequences
+                    text = content.decode("utf-8", "replace")
+                    content = "".join(c for c in text if c.isprintable() or c in "\n\t").encode()
                 archive.writestr(name, content)
         buffer.seek(0)
         return buffer
@@ -439,6 +457,43 @@ _RETIRED = frozenset(
 _ENV_STATE = ("observation_space", "action_space", "n_envs", "lr_schedule")
 
 
+def _bare(cls: type[BaseAlgorithm]) -> BaseAlgorithm:
+    """A model of ``cls`` as SB3's load first builds it: no environment, no policy (``_init_setup_model=False``)."""
+    return cls(policy=next(iter(cls.policy_aliases.values())), env=None, device="cpu", _init_setup_model=False)  # type: ignore[call-arg]
+
+
+@functools.cache
+def _known_weights(cls: type[BaseAlgorithm]) -> tuple[frozenset[str], frozenset[str]]:
+    """
+    The ``*.pth`` members a model of ``cls`` may have (its state dicts, the reference policy's of this package's
+    algorithms, SB3's ``pytorch_variables``), and the names its ``pytorch_variables`` may hold: SB3's load reaches the
+    attribute each one names (``recursive_getattr``), so none may come from the file alone.
+    """
+    state_dicts, variables = _bare(cls)._get_torch_save_params()
+    state_dicts = [*state_dicts, *(["ref_policy"] if hasattr(cls, "_setup_ref_policy") else [])]
+    members = {f"{name}.pth" for name in [*state_dicts, "pytorch_variables", "tensors"]}
+    return frozenset(members), frozenset(variables)
+
+
+def _check_weight_names(cls: type[BaseAlgorithm], model_zip: "ModelZip") -> None:
+    """Only the ``*.pth`` members and ``pytorch_variables`` a model of ``cls`` saves (see :func:`_known_weights`)."""
+    members, variables = _known_weights(cls)
+    for name in model_zip.members:
+        if name.endswith(".pth") and name not in members:
+            problem = f"is not a state dict of {cls.__name__} (it saves {', '.join(sorted(members))})"
+            raise model_zip.how.error("member", name, problem, name)
+    for name in ("pytorch_variables.pth", "tensors.pth"):
+        found = model_zip.weights(name)
+        if found is None:
+            continue
+        if not isinstance(found, dict):
+            raise model_zip.how.error("member", name, "is not a dict of tensors, as SB3 saves it")
+        for key in found:
+            if key not in variables:
+                problem = f"names the variable {key!r}, which {cls.__name__} does not have"
+                raise model_zip.how.error("member", name, problem, str(key))
+
+
 @functools.cache
 def _known_keys(cls: type[BaseAlgorithm]) -> tuple[frozenset[str], frozenset[str]]:
     """
@@ -453,7 +508,7 @@ def _known_keys(cls: type[BaseAlgorithm]) -> tuple[frozenset[str], frozenset[str
                 for name, parameter in inspect.signature(vars(klass)["__init__"]).parameters.items()
                 if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
             }
-    bare = cls(policy=next(iter(cls.policy_aliases.values())), env=None, device="cpu", _init_setup_model=False)  # type: ignore[call-arg]
+    bare = _bare(cls)
     excluded = frozenset(bare._excluded_save_params())
     known = (parameters | set(vars(bare)) | set(_ENV_STATE)) - excluded - {"self", "_init_setup_model"}
     return frozenset(known), excluded
@@ -578,12 +633,18 @@ def check_policy_size(
         with th.device("meta"), counter, _quiet():
             policy = policy_class(**kwargs)
     except _TooManyCalls:
-        raise how.over("", what, "build a policy of more torch operations than", _MAX_BUILD_CALLS, limits, "max_parameters") from None
-    except Exception as error:  # the class refusing the file's arguments: the same error the load would raise
-        raise how.error("", what, f"does not build a {policy_class.__name__} ({type(error).__name__}: {_first_line(error)})") from None
+        raise how.over(
+            "", what, "build a policy of more torch operations than", _MAX_BUILD_CALLS, limits, "max_parameters"
+        ) from None
+    except Exception as error:  # noqa: BLE001 (the class refusing the file's arguments: the same error the load would raise)
+        raise how.error(
+            "", what, f"does not build a {policy_class.__name__} ({type(error).__name__}: {_first_line(error)})"
+        ) from None
     count = sum(tensor.numel() for tensor in [*policy.parameters(), *policy.buffers()])
     if count > limits.max_parameters:
-        raise how.over("", what, f"build a policy ({policy_class.__name__}) of", count, limits, "max_parameters", " parameters")
+        raise how.over(
+            "", what, f"build a policy ({policy_class.__name__}) of", count, limits, "max_parameters", " parameters"
+        )
 
 
 @contextlib.contextmanager
@@ -621,9 +682,7 @@ def policy_kwargs_of(policy_class: Any, objects: dict[str, Any], use_sde: Any) -
     return {**kwargs, **policy_kwargs}
 
 
-def _check_sizes(
-    objects: dict[str, Any], kwargs: dict[str, Any], env: Any, limits: SafeLoadLimits, how: _Context
-) -> None:
+def _check_sizes(objects: dict[str, Any], kwargs: dict[str, Any], env: Any, limits: SafeLoadLimits, how: _Context) -> None:
     """The spaces, the rollout buffer and the policies (the model's and its reference's) within ``limits``."""
     step_size = _check_spaces(objects, limits, how)
     n_steps = kwargs.get("n_steps", objects.get("n_steps"))
@@ -631,7 +690,15 @@ def _check_sizes(
     if isinstance(n_steps, int) and isinstance(n_envs, int):
         rollout = max(n_steps, 0) * max(n_envs, 0) * step_size
         if rollout > limits.max_rollout_size:
-            raise how.over("", "the fields 'n_steps' and 'n_envs'", "give a rollout buffer of", rollout, limits, "max_rollout_size", " values")
+            raise how.over(
+                "",
+                "the fields 'n_steps' and 'n_envs'",
+                "give a rollout buffer of",
+                rollout,
+                limits,
+                "max_rollout_size",
+                " values",
+            )
     policy_class = objects.get("policy_class")
     if policy_class is not None:
         check_policy_size(
@@ -686,6 +753,7 @@ def prepare_load(
     raise_limit = f"{cls.__name__}.load(path, safe=SafeLoadLimits({{limit}}=...))"
     model_zip = ModelZip.read(path, limits, context, remedy, raise_limit)  # type: ignore[arg-type]
     model_zip.check_weights()
+    _check_weight_names(cls, model_zip)
     given = dict(custom_objects or {})
     data = None
     if model_zip.data is not None:

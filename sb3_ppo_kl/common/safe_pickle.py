@@ -24,7 +24,6 @@ refused), before it is used.
 
 import codecs
 import collections
-import copyreg
 import importlib
 import inspect
 import io
@@ -39,10 +38,7 @@ import numpy._core.multiarray
 import numpy._core.numeric
 import numpy.random._pickle
 import numpy.random.bit_generator
-import stable_baselines3.common.sb2_compat.rmsprop_tf_like  # noqa: F401 (RL Zoo's optimizer: admitted, so imported)
-import stable_baselines3.common.utils
 import torch as th
-from gymnasium import spaces
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.buffers import BaseBuffer
 from stable_baselines3.common.policies import BasePolicy
@@ -52,7 +48,7 @@ from sb3_ppo_kl.common import schedules
 from sb3_ppo_kl.common.kl import KLCoefController
 
 
-class Refused(Exception):  # noqa: N818 (a refusal, which safe_load turns into a SafeLoadError)
+class Refused(Exception):
     """
     Something a pickle (or a torch file in it) asked for that the safe decoder does not do.
 
@@ -100,7 +96,8 @@ _BY_NAME: dict[str, tuple[str, ...]] = {
 _PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 # The modules of _BY_NAME imported by the reader itself (not on the file's behalf): all but the optional RL Zoo's
 _IMPORTED_BY_NAME = [module for module in _BY_NAME if module != "rl_zoo3.utils"]
-for _module in _IMPORTED_BY_NAME:
+# ... and the RL Zoo's optimizer, admitted by kind, which SB3 does not import itself
+for _module in [*_IMPORTED_BY_NAME, "stable_baselines3.common.sb2_compat.rmsprop_tf_like"]:
     importlib.import_module(_module)
 
 # Packages whose classes are admitted by kind (see :func:`admitted`)
@@ -222,7 +219,7 @@ def _call_frombuffer(args: tuple, kwargs: dict) -> Any:
     _check(isinstance(buffer, (bytes, bytearray)), "numpy's _frombuffer of anything but bytes")
     _check(isinstance(dtype, np.dtype) and not dtype.hasobject, "numpy's _frombuffer of an object dtype")
     _check(_is_int_tuple(shape) and order in ("C", "F"), "numpy's _frombuffer with these arguments")
-    return np._core.numeric._frombuffer(buffer, dtype, shape, order)
+    return _resolve("numpy._core.numeric", "_frombuffer")(buffer, dtype, shape, order)
 
 
 def _call_dtype(args: tuple, kwargs: dict) -> Any:
@@ -231,7 +228,7 @@ def _call_dtype(args: tuple, kwargs: dict) -> Any:
     return np.dtype(*args)
 
 
-_BIT_GENERATORS = numpy.random._pickle.BitGenerators
+_BIT_GENERATORS: dict[str, Any] = dict(numpy.random._pickle.BitGenerators)
 
 
 def _bit_generator_class(name: Any) -> type:
@@ -251,9 +248,7 @@ def _random_ctor(target: type, what: str) -> Callable[[tuple, dict], Any]:
     real_ctor = vars(numpy.random._pickle)["__bit_generator_ctor"]
 
     def call(args: tuple, kwargs: dict) -> Any:
-        bit_generator, ctor = _positional(
-            what, args, kwargs, dict(bit_generator_name="MT19937", bit_generator_ctor=real_ctor)
-        )
+        bit_generator, ctor = _positional(what, args, kwargs, dict(bit_generator_name="MT19937", bit_generator_ctor=real_ctor))
         _check(ctor is real_ctor, f"{what} with a bit-generator constructor other than numpy's own")
         if not isinstance(bit_generator, numpy.random.bit_generator.BitGenerator):
             bit_generator = _bit_generator_class(bit_generator)()
@@ -354,7 +349,7 @@ def _resolve(module: str, name: str) -> Any:
 _CALLS: dict[Any, Callable[[tuple, dict], Any]] = {
     np._core.multiarray._reconstruct: _call_reconstruct,
     np._core.multiarray.scalar: _call_scalar,
-    np._core.numeric._frombuffer: _call_frombuffer,
+    _resolve("numpy._core.numeric", "_frombuffer"): _call_frombuffer,
     np.dtype: _call_dtype,
     _resolve("numpy.random._pickle", "__bit_generator_ctor"): _call_bit_generator,
     _resolve("numpy.random._pickle", "__generator_ctor"): _random_ctor(np.random.Generator, "__generator_ctor"),
@@ -366,7 +361,7 @@ _CALLS: dict[Any, Callable[[tuple, dict], Any]] = {
     frozenset: _call_set(frozenset),
     bytearray: _call_bytearray,
     codecs.encode: _call_encode,
-    copyreg._reconstructor: _call_reconstructor,
+    _resolve("copyreg", "_reconstructor"): _call_reconstructor,
     th.device: _call_device,
     th.Size: _call_size,
     th._utils._rebuild_tensor_v2: _call_rebuild_tensor,
@@ -453,9 +448,7 @@ class SafeUnpickler:
     :param max_ops: the most opcodes decoded (a TooManyOps after them); None: no limit
     """
 
-    def __init__(
-        self, data: bytes, load_storage: Callable[[bytes], Any] | None = None, max_ops: int | None = None
-    ) -> None:
+    def __init__(self, data: bytes, load_storage: Callable[[bytes], Any] | None = None, max_ops: int | None = None) -> None:
         self.data = data
         self.load_storage = load_storage
         self.max_ops = max_ops
@@ -512,7 +505,7 @@ class SafeUnpickler:
             for key, value in slots.items():
                 setattr(instance, key, value)
 
-    def load(self) -> Any:  # noqa: C901, PLR0912, PLR0915 (one branch per opcode, as pickle's own reader)
+    def load(self) -> Any:
         """The decoded object; a Refused for a step outside this module's rules."""
         stack: list[Any] = []
         marks: list[list[Any]] = []
@@ -552,12 +545,13 @@ class SafeUnpickler:
             elif name == "DUP":
                 stack.append(stack[-1])
             elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                memo[arg] = stack[-1]
+                _check(isinstance(arg, int), "a memo index that is not an integer")
+                memo[int(arg)] = stack[-1]  # type: ignore[arg-type]
             elif name == "MEMOIZE":
                 memo[len(memo)] = stack[-1]
             elif name in ("GET", "BINGET", "LONG_BINGET"):
-                _check(arg in memo, "a memo entry that was never stored")
-                stack.append(memo[arg])
+                _check(isinstance(arg, int) and arg in memo, "a memo entry that was never stored")
+                stack.append(memo[int(arg)])  # type: ignore[arg-type]
             elif name == "EMPTY_TUPLE":
                 stack.append(())
             elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
@@ -605,7 +599,7 @@ class SafeUnpickler:
                 _check(type(target) is set, f"ADDITEMS to a {_describe(target)}")
                 target.update(items)
             elif name == "GLOBAL":
-                module, _, global_name = arg.partition(" ")
+                module, _, global_name = str(arg).partition(" ")
                 stack.append(self.find_class(module, global_name))
             elif name == "STACK_GLOBAL":
                 global_name, module = stack.pop(), stack.pop()
