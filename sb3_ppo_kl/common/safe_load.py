@@ -451,7 +451,8 @@ _PATH_FIELDS = ("tensorboard_log",)
 #: Attributes saved by this package's earlier versions for options since removed: not restored, not refused
 _RETIRED = frozenset(
     {"kl_stop", "kl_stop_interval", "value_warmup_rollouts", "_n_rollouts_trained", "cutoff_coef", "cutoff_factor",
-     "kl_penalty", "per_state", "variance_weight", "horizon", "rule"}
+     "kl_penalty", "per_state", "variance_weight", "horizon", "rule", "ref_update_interval", "ref_kl_target",
+     "ref_kl_coef_bounds"}
 )  # fmt: skip
 #: Set only when a model has an environment, so not by the constructor _known_keys calls without one
 _ENV_STATE = ("observation_space", "action_space", "n_envs", "lr_schedule")
