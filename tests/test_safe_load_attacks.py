@@ -478,3 +478,35 @@ def test_weights_and_variables_of_unknown_names_are_refused(ppokl_zip, tmp_path)
         assert hasattr(forward, "data")
     finally:
         vars(forward).pop("data", None)
+
+
+def test_a_member_whose_header_lies_is_not_inflated(ppokl_zip, tmp_path):
+    """A member that declares a few kB and inflates to 64 MiB: read in chunks up to what it declares, then refused."""
+    entries = _entries(ppokl_zip)
+    entries["system_info.txt"] = b"\0" * (64 * 2**20)
+    honest = _write(tmp_path / "honest.zip", entries).read_bytes()
+    lying = tmp_path / "lying.zip"
+    lying.write_bytes(_declare_size(honest, "system_info.txt", 4096))
+    error = _bounded(lambda: PPOKL.load(lying, safe=True), r"the member 'system_info.txt' could not be read", max_mib=20)
+    assert error.field == "system_info.txt"
+    # The lie is live: zipfile's own read() inflates the whole member before it finds the CRC wrong
+    tracemalloc.start()
+    try:
+        with pytest.raises(zipfile.BadZipFile), zipfile.ZipFile(lying) as archive:
+            archive.read("system_info.txt")
+        assert tracemalloc.get_traced_memory()[1] > 64 * 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_recurrent_rollout_buffer_counts_its_lstm_states(tmp_path):
+    from sb3_ppo_kl import RecurrentPPOKL
+
+    model = RecurrentPPOKL("MlpLstmPolicy", "CartPole-v1", policy_kwargs=dict(lstm_hidden_size=8), **SMALL)
+    model.save(tmp_path / "model.zip")
+    kwargs = dict(RecurrentPPOKL.load(tmp_path / "model.zip").policy_kwargs, lstm_hidden_size=2000)
+    crafted = _craft(
+        tmp_path / "model.zip", tmp_path / "crafted.zip", plain={"n_steps": 200_000}, pickled={"policy_kwargs": kwargs}
+    )
+    # 200,000 steps of 4 + 3 values pass the default limit; with their 4 x 2,000 LSTM states they do not
+    _bounded(lambda: RecurrentPPOKL.load(crafted, safe=True), r"give a rollout buffer of 1,601,400,000 values")

@@ -255,6 +255,25 @@ def _check_archive(archive: zipfile.ZipFile, names: Iterable[str], owner: str, l
             )
 
 
+def _read_member(archive: zipfile.ZipFile, name: str) -> bytes:
+    """
+    A member, decompressed in chunks up to its declared size: ``archive.read`` asks the decompressor for up to 2 GiB at
+    once, whatever the member declares, so that a member whose header lies would be inflated in full first.
+    """
+    info = archive.getinfo(name)
+    chunks = []
+    left = info.file_size
+    with archive.open(info) as member:
+        while left > 0:
+            chunk = member.read(min(_CHUNK, left))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        member.read(1)  # at the end: zipfile checks the CRC (a member longer than it declares fails it)
+    return b"".join(chunks)
+
+
 def _torch_load(
     data: bytes, member: str, how: _Context, limits: SafeLoadLimits, kind: str = "member", inside: str = ""
 ) -> Any:
@@ -356,7 +375,7 @@ class ModelZip:
             members = {}
             for name in sorted(names):
                 try:
-                    members[name] = archive.read(name)
+                    members[name] = _read_member(archive, name)
                 except Exception as error:  # noqa: BLE001 (a bad CRC, an unknown compression, an encrypted member...)
                     raise how.error("member", name, f"could not be read from the zip ({_first_line(error)})") from None
         data = None
@@ -617,11 +636,12 @@ def check_policy_size(
     what: str,
     limits: SafeLoadLimits,
     how: _Context | None = None,
-) -> None:
+) -> BasePolicy:
     """
     Build ``policy_class(**kwargs)`` on torch's ``meta`` device (no memory) and count its parameters and buffers,
     once its spaces (``kwargs``' ``observation_space`` and ``action_space``) are within ``max_space_size``.
 
+    :return: the policy, on the meta device (no values: for its sizes only)
     :raises SafeLoadError: naming ``what`` (the fields it comes from), if the count is over ``max_parameters``, or if
         the fields do not build a policy
     """
@@ -646,6 +666,7 @@ def check_policy_size(
         raise how.over(
             "", what, f"build a policy ({policy_class.__name__}) of", count, limits, "max_parameters", " parameters"
         )
+    return policy
 
 
 @contextlib.contextmanager
@@ -686,29 +707,25 @@ def policy_kwargs_of(policy_class: Any, objects: dict[str, Any], use_sde: Any) -
 def _check_sizes(objects: dict[str, Any], kwargs: dict[str, Any], env: Any, limits: SafeLoadLimits, how: _Context) -> None:
     """The spaces, the rollout buffer and the policies (the model's and its reference's) within ``limits``."""
     step_size = _check_spaces(objects, limits, how)
-    n_steps = kwargs.get("n_steps", objects.get("n_steps"))
-    n_envs = getattr(env, "num_envs", 1) if env is not None else objects.get("n_envs", 1)
-    if isinstance(n_steps, int) and isinstance(n_envs, int):
-        rollout = max(n_steps, 0) * max(n_envs, 0) * step_size
-        if rollout > limits.max_rollout_size:
-            raise how.over(
-                "",
-                "the fields 'n_steps' and 'n_envs'",
-                "give a rollout buffer of",
-                rollout,
-                limits,
-                "max_rollout_size",
-                " values",
-            )
     policy_class = objects.get("policy_class")
     if policy_class is not None:
-        check_policy_size(
+        policy = check_policy_size(
             policy_class,
             policy_kwargs_of(policy_class, objects, objects.get("use_sde", False)),
             "the fields 'policy_class' and 'policy_kwargs'",
             limits,
             how,
         )
+        lstm = getattr(policy, "lstm_actor", None)
+        if isinstance(lstm, th.nn.LSTM):  # a recurrent rollout buffer keeps 4 LSTM states (h, c; pi, vf) per step
+            step_size += 4 * lstm.num_layers * lstm.hidden_size
+    n_steps = kwargs.get("n_steps", objects.get("n_steps"))
+    n_envs = getattr(env, "num_envs", 1) if env is not None else objects.get("n_envs", 1)
+    if isinstance(n_steps, int) and isinstance(n_envs, int):
+        rollout = max(n_steps, 0) * max(n_envs, 0) * step_size
+        if rollout > limits.max_rollout_size:
+            fields = "the fields 'n_steps' and 'n_envs'"
+            raise how.over("", fields, "give a rollout buffer of", rollout, limits, "max_rollout_size", " values")
     spec = objects.get("_ref_policy_spec")
     if spec is not None:
         if not (isinstance(spec, dict) and isinstance(spec.get("kwargs"), dict)):
