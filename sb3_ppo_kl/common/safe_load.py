@@ -345,6 +345,7 @@ class ModelZip:
     data: dict[str, Any] | None
     limits: SafeLoadLimits
     how: _Context
+    _weights: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod
     def read(
@@ -418,7 +419,9 @@ class ModelZip:
         """The ``*.pth`` member ``name`` read by ``torch.load(weights_only=True)`` (None if absent)."""
         if name not in self.members:
             return None
-        return _torch_load(self.members[name], name, self.how, self.limits)
+        if name not in self._weights:
+            self._weights[name] = _torch_load(self.members[name], name, self.how, self.limits)
+        return self._weights[name]
 
     def check_weights(self) -> None:
         """Read every ``*.pth`` member as :meth:`weights` does: a refusal names the member."""
