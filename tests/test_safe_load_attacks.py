@@ -166,15 +166,28 @@ def test_a_method_set_on_an_instance_is_refused():
         safe_loads(payload, "kl_controller")
 
 
+_CALLED: list = []
+
+
+def _record(name):
+    """A callable a pickle hands numpy's helpers: it records that it was called."""
+    _CALLED.append(name)
+    return np.random.MT19937()
+
+
 @pytest.mark.parametrize("helper", ["__generator_ctor", "__randomstate_ctor"])
 def test_numpy_random_helpers_call_no_callable_from_the_pickle(helper):
     """numpy's helpers call the bit-generator constructor they are given: only numpy's own is accepted."""
-    called = b"cstable_baselines3.common.utils\nConstantSchedule\n"
-    payload = b"cnumpy.random._pickle\n" + helper.encode() + b"\n(VMT19937\n" + called + b"tR."
-    with pytest.raises((TypeError, AttributeError)):  # live: pickle calls ConstantSchedule("MT19937"), numpy refuses it
-        pickle.loads(payload)
+
+    def payload(module, name):
+        return f"cnumpy.random._pickle\n{helper}\n(VMT19937\nc{module}\n{name}\ntR.".encode()
+
+    _CALLED.clear()
+    pickle.loads(payload(__name__, "_record"))  # live: numpy calls what the pickle gives it
+    assert _CALLED == ["MT19937"]
+    admitted_callable = payload("stable_baselines3.common.utils", "ConstantSchedule")
     with pytest.raises(SafeLoadError, match="with a bit-generator constructor other than numpy's own"):
-        safe_loads(payload, "observation_space")
+        safe_loads(admitted_callable, "observation_space")
     assert isinstance(safe_loads(pickle.dumps(np.random.default_rng(1)), "rng"), np.random.Generator)
     assert isinstance(safe_loads(pickle.dumps(np.random.RandomState(1)), "rng"), np.random.RandomState)
 
