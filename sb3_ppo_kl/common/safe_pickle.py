@@ -27,6 +27,7 @@ import collections
 import importlib
 import inspect
 import io
+import math
 import pickletools
 import sys
 import types
@@ -203,7 +204,8 @@ def _positional(name: str, args: tuple, kwargs: dict, defaults: dict[str, Any]) 
 def _call_reconstruct(args: tuple, kwargs: dict) -> Any:
     subtype, shape, typecode = _positional("numpy's _reconstruct", args, kwargs, dict(a=None, b=None, c=None))
     _check(subtype is np.ndarray, "numpy's _reconstruct of a class other than numpy.ndarray")
-    _check(_is_int_tuple(shape) and isinstance(typecode, (bytes, str)), "numpy's _reconstruct with these arguments")
+    # an empty array, which BUILD then fills: numpy pickles (0,), and another shape would be allocated here
+    _check(shape == (0,) and isinstance(typecode, (bytes, str)), "numpy's _reconstruct of a shape other than (0,)")
     return np._core.multiarray._reconstruct(subtype, shape, typecode)
 
 
@@ -225,7 +227,8 @@ def _call_frombuffer(args: tuple, kwargs: dict) -> Any:
 def _call_dtype(args: tuple, kwargs: dict) -> Any:
     _check(not kwargs and 1 <= len(args) <= 3, "numpy.dtype with these arguments")
     _check(isinstance(args[0], str) and all(isinstance(flag, bool) for flag in args[1:]), "numpy.dtype of a non-str")
-    return np.dtype(*args)
+    align = len(args) > 1 and args[1]
+    return np.dtype(args[0], align, True)  # a copy, as pickles ask: never numpy's shared dtype, which BUILD would change
 
 
 _BIT_GENERATORS: dict[str, Any] = dict(numpy.random._pickle.BitGenerators)
@@ -413,12 +416,40 @@ def _check_state_keys(cls: type, state: Any) -> None:
             _check(not _names_method(cls, key), f"the attribute {key!r} of {_name(cls)}, which names a method")
 
 
+def _check_array_state(state: Any) -> None:
+    """
+    An array's state as numpy pickles it, ``([version,] shape, dtype, is_fortran, data)``, with data of exactly the
+    shape's size. numpy's own ``__setstate__`` trusts an object array's list (a list shorter than the shape leaves
+    pointers unset: the process crashes on reading them): object dtypes are refused.
+    """
+    _check(isinstance(state, tuple) and len(state) in (4, 5), "an array state that is not numpy's")
+    shape, dtype, fortran, data = state[-4:]
+    _check(len(state) == 4 or isinstance(state[0], int), "an array state that is not numpy's")
+    _check(_is_int_tuple(shape) and all(n >= 0 for n in shape), "an array of a negative or non-integer shape")
+    _check(isinstance(dtype, np.dtype), "an array without a numpy dtype")
+    _check(not dtype.hasobject, "an array of Python objects (object dtype), which numpy's __setstate__ does not check")
+    _check(isinstance(fortran, (bool, int)), "an array state that is not numpy's")
+    size = math.prod(shape) * dtype.itemsize
+    _check(isinstance(data, (bytes, bytearray)) and len(data) == size, "an array whose data does not match its shape")
+
+
+def _check_dtype_state(dtype: np.dtype, state: Any) -> None:
+    """
+    A dtype's state: its own (as ``dtype.__reduce__`` gives it), but for the byte order. numpy's ``__setstate__`` trusts
+    its fields (a crafted one crashes the process), so a structured or altered dtype is refused.
+    """
+    own = dtype.__reduce__()[2]
+    _check(isinstance(state, tuple) and isinstance(own, tuple) and len(state) == len(own), "a dtype state not numpy's")
+    _check(state[1] in ("<", ">", "|", "="), "a dtype of an unknown byte order")
+    same = all(type(ours) is type(theirs) and ours == theirs for ours, theirs in zip(own[2:], state[2:], strict=True))
+    _check(same and state[0] == own[0], f"a dtype state other than that of {dtype} (a structured or altered dtype)")
+
+
 def _name(obj: Any) -> str:
     cls = obj if isinstance(obj, type) else type(obj)
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-_MARK = object()
 _REFUSED_OPCODES = {
     "INST": "the opcode INST (an instance of a class by name, protocol 0)",
     "OBJ": "the opcode OBJ (an instance of a class, protocol 1)",
@@ -485,8 +516,12 @@ class SafeUnpickler:
         if isinstance(instance, type):
             raise Refused(f"BUILD on the class {_name(instance)} itself (it would change the class for the process)")
         cls = type(instance)
+        if isinstance(instance, np.ndarray):
+            _check_array_state(state)
+        elif isinstance(instance, np.dtype):
+            _check_dtype_state(instance, state)
         if isinstance(instance, _NUMPY_STATEFUL) or cls is numpy.random.bit_generator.SeedSequence:
-            instance.__setstate__(state)  # numpy's own, from C: it checks the state's types
+            instance.__setstate__(state)  # numpy's own, from C, once the arrays' and dtypes' states are checked
             return
         _check(_instantiable(cls), f"BUILD on an instance of {_describe(cls)}")
         _check_state_keys(cls, state)
