@@ -576,3 +576,29 @@ def test_arrays_and_dtypes_only_as_numpy_pickles_them():
     ]:
         with pytest.raises(SafeLoadError, match=refused):
             safe_loads(payload, "field")
+
+
+def _space_with_generator(bit_generator):
+    space = gym.spaces.Box(-1.0, 1.0, (3,))
+    space._np_random = np.random.Generator(bit_generator)
+    return space
+
+
+@pytest.mark.parametrize("kind", ["Generator", "RandomState"])
+def test_a_random_generator_positioned_outside_its_state_is_refused(kind):
+    """numpy's state setter does not bound MT19937's position: its next draw reads outside the generator's memory."""
+    bit_generator = np.random.MT19937(1)
+    state = bit_generator.state
+    state["state"]["pos"] = 10**7
+    bit_generator.state = state  # accepted by numpy
+    if kind == "Generator":
+        payload, draw = pickle.dumps(_space_with_generator(bit_generator)), "sample()"
+    else:
+        payload, draw = pickle.dumps(np.random.RandomState(bit_generator)), "randint(0, 100, 5)"
+    script = f"import pickle; print(pickle.loads({payload!r}).{draw})"
+    live = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120, check=False)
+    assert live.returncode < 0  # killed by a signal: a segmentation fault
+    with pytest.raises(SafeLoadError, match="an MT19937 state whose position is outside its key"):
+        safe_loads(payload, "observation_space")
+    for seeded in (_space_with_generator(np.random.MT19937(2)), np.random.RandomState(3), np.random.default_rng(4)):
+        assert safe_loads(pickle.dumps(seeded), "field") is not None  # numpy's own states load

@@ -260,11 +260,58 @@ def _random_ctor(target: type, what: str) -> Callable[[tuple, dict], Any]:
     return call
 
 
+def _check_bit_generator_state(kind: str, state: Any) -> None:
+    """
+    A bit generator's state, as numpy's ``state`` property gives it. numpy's setter does not bound its positions: an
+    MT19937 at position 10**7, or a Philox whose buffer position is past its buffer, reads memory outside its state
+    on its next draw (the process crashes).
+    """
+    _check(isinstance(state, dict) and state.get("bit_generator") == kind, f"a state of another generator than {kind}")
+    inner = state.get("state")
+    _check(isinstance(inner, dict), f"a {kind} state that is not numpy's")
+    if kind == "MT19937":
+        key, position = inner.get("key"), inner.get("pos")
+        _check(isinstance(key, np.ndarray) and key.shape == (624,), "an MT19937 key that is not 624 numbers")
+        _check(isinstance(position, int) and 0 <= position <= 624, "an MT19937 state whose position is outside its key")
+    if kind == "Philox":
+        buffer, position = state.get("buffer"), state.get("buffer_pos")
+        _check(isinstance(buffer, np.ndarray) and buffer.shape == (4,), "a Philox buffer that is not 4 numbers")
+        _check(isinstance(position, int) and 0 <= position <= 4, "a Philox state whose position is outside its buffer")
+
+
+def _check_random_state(instance: Any, state: Any) -> None:
+    """The state of a bit generator (``(state, seed_sequence)``), a ``RandomState`` or a ``Generator``, as numpy's."""
+    if isinstance(instance, np.random.BitGenerator):
+        if isinstance(state, tuple):
+            _check(len(state) == 2, "a bit generator state that is not numpy's")
+            state = state[0]
+        _check_bit_generator_state(type(instance).__name__, state)
+    elif isinstance(instance, np.random.RandomState):
+        _check(isinstance(state, dict), "a RandomState state other than numpy's (a dict)")
+        _check_bit_generator_state(state.get("bit_generator", ""), state)
+    else:
+        _check(state is None or isinstance(state, dict), "a Generator state other than numpy's")
+        if state is not None:
+            _check_bit_generator_state(state.get("bit_generator", ""), state)
+
+
+def _check_seed_sequence_state(state: Any) -> None:
+    """``(entropy, n_children_spawned, pool, pool_size, spawn_key)``: a pool of ``pool_size`` 32-bit words."""
+    _check(isinstance(state, tuple) and len(state) == 5, "a SeedSequence state that is not numpy's")
+    _, spawned, pool, pool_size, spawn_key = state
+    _check(isinstance(spawned, int) and spawned >= 0, "a SeedSequence state that is not numpy's")
+    _check(isinstance(pool, np.ndarray) and pool.dtype == np.uint32 and pool.ndim == 1, "a SeedSequence pool")
+    _check(isinstance(pool_size, int) and pool_size == len(pool) >= 1, "a SeedSequence pool of another size")
+    _check(isinstance(spawn_key, tuple) and all(isinstance(n, int) for n in spawn_key), "a SeedSequence spawn key")
+
+
 def _call_seed_sequence(args: tuple, kwargs: dict) -> Any:
     cls, checksum, state = _positional("numpy's SeedSequence unpickling", args, kwargs, dict(a=None, b=None, c=None))
     seed_sequence = numpy.random.bit_generator.SeedSequence
     _check(cls is seed_sequence, "numpy's SeedSequence unpickling of another class")
-    _check(isinstance(checksum, int) and (state is None or isinstance(state, tuple)), "a SeedSequence state")
+    _check(isinstance(checksum, int), "a SeedSequence checksum that is not an integer")
+    if state is not None:
+        _check_seed_sequence_state(state)
     return vars(numpy.random.bit_generator)["__pyx_unpickle_SeedSequence"](cls, checksum, state)
 
 
@@ -520,6 +567,10 @@ class SafeUnpickler:
             _check_array_state(state)
         elif isinstance(instance, np.dtype):
             _check_dtype_state(instance, state)
+        elif isinstance(instance, (np.random.BitGenerator, np.random.RandomState, np.random.Generator)):
+            _check_random_state(instance, state)
+        elif cls is numpy.random.bit_generator.SeedSequence:
+            _check_seed_sequence_state(state)
         if isinstance(instance, _NUMPY_STATEFUL) or cls is numpy.random.bit_generator.SeedSequence:
             instance.__setstate__(state)  # numpy's own, from C, once the arrays' and dtypes' states are checked
             return
