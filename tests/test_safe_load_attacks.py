@@ -602,3 +602,15 @@ def test_a_random_generator_positioned_outside_its_state_is_refused(kind):
         safe_loads(payload, "observation_space")
     for seeded in (_space_with_generator(np.random.MT19937(2)), np.random.RandomState(3), np.random.default_rng(4)):
         assert safe_loads(pickle.dumps(seeded), "field") is not None  # numpy's own states load
+
+
+def test_a_tensor_larger_than_its_storage_is_refused():
+    """torch grows a storage read from a pickle (a resizable one) to the tensor's size: 4 bytes become 4 GB."""
+    storage = th.zeros(1).untyped_storage()
+    typed = th.storage.TypedStorage(wrap_storage=storage, dtype=th.float32, _internal=True)
+    payload = pickle.dumps(_Reduce(th._utils._rebuild_tensor_v2, (typed, 0, (10**9,), (1,), False, {})))
+    match = "'_last_lstm_states' holds a tensor larger than its storage"
+    _bounded(lambda: safe_loads(payload, "_last_lstm_states"), match, max_mib=50)
+    small = pickle.dumps(_Reduce(th._utils._rebuild_tensor_v2, (typed, 0, (10**6,), (1,), False, {})))
+    assert pickle.loads(small).shape == (10**6,)  # live: a tensor of a million values out of one
+    assert th.equal(safe_loads(pickle.dumps(th.arange(6.0).reshape(2, 3).t()), "field"), th.arange(6.0).reshape(2, 3).t())

@@ -380,6 +380,11 @@ def _call_rebuild_tensor(args: tuple, kwargs: dict) -> Any:
     _check(isinstance(offset, int) and _is_int_tuple(tuple(size)) and _is_int_tuple(tuple(stride)), "a tensor's shape")
     _check(not hooks and isinstance(requires_grad, bool), "a tensor with backward hooks")
     _check(not metadata or metadata[0] is None or isinstance(metadata[0], dict), "a tensor's metadata")
+    size, stride = tuple(size), tuple(stride)
+    _check(len(size) == len(stride) and min((offset, *size, *stride)) >= 0, "a tensor of a negative shape or stride")
+    # within its storage: torch would grow a storage read from bytes (resizable) to the size the pickle gives
+    extent = offset + sum((n - 1) * step for n, step in zip(size, stride, strict=True)) + 1 if all(size) else 0
+    _check(extent <= storage.size(), "a tensor larger than its storage")
     return th._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, collections.OrderedDict(), *metadata)
 
 
