@@ -614,3 +614,14 @@ def test_a_tensor_larger_than_its_storage_is_refused():
     small = pickle.dumps(_Reduce(th._utils._rebuild_tensor_v2, (typed, 0, (10**6,), (1,), False, {})))
     assert pickle.loads(small).shape == (10**6,)  # live: a tensor of a million values out of one
     assert th.equal(safe_loads(pickle.dumps(th.arange(6.0).reshape(2, 3).t()), "field"), th.arange(6.0).reshape(2, 3).t())
+
+
+def test_a_tensor_storage_declaring_more_than_its_bytes_is_refused():
+    """torch's legacy format (a tensor pickled in a field) allocates the storage it declares before reading it."""
+    legacy = io.BytesIO()
+    th.save(th.zeros(4).untyped_storage(), legacy, _use_new_zipfile_serialization=False)
+    crafted = legacy.getvalue().replace(b"K\x10N", b"J\x00\xca\x9a\x3bN")  # 16 bytes declared as 1,000,000,000
+    assert crafted != legacy.getvalue()
+    payload = pickle.dumps(_Reduce(th.storage._load_from_bytes, (crafted,)))
+    match = r"the field '_last_lstm_states' declares storages of 1,000,000,000 bytes in \d+ \(in a torch storage\)"
+    _bounded(lambda: safe_loads(payload, "_last_lstm_states"), match, max_mib=50)

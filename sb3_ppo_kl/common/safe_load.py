@@ -289,7 +289,7 @@ def _torch_load(
         except zipfile.BadZipFile as error:
             raise how.error("member", member, f"is a damaged torch file ({error})") from None
     else:
-        _check_legacy_sizes(data, member, how)
+        _check_legacy_sizes(data, member, how, kind, inside)
     buffer.seek(0)
     try:
         return th.load(buffer, map_location="cpu", weights_only=True)
@@ -306,7 +306,7 @@ def _torch_load(
         raise how.error(kind, member, f"was refused{inside} by torch.load(weights_only=True): {detail}", detail) from None
 
 
-def _check_legacy_sizes(data: bytes, member: str, how: _Context) -> None:
+def _check_legacy_sizes(data: bytes, member: str, how: _Context, kind: str = "member", inside: str = "") -> None:
     """
     torch's legacy format (which pickles a tensor's storage: ``torch.storage._load_from_bytes``) allocates each storage
     at the size its persistent id declares before reading it: the declared sizes must fit in the bytes given. The
@@ -318,18 +318,33 @@ def _check_legacy_sizes(data: bytes, member: str, how: _Context) -> None:
     try:
         for _ in range(5):
             numbers: list[int] = []
+            element = 16
             for opcode, arg, _ in pickletools.genops(stream):
-                if opcode.name == "BINPERSID" or opcode.name == "PERSID":
-                    declared += sum(numbers)
-                    numbers = []
+                if opcode.name in ("BINPERSID", "PERSID"):
+                    declared += sum(numbers) * element
+                    numbers, element = [], 16
                 elif isinstance(arg, str) and arg == "storage":
-                    numbers = []
-                elif isinstance(arg, int) and not isinstance(arg, bool):
+                    numbers, element = [], 16
+                elif opcode.name == "GLOBAL" and isinstance(arg, str):
+                    element = _ELEMENT_SIZES.get(arg.rpartition(" ")[2], 16)
+                elif opcode.name in _INT_OPCODES and isinstance(arg, int):
                     numbers.append(abs(arg))
     except ValueError as error:
-        raise how.error("member", member, f"is a damaged torch file ({_first_line(error)})") from None
+        raise how.error(kind, member, f"is a damaged torch file{inside} ({_first_line(error)})") from None
     if declared > len(data):
-        raise how.error("member", member, f"declares storages of {declared:,} values in {len(data):,} bytes", "storage sizes")
+        problem = f"declares storages of {declared:,} bytes in {len(data):,}{inside}"
+        raise how.error(kind, member, problem, "storage sizes")
+
+
+_INT_OPCODES = ("INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4")
+
+
+# The bytes of one element of torch's legacy typed storages (an unknown type counts as the largest)
+_ELEMENT_SIZES = {
+    "UntypedStorage": 1, "ByteStorage": 1, "CharStorage": 1, "BoolStorage": 1, "QUInt8Storage": 1, "QInt8Storage": 1,
+    "ShortStorage": 2, "HalfStorage": 2, "BFloat16Storage": 2, "IntStorage": 4, "FloatStorage": 4, "QInt32Storage": 4,
+    "LongStorage": 8, "DoubleStorage": 8, "ComplexFloatStorage": 8, "ComplexDoubleStorage": 16,
+}  # fmt: skip
 
 
 @dataclasses.dataclass
