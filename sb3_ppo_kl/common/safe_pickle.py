@@ -15,6 +15,9 @@ is checked before it is taken:
   with ``cls.__new__``: no ``__init__`` runs;
 - a state (``BUILD``) is set only on such an instance, never on a class (which would change it for the whole process),
   and a key of the state must not be a dunder name nor name a method or property of the instance's class;
+- numpy's C ``__setstate__`` (arrays, dtypes, random generators) is given only a state numpy writes, checked first:
+  it trusts its input (an object array's short list leaves pointers unset, an MT19937 position past its key reads
+  outside it); a tensor must lie within its storage (torch would grow the storage to the size the pickle gives);
 - items are appended or set only into lists, deques, dicts, ordered dicts and sets;
 - ``INST``, ``OBJ``, the extension registry (``EXT*``), persistent ids and out-of-band buffers are refused.
 
