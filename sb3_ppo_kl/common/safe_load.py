@@ -40,6 +40,7 @@ import pathlib
 import pickle
 import pickletools
 import re
+import warnings
 import zipfile
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -52,7 +53,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.save_util import open_path
 from torch.overrides import TorchFunctionMode
 
-from sb3_ppo_kl.common.safe_pickle import Refused, SafeUnpickler, TooManyOps, _names_method, admitted
+from sb3_ppo_kl.common.safe_pickle import Refused, SafeUnpickler, TooManyOps, admitted, names_method
 
 __all__ = [
     "ModelZip",
@@ -61,6 +62,7 @@ __all__ = [
     "SafeUnpickler",
     "admitted",
     "check_policy_size",
+    "policy_kwargs_of",
     "prepare_load",
     "safe_custom_objects",
     "safe_loads",
@@ -561,7 +563,7 @@ def _check_keys(cls: type[BaseAlgorithm], data: dict[str, Any], given: dict[str,
             continue  # never made from the file: the caller's env=, or none
         if key in given:
             kept[key] = value
-        elif _names_method(cls, key):
+        elif names_method(cls, key):
             raise how.error("field", key, f"names a method or property of {cls.__name__}, which a file may not replace", key)
         elif key in known:
             kept[key] = value
@@ -690,8 +692,6 @@ def check_policy_size(
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """No warnings printed twice: the policy is built again by the load itself."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield

@@ -450,7 +450,7 @@ def _instantiable(cls: Any) -> bool:
     return issubclass(cls, KLCoefController) or (module == schedules.__name__ and cls.__module__ == module)
 
 
-def _names_method(cls: type, key: str) -> bool:
+def names_method(cls: type, key: str) -> bool:
     """Whether ``key``, set on an instance of ``cls``, would be a dunder name or shadow a method or a property."""
     if key.startswith("__") and key.endswith("__"):
         return True
@@ -468,7 +468,7 @@ def _check_state_keys(cls: type, state: Any) -> None:
             continue
         for key in part:
             _check(isinstance(key, str), f"a non-string attribute name in the state of {_name(cls)}")
-            _check(not _names_method(cls, key), f"the attribute {key!r} of {_name(cls)}, which names a method")
+            _check(not names_method(cls, key), f"the attribute {key!r} of {_name(cls)}, which names a method")
 
 
 def _check_array_state(state: Any) -> None:
