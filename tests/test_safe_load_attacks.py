@@ -625,3 +625,14 @@ def test_a_tensor_storage_declaring_more_than_its_bytes_is_refused():
     payload = pickle.dumps(_Reduce(th.storage._load_from_bytes, (crafted,)))
     match = r"the field '_last_lstm_states' declares storages of 1,000,000,000 bytes in \d+ \(in a torch storage\)"
     _bounded(lambda: safe_loads(payload, "_last_lstm_states"), match, max_mib=50)
+
+
+def test_names_from_the_file_are_shown_escaped_and_cut(ppokl_zip, tmp_path):
+    """An error message quotes the file's names: no terminal control sequence, no megabyte of name."""
+    with pytest.raises(SafeLoadError) as error:
+        safe_loads(b"cos\x1b[2J\nsystem" + b"x" * 100_000 + b"\n.", "field")
+    assert "\x1b" not in str(error.value) and "os\\x1b[2J.systemxxx" in str(error.value) and len(str(error.value)) < 2000
+    crafted = _craft(ppokl_zip, tmp_path / "crafted.zip", plain={"\x1b]0;title\x07" + "k" * 10_000: 1})
+    with pytest.raises(SafeLoadError, match="is not an attribute of PPOKL") as error:
+        PPOKL.load(crafted, safe=True)
+    assert "\x1b" not in str(error.value) and "\x07" not in str(error.value) and len(str(error.value)) < 2000

@@ -53,7 +53,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.save_util import open_path
 from torch.overrides import TorchFunctionMode
 
-from sb3_ppo_kl.common.safe_pickle import Refused, SafeUnpickler, TooManyOps, admitted, names_method
+from sb3_ppo_kl.common.safe_pickle import Refused, SafeUnpickler, TooManyOps, admitted, names_method, shown
 
 __all__ = [
     "ModelZip",
@@ -128,7 +128,7 @@ class _Context:
     raise_limit: str = "SafeLoadLimits({limit}=...)"
 
     def error(self, kind: str, name: str, problem: str, refused: str | None = None) -> SafeLoadError:
-        where = f"the {kind} {name!r}" if kind else name
+        where = f"the {kind} '{shown(name)}'" if kind else name
         message = f"{self.context}: " * bool(self.context) + f"{where} {problem}. {self.remedy}".strip()
         return SafeLoadError(message, name, refused)
 
@@ -136,7 +136,7 @@ class _Context:
         self, kind: str, name: str, what: str, value: int, limits: "SafeLoadLimits", limit: str, unit: str = ""
     ) -> SafeLoadError:
         maximum = getattr(limits, limit)
-        where = f"the {kind} {name!r}" if kind else name
+        where = f"the {kind} '{shown(name)}'" if kind else name
         message = (
             f"{self.context}: " * bool(self.context)
             + f"{where} {what} {value:,}{unit}, over the safe path's limit {limit}={maximum:,}; nothing was allocated. "
@@ -299,7 +299,7 @@ def _torch_load(
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
         found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
         if found is not None:
-            refused = found.group(1)
+            refused = shown(found.group(1))
             problem = f"refers to {refused}{inside}, which torch.load(weights_only=True) does not admit; nothing was run"
             raise how.error(kind, member, problem, refused) from None
         found = re.search(r"WeightsUnpickler error: ([^\n]*)", text)

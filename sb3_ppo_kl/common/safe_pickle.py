@@ -468,7 +468,7 @@ def _check_state_keys(cls: type, state: Any) -> None:
             continue
         for key in part:
             _check(isinstance(key, str), f"a non-string attribute name in the state of {_name(cls)}")
-            _check(not names_method(cls, key), f"the attribute {key!r} of {_name(cls)}, which names a method")
+            _check(not names_method(cls, key), f"the attribute '{shown(key)}' of {_name(cls)}, which names a method")
 
 
 def _check_array_state(state: Any) -> None:
@@ -498,6 +498,12 @@ def _check_dtype_state(dtype: np.dtype, state: Any) -> None:
     _check(state[1] in ("<", ">", "|", "="), "a dtype of an unknown byte order")
     same = all(type(ours) is type(theirs) and ours == theirs for ours, theirs in zip(own[2:], state[2:], strict=True))
     _check(same and state[0] == own[0], f"a dtype state other than that of {dtype} (a structured or altered dtype)")
+
+
+def shown(text: str, limit: int = 100) -> str:
+    """A string from a file as an error message shows it: control characters escaped, and cut after ``limit``."""
+    text = text if text.isprintable() else ascii(text)[1:-1]
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _name(obj: Any) -> str:
@@ -545,7 +551,7 @@ class SafeUnpickler:
             raise Refused("a global whose name is not a string")
         obj = admitted(module, name)
         if obj is None:
-            raise Refused(f"{module}.{name}", is_global=True)
+            raise Refused(f"{shown(module)}.{shown(name)}", is_global=True)
         return obj
 
     def _call(self, func: Any, args: Any, kwargs: Any) -> Any:
