@@ -127,9 +127,11 @@ class _Context:
     remedy: str = ""
     raise_limit: str = "SafeLoadLimits({limit}=...)"
 
-    def error(self, kind: str, name: str, problem: str, refused: str | None = None) -> SafeLoadError:
+    def error(self, kind: str, name: str, problem: str, refused: str | None = None, advise: bool = True) -> SafeLoadError:
+        """A refusal; ``advise=False`` for a damaged file, which trusting it would not load either."""
         where = f"the {kind} '{shown(name)}'" if kind else name
-        message = f"{self.context}: " * bool(self.context) + f"{where} {problem}. {self.remedy}".strip()
+        remedy = self.remedy if advise else ""
+        message = f"{self.context}: " * bool(self.context) + f"{where} {problem}. {remedy}".strip()
         return SafeLoadError(message, name, refused)
 
     def over(
@@ -289,7 +291,7 @@ def _torch_load(
             with zipfile.ZipFile(buffer) as inner:
                 _check_archive(inner, inner.namelist(), f"{member}/", limits, how)
         except zipfile.BadZipFile as error:
-            raise how.error("member", member, f"is a damaged torch file ({error})") from None
+            raise how.error("member", member, f"is a damaged torch file ({error})", advise=False) from None
     else:
         _check_legacy_sizes(data, member, how, kind, inside)
     buffer.seek(0)
@@ -332,7 +334,7 @@ def _check_legacy_sizes(data: bytes, member: str, how: _Context, kind: str = "me
                 elif opcode.name in _INT_OPCODES and isinstance(arg, int):
                     numbers.append(abs(arg))
     except ValueError as error:
-        raise how.error(kind, member, f"is a damaged torch file{inside} ({_first_line(error)})") from None
+        raise how.error(kind, member, f"is a damaged torch file{inside} ({_first_line(error)})", advise=False) from None
     if declared > len(data):
         problem = f"declares storages of {declared:,} bytes in {len(data):,}{inside}"
         raise how.error(kind, member, problem, "storage sizes")
@@ -376,17 +378,16 @@ class ModelZip:
         """
         Read a model zip once (a path, with or without ``.zip``, or a binary file object, read from its position).
 
-        :raises SafeLoadError: for a file or member over ``limits``, a member that cannot be decompressed, or a
-            ``data`` member that is not a JSON object
-        :raises ValueError: if the file is not a zip
+        :raises SafeLoadError: for a file that is not a zip, a file or member over ``limits``, a member that cannot
+            be decompressed, or a ``data`` member that is not a JSON object
         """
         limits = limits or SafeLoadLimits()
         how = _Context(context, remedy, raise_limit)
         raw = _read_once(path, limits, how)
         try:
             archive = zipfile.ZipFile(io.BytesIO(raw))
-        except zipfile.BadZipFile as error:
-            raise ValueError(f"Error: the file {path} wasn't a zip-file") from error
+        except zipfile.BadZipFile:
+            raise how.error("", "the file", "is not a zip file (an SB3 model is one)", advise=False) from None
         with archive:
             names = {name for name in archive.namelist() if name in _READ_MEMBERS or os.path.splitext(name)[1] == ".pth"}
             _check_archive(archive, names, "", limits, how)
@@ -395,7 +396,9 @@ class ModelZip:
                 try:
                     members[name] = _read_member(archive, name)
                 except Exception as error:  # noqa: BLE001 (a bad CRC, an unknown compression, an encrypted member...)
-                    raise how.error("member", name, f"could not be read from the zip ({_first_line(error)})") from None
+                    raise how.error(
+                        "member", name, f"could not be read from the zip ({_first_line(error)})", advise=False
+                    ) from None
         data = None
         if "data" in members:
             try:
@@ -477,8 +480,7 @@ def safe_custom_objects(
     :meth:`ModelZip.fields`). The file is read once; for a file object, from its position, which it is left at the end
     of. ``PPOKL.load(safe=True)`` does more (:func:`prepare_load`): use it to load a model.
 
-    :raises SafeLoadError: for a field that is refused or cannot be decoded, or a file over ``limits``
-    :raises ValueError: if the file is not a zip
+    :raises SafeLoadError: for a field that is refused or cannot be decoded, a file over ``limits``, or not a zip
     """
     return ModelZip.read(path, limits, context, remedy).fields(custom_objects, fields)
 
