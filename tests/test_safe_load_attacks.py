@@ -311,7 +311,15 @@ def test_a_zip_bomb_in_data_is_refused(ppokl_zip, tmp_path):
         max_mib=40,
     )
     assert error.limit == "max_bytes" and "safe=SafeLoadLimits(max_bytes=...)" in str(error)
-    # and with the default limit, a member that declares 3 GiB
+    # with the default limits, the data member is bounded on its own (its JSON takes many times its size in memory)
+    data["padding"] = " " * (80 * 2**20)
+    entries["data"] = json.dumps(data).encode()
+    bomb = _write(tmp_path / "bomb.zip", entries)
+    error = _bounded(
+        lambda: PPOKL.load(bomb, safe=True), r"the member 'data' declares an uncompressed size of 83,8", max_mib=40
+    )
+    assert error.limit == "max_data_bytes"
+    # and a member that declares 3 GiB
     forged = tmp_path / "forged.zip"
     forged.write_bytes(_declare_size(ppokl_zip.read_bytes(), "policy.pth", 3 * 2**30))
     _bounded(lambda: PPOKL.load(forged, safe=True), r"the member 'policy.pth' declares an uncompressed size of 3,221")

@@ -104,6 +104,9 @@ class SafeLoadLimits:
         an observation's and an action's sizes: 1 billion
     :param max_pickle_ops: the opcodes of one pickled field (about a microsecond each to decode; a model's largest
         fields take a few thousand): 2 million
+    :param max_data_bytes: the uncompressed size of the ``data`` member (JSON, with the pickled fields in base64), which
+        takes many times its size once decoded (an empty JSON list is 2 bytes, and 56 in memory): 64 MiB (a model's is
+        a few kB, and a few MB with image observations)
     """
 
     max_bytes: int = _GIB
@@ -111,6 +114,7 @@ class SafeLoadLimits:
     max_space_size: int = 10_000_000
     max_rollout_size: int = 1_000_000_000
     max_pickle_ops: int = 2_000_000
+    max_data_bytes: int = 64 << 20
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -391,6 +395,9 @@ class ModelZip:
         with archive:
             names = {name for name in archive.namelist() if name in _READ_MEMBERS or os.path.splitext(name)[1] == ".pth"}
             _check_archive(archive, names, "", limits, how)
+            if "data" in names and archive.getinfo("data").file_size > limits.max_data_bytes:
+                size = archive.getinfo("data").file_size
+                raise how.over("member", "data", "declares an uncompressed size of", size, limits, "max_data_bytes", " bytes")
             members = {}
             for name in sorted(names):
                 try:
