@@ -271,16 +271,21 @@ def test_an_attribute_of_an_earlier_version_is_dropped(ppokl_zip, tmp_path):
 
 
 def _bounded(load, match, max_seconds=20.0, max_mib=100):
-    """``load()`` raises a SafeLoadError matching ``match`` within these seconds, allocating less than these MiB."""
-    tracemalloc.start()
+    """
+    ``load()`` raises a SafeLoadError matching ``match`` within these seconds, and allocating less than these MiB (in a
+    second run, under tracemalloc, which slows Python's allocations down).
+    """
     start = time.perf_counter()
+    with pytest.raises(SafeLoadError, match=match) as error:
+        load()
+    assert time.perf_counter() - start < max_seconds
+    tracemalloc.start()
     try:
-        with pytest.raises(SafeLoadError, match=match) as error:
+        with pytest.raises(SafeLoadError, match=match):
             load()
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert time.perf_counter() - start < max_seconds
     assert peak < max_mib * 2**20, peak
     return error.value
 
@@ -346,8 +351,8 @@ def test_a_zip_bomb_in_the_weights_is_refused(ppokl_zip, tmp_path):
 def test_a_file_over_the_limit_is_not_read(ppokl_zip):
     size = ppokl_zip.stat().st_size
     _bounded(lambda: PPOKL.load(ppokl_zip, safe=SafeLoadLimits(max_bytes=size - 1)), rf"the file has {size:,} bytes, over")
-    with open(ppokl_zip, "rb") as file:
-        _bounded(lambda: PPOKL.load(io.BytesIO(file.read()), safe=SafeLoadLimits(max_bytes=size - 1)), "the file has more")
+    raw = ppokl_zip.read_bytes()
+    _bounded(lambda: PPOKL.load(io.BytesIO(raw), safe=SafeLoadLimits(max_bytes=size - 1)), "the file has more")
 
 
 @pytest.mark.parametrize("load", ["load", "from_pretrained", "ref_policy"])
@@ -368,8 +373,8 @@ def test_a_huge_policy_is_refused_before_it_is_built(ppokl_zip, tmp_path, load):
     assert "SafeLoadLimits(max_parameters=...)" in str(error)
 
 
-def test_a_policy_of_a_hundred_thousand_layers_is_refused_quickly(ppokl_zip, tmp_path):
-    kwargs = dict(PPOKL.load(ppokl_zip).policy_kwargs, net_arch=[1] * 100_000)
+def test_a_policy_of_twenty_thousand_layers_is_refused_quickly(ppokl_zip, tmp_path):
+    kwargs = dict(PPOKL.load(ppokl_zip).policy_kwargs, net_arch=[1] * 20_000)
     crafted = _craft(ppokl_zip, tmp_path / "crafted.zip", pickled={"policy_kwargs": kwargs})
     _bounded(lambda: PPOKL.load(crafted, safe=True), "build a policy of more torch operations than")
 
