@@ -387,7 +387,7 @@ def _call_rebuild_tensor(args: tuple, kwargs: dict) -> Any:
     _check(len(size) == len(stride) and min((offset, *size, *stride)) >= 0, "a tensor of a negative shape or stride")
     # within its storage: torch would grow a storage read from bytes (resizable) to the size the pickle gives
     extent = offset + sum((n - 1) * step for n, step in zip(size, stride, strict=True)) + 1 if all(size) else 0
-    _check(extent <= storage.size(), "a tensor larger than its storage")
+    _check(extent <= storage._size(), "a tensor larger than its storage")  # _size(): size() warns of deprecation
     return th._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, collections.OrderedDict(), *metadata)
 
 
