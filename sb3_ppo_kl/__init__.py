@@ -10,7 +10,7 @@ from sb3_ppo_kl.common.kl import (
     per_state_kl,
     sampled_kl,
 )
-from sb3_ppo_kl.common.safe_load import SafeLoadError
+from sb3_ppo_kl.common.safe_load import SafeLoadError, SafeLoadLimits
 from sb3_ppo_kl.common.schedules import HoldThenLinearSchedule
 from sb3_ppo_kl.ppo_kl import PPOKL
 from sb3_ppo_kl.ppo_kl_mask import MaskablePPOKL
@@ -27,6 +27,7 @@ __all__ = [
     "NonFiniteError",
     "RecurrentPPOKL",
     "SafeLoadError",
+    "SafeLoadLimits",
     "__version__",
     "behaviour_clone",
     "distribution_params",

@@ -20,14 +20,13 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import polyak_update
 
 from sb3_ppo_kl.common.buffers import KLBufferMixin
 from sb3_ppo_kl.common.checks import check_coef_bounds, check_int, check_real, check_schedule, scheduled_value
 from sb3_ppo_kl.common.kl import KLCoefController, comparable_distributions, has_analytic_kl
-from sb3_ppo_kl.common.safe_load import safe_custom_objects
+from sb3_ppo_kl.common.safe_load import ModelZip, check_policy_size, policy_kwargs_of
 
 PolicySource = BasePolicy | str | os.PathLike
 
@@ -107,34 +106,29 @@ def load_policy(source: Any, name: str) -> BasePolicy:
         path = path.with_suffix(".zip")
     if not path.is_file():
         raise ValueError(f"`{name}`: no SB3 model zip at {str(source)!r}")
-    # Someone else's file, so no code from it is run: the fields the policy needs are decoded with the allowlist
-    # of sb3_ppo_kl.common.safe_load, the others not at all
-    custom_objects = safe_custom_objects(
+    # Someone else's file (sb3_ppo_kl.common.safe_load): read once and bounded; the fields the policy needs decoded
+    # with the allowlist, the others not at all; the policy's size checked on the meta device before it is built
+    model_zip = ModelZip.read(
         path,
-        fields=("policy_class", "policy_kwargs", "observation_space", "action_space"),
         context=f"`{name}` ({str(source)!r})",
         remedy="If you trust this file, load the model with its algorithm's load() (e.g. PPO.load(path)) and give "
         f"its policy: {name}=model.policy.",
+        raise_limit="PPOKL.load(path, safe=SafeLoadLimits({limit}=...)) (or the file's algorithm's load) and give its "
+        f"policy: {name}=model.policy",
     )
-    data, params, _ = load_from_zip_file(path, device="cpu", custom_objects=custom_objects)
-    if not data or "policy_class" not in data or "policy" not in params:
+    fields = ("policy_class", "policy_kwargs", "observation_space", "action_space")
+    data = {**(model_zip.data or {}), **model_zip.fields(fields=fields)}
+    if not model_zip.data or "policy_class" not in data or "policy.pth" not in model_zip.members:
         raise ValueError(f"`{name}`: {str(source)!r} is not an SB3 model zip with a policy")
     policy_class = data["policy_class"]
     if not (isinstance(policy_class, type) and issubclass(policy_class, BasePolicy)):
         raise ValueError(  # noqa: TRY004 (a bad file, as the other errors of this function)
             f"`{name}`: the policy_class of {str(source)!r} is not an SB3 policy class: {policy_class!r}"
         )
-    policy_kwargs = dict(data.get("policy_kwargs") or {})
-    policy_kwargs.pop("device", None)
-    net_arch = policy_kwargs.get("net_arch")
-    if isinstance(net_arch, list) and net_arch and isinstance(net_arch[0], dict):
-        policy_kwargs["net_arch"] = net_arch[0]  # the format of SB3 < 1.8, as BaseAlgorithm.load converts it
-    kwargs: dict[str, Any] = dict(observation_space=data["observation_space"], action_space=data["action_space"])
-    if accepts(policy_class, "lr_schedule"):
-        kwargs["lr_schedule"] = _constant_schedule
-    if accepts(policy_class, "use_sde") and "use_sde" not in policy_kwargs:
-        kwargs["use_sde"] = bool(data.get("use_sde", False))
-    policy = policy_class(**kwargs, **policy_kwargs)
+    kwargs = policy_kwargs_of(policy_class, data, data.get("use_sde", False))
+    check_policy_size(policy_class, kwargs, "the fields 'policy_class' and 'policy_kwargs'", model_zip.limits, model_zip.how)
+    params = {"policy": model_zip.weights("policy.pth")}
+    policy = policy_class(**kwargs)
     policy.load_state_dict(params["policy"])  # type: ignore[arg-type]  # SB3 types its state dicts as tensors
     return policy
 

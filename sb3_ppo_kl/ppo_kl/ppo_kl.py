@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from sb3_ppo_kl.common.atomic import atomic_write, save_target
 from sb3_ppo_kl.common.buffers import KLBufferMixin, KLDictRolloutBuffer, KLRolloutBatch, KLRolloutBuffer
-from sb3_ppo_kl.common.checks import check_bool, check_int, check_optional_positive, check_real
+from sb3_ppo_kl.common.checks import check_bool, check_int, check_optional_positive, check_real, described
 from sb3_ppo_kl.common.finite import CheckFiniteCallback, NonFiniteError
 from sb3_ppo_kl.common.kl import (
     KLCoefController,
@@ -32,7 +32,7 @@ from sb3_ppo_kl.common.kl import (
     sampled_kl,
 )
 from sb3_ppo_kl.common.reference import PolicySource, ReferencePolicyMixin
-from sb3_ppo_kl.common.safe_load import safe_custom_objects
+from sb3_ppo_kl.common.safe_load import SafeLoadLimits, prepare_load
 
 SelfPPOKL = TypeVar("SelfPPOKL", bound="PPOKL")
 
@@ -882,41 +882,51 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
         custom_objects: dict[str, Any] | None = None,
         print_system_info: bool = False,
         force_reset: bool = True,
-        safe: bool = False,
+        safe: bool | SafeLoadLimits = False,
         **kwargs: Any,
     ) -> SelfPPOKL:
         """
-        Load the model from a zip-file: SB3's ``load``, and with ``safe=True`` without running code from the file.
+        Load the model from a zip-file: SB3's ``load``, and with ``safe=True`` without trusting the file.
 
-        SB3 decodes the zip's ``":serialized:"`` fields (spaces, policy class, schedules, ``kl_controller``...) with
-        ``cloudpickle``, which runs whatever a crafted file names. With ``safe=True`` each field is decoded instead by
-        :class:`~sb3_ppo_kl.common.safe_load.SafeUnpickler`, which admits only the classes and functions a model of
-        SB3, sb3-contrib or this package saves (:func:`~sb3_ppo_kl.common.safe_load.admitted`) and refuses anything
-        else before it is called; SB3's ``load`` then takes the decoded fields as ``custom_objects``. ``lr_schedule``
-        is not decoded: it is rebuilt from ``learning_rate``, as on every load.
+        SB3's ``load`` trusts its file: it decodes the zip's ``":serialized:"`` fields (spaces, policy class,
+        schedules, ``kl_controller``...) with ``cloudpickle``, which runs whatever a crafted file names, makes the
+        environment the file names and restores every key of the file. With ``safe=True``
+        (:mod:`sb3_ppo_kl.common.safe_load`) the file is read once and bounded (:class:`~sb3_ppo_kl.SafeLoadLimits`);
+        each field is decoded by an allowlist that admits only what a model of SB3, sb3-contrib or this package saves
+        (:func:`~sb3_ppo_kl.common.safe_pickle.admitted`) and refuses anything else before it is called; only this
+        class's attributes are restored; ``env`` and ``tensorboard_log`` are the caller's, never the file's; and the
+        policies' sizes are checked before they are built. SB3's ``load`` then reads the same bytes from memory.
+        ``lr_schedule`` is not decoded: it is rebuilt from ``learning_rate``, as on every load.
 
         :param path: path to the file (or a file-like) where to load the agent from
         :param env: the new environment to run the loaded model on (can be None if you only need prediction from a
-            trained model); has priority over any saved environment
+            trained model); has priority over any saved environment (with ``safe=True``, the only one)
         :param device: Device on which the code should run.
         :param custom_objects: Dictionary of objects to replace upon loading: a field given here is not decoded at
             all (with ``safe=True`` either), as in SB3
         :param print_system_info: Whether to print system info from the saved model and the current system info
         :param force_reset: Force call to ``reset()`` before training to avoid unexpected behavior.
-        :param safe: False (default): SB3's ``load``, which trusts the file. True: decode the file's fields with the
-            allowlist; for a file from someone else.
-        :param kwargs: extra arguments to change the model when loading
+        :param safe: False (default): SB3's ``load``, which trusts the file. True: the safe path, for a file from
+            someone else, with the default limits; a :class:`~sb3_ppo_kl.SafeLoadLimits`: the safe path with these
+            limits (for a model larger than the defaults allow)
+        :param kwargs: extra arguments to change the model when loading (``tensorboard_log=...`` included)
         :return: new model instance with loaded parameters
-        :raises TypeError: if ``safe`` is not a bool
-        :raises ~sb3_ppo_kl.common.safe_load.SafeLoadError: with ``safe=True``, for a field that names a class or
-            function outside the allowlist (a lambda schedule, a custom features extractor...) or cannot be decoded;
-            the error names the field and the refused global
+        :raises TypeError: if ``safe`` is not a bool or a SafeLoadLimits
+        :raises ~sb3_ppo_kl.SafeLoadError: with ``safe`` set, for anything refused (a field that names a class or
+            function outside the allowlist, an unknown attribute, a file or policy over the limits, weights torch
+            refuses); the error names the member or field and what was refused
         """
-        if check_bool("safe", safe):
+        if not isinstance(safe, (bool, np.bool_, SafeLoadLimits)):
+            raise TypeError(f"`safe` must be a bool (True or False) or a SafeLoadLimits, got {described(safe)}")
+        if isinstance(safe, SafeLoadLimits) or safe:
             where = repr(str(path)) if isinstance(path, (str, os.PathLike)) else "<file object>"
-            custom_objects = safe_custom_objects(
+            path, custom_objects = prepare_load(
+                cls,
                 path,
+                env,
                 {"lr_schedule": None, **(custom_objects or {})},
+                kwargs,
+                safe if isinstance(safe, SafeLoadLimits) else None,
                 context=f"{cls.__name__}.load({where}, safe=True)",
                 remedy="If you trust this file, load it with safe=False, or give that field yourself in "
                 "custom_objects (SB3 then does not decode it).",
