@@ -2,7 +2,6 @@ import io
 import math
 import os
 import pathlib
-import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, TypeVar
@@ -12,7 +11,6 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, BasePolicy, MultiInputActorCriticPolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
@@ -20,28 +18,24 @@ from stable_baselines3.common.utils import FloatSchedule, explained_variance
 from torch.nn import functional as F
 
 from sb3_ppo_kl.common.atomic import atomic_write, save_target
-from sb3_ppo_kl.common.buffers import KLBufferMixin, KLDictRolloutBuffer, KLRolloutBatch, KLRolloutBuffer
-from sb3_ppo_kl.common.checks import check_bool, check_int, check_optional_positive, check_real
+from sb3_ppo_kl.common.buffers import KLBufferMixin, KLDictRolloutBuffer, KLRolloutBuffer
+from sb3_ppo_kl.common.checks import check_bool, check_ppo_hyperparameters, check_real, check_rollout_size
 from sb3_ppo_kl.common.finite import CheckFiniteCallback, NonFiniteError
 from sb3_ppo_kl.common.kl import (
     KLCoefController,
-    distribution_params,
-    has_analytic_kl,
     make_kl_controller,
     per_state_kl,
     sampled_kl,
 )
 from sb3_ppo_kl.common.legacy import drop_removed_options, removed_classes
 from sb3_ppo_kl.common.reference import PolicySource, ReferencePolicyMixin
+from sb3_ppo_kl.common.rollout import RolloutKLMixin, masked_mean
 from sb3_ppo_kl.common.safe_load import safe_custom_objects
 
 SelfPPOKL = TypeVar("SelfPPOKL", bound="PPOKL")
 
-# Samples per forward pass when the whole rollout is evaluated (old-policy snapshot, KL after the update).
-FULL_PASS_BATCH_SIZE = 4096
 
-
-class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
+class PPOKL(RolloutKLMixin, ReferencePolicyMixin, OnPolicyAlgorithm):
     """
     Proximal Policy Optimization with an adaptive KL penalty ("PPO1").
 
@@ -265,7 +259,8 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
             _init_setup_model=False,
         )
         self._check_env()
-        self._check_rollout_size(batch_size, normalize_advantage)
+        if self.env is not None:
+            check_rollout_size(self.n_steps, self.env.num_envs, batch_size, normalize_advantage)
 
         self.batch_size = batch_size
         self.n_epochs = n_epochs
@@ -319,7 +314,7 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
             kl_adapt_factor=kl_adapt_factor,
             kl_coef_bounds=kl_coef_bounds,
         )
-        _check_hyperparameters(n_steps, batch_size, n_epochs, normalize_advantage, clip_range, clip_range_vf, target_kl)
+        check_ppo_hyperparameters(n_steps, batch_size, n_epochs, normalize_advantage, clip_range, clip_range_vf, target_kl)
         if rollout_buffer_class is not None and not issubclass(rollout_buffer_class, KLBufferMixin):
             raise ValueError(
                 f"`rollout_buffer_class` must mix in sb3_ppo_kl.common.buffers.KLBufferMixin, got {rollout_buffer_class.__name__}"
@@ -349,31 +344,6 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
             return
         self._check_action_space(self.action_space)
 
-    def _check_rollout_size(self, batch_size: int, normalize_advantage: bool) -> None:
-        """
-        SB3 PPO's own checks of the rollout against the minibatch (sb3-contrib's variants make none): a rollout of
-        one sample cannot be normalised, and a rollout that is not a multiple of the minibatch ends each epoch
-        with a truncated minibatch, which SB3 PPO warns about in the same words.
-        """
-        if self.env is None:
-            return
-        rollout_size = self.n_steps * self.env.num_envs
-        if normalize_advantage and rollout_size <= 1:
-            raise ValueError(
-                f"`n_steps * n_envs` must be > 1 when normalize_advantage=True, got n_steps={self.n_steps} and "
-                f"n_envs={self.env.num_envs}"
-            )
-        if rollout_size % batch_size > 0:
-            warnings.warn(
-                f"You have specified a mini-batch size of {batch_size},"
-                f" but because the `RolloutBuffer` is of size `n_steps * n_envs = {rollout_size}`,"
-                f" after every {rollout_size // batch_size} untruncated mini-batches,"
-                f" there will be a truncated mini-batch of size {rollout_size % batch_size}\n"
-                f"We recommend using a `batch_size` that is a factor of `n_steps * n_envs`.\n"
-                f"Info: (n_steps={self.n_steps} and n_envs={self.env.num_envs})",
-                stacklevel=3,
-            )
-
     @property
     def kl_coef(self) -> float:
         """The current KL coefficient beta (the value the next update uses)."""
@@ -400,107 +370,6 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
         self.clip_range = None if clip_range is None else FloatSchedule(clip_range)
         self.clip_range_vf = None if clip_range_vf is None else FloatSchedule(clip_range_vf)
         self._setup_ref_policy()
-
-    def _evaluate_actions(self, rollout_data: Any, policy: Any = None) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
-        """
-        Values, log-probabilities and entropy of the rollout's actions under the current policy (or under
-        ``policy``, the reference policy, when given).
-
-        As a side effect ``policy.action_dist`` holds the action distribution of these states:
-        SB3 policies fill that object in place on every forward pass (sb3-contrib's too). Variants
-        whose policies take more inputs override this method: MaskablePPOKL passes the stored action
-        masks, RecurrentPPOKL the stored LSTM states and episode starts.
-        """
-        actions = rollout_data.actions
-        if isinstance(self.action_space, spaces.Discrete):
-            actions = actions.long().flatten()
-        return (policy or self.policy).evaluate_actions(rollout_data.observations, actions)
-
-    def _action_distribution(self, rollout_data: Any, policy: Any = None) -> Distribution:
-        """
-        The action distribution of the rollout's states under the current policy (or ``policy``): the actor alone,
-        without the value function, for the full-rollout passes that need only the distribution (the old-policy
-        and reference snapshots, and ``d``). Like :meth:`_evaluate_actions` it leaves the distribution in
-        ``policy.action_dist``, and variants override it the same way.
-        """
-        return (policy or self.policy).get_distribution(rollout_data.observations)
-
-    def _valid_samples(self, rollout_data: Any) -> th.Tensor | None:
-        """
-        Boolean mask of the minibatch rows that are real samples, or None when all are.
-
-        PPOKL's minibatches have no padding. :class:`~sb3_ppo_kl.RecurrentPPOKL` overrides this
-        with the mask of its padded sequences; every mean of the update (losses, KL, ``d``) is
-        taken over the valid rows only (see :func:`_masked_mean`).
-        """
-        return None
-
-    def _kl_to_old(self, batch: KLRolloutBatch, log_prob: th.Tensor) -> th.Tensor:
-        """Per-sample ``KL[pi_old || pi_theta]`` for a batch just passed through :meth:`_evaluate_actions`."""
-        if batch.old_dist_params is not None:
-            return per_state_kl(batch.old_dist_params, self.policy.action_dist)
-        return sampled_kl(batch.data.old_log_prob, log_prob)
-
-    def _snapshot_rollout_policy(self) -> None:
-        """Store the rollout policy's action distribution for every sample, in one pass without gradients."""
-        self.rollout_buffer.old_dist_params = None
-        if not has_analytic_kl(self.policy.action_dist):
-            return  # the sampled KL needs only the rollout's log-probabilities, already stored
-        self.rollout_buffer.old_dist_params = self._rollout_dist_params(self.policy)
-
-    def _rollout_dist_params(self, policy: BasePolicy) -> th.Tensor:
-        """``policy``'s :func:`distribution_params` for every sample of the rollout, in its flattened order."""
-        params, indices = [], []
-        with th.no_grad():
-            for batch in self.rollout_buffer.get(FULL_PASS_BATCH_SIZE):  # type: ignore[attr-defined]
-                batch_params = distribution_params(self._action_distribution(batch.data, policy))
-                batch_indices = th.as_tensor(batch.indices, device=batch_params.device)
-                valid = self._valid_samples(batch.data)
-                if valid is not None:  # scatter back only the real samples, not the padding
-                    batch_params, batch_indices = batch_params[valid], batch_indices[valid]
-                params.append(batch_params)
-                indices.append(batch_indices)
-        flat = th.cat(params)
-        snapshot = th.empty_like(flat)
-        snapshot[th.cat(indices)] = flat
-        return snapshot
-
-    def _rollout_kl(self) -> tuple[float, float | None]:
-        """
-        ``d``, the mean KL over the whole rollout between the rollout policy and the current policy, and in the
-        same pass the mean ``KL[pi_ref || pi_theta]`` over the rollout (None without a reference policy).
-        """
-        with_ref = self.rollout_buffer.ref_dist_params is not None
-        totals, count = th.zeros(2 if with_ref else 1), 0
-        with th.no_grad():
-            for batch in self.rollout_buffer.get(FULL_PASS_BATCH_SIZE):  # type: ignore[attr-defined]
-                if batch.old_dist_params is None:  # the sampled KL needs the log-probabilities of the rollout's actions
-                    _, log_prob, _ = self._evaluate_actions(batch.data)
-                else:
-                    self._action_distribution(batch.data)
-                    log_prob = batch.data.old_log_prob  # unused by the analytic KL
-                kl = self._kl_to_old(batch, log_prob)
-                kls = [kl]
-                if with_ref:
-                    kls.append(per_state_kl(batch.ref_dist_params, self.policy.action_dist))
-                valid = self._valid_samples(batch.data)
-                if valid is not None:
-                    kls = [values[valid] for values in kls]
-                totals += th.stack([values.sum() for values in kls]).cpu()
-                count += kl.numel() if valid is None else int(valid.sum())
-        means = (totals / count).tolist()
-        return means[0], means[1] if with_ref else None
-
-    def _measured_rollout_kl(self) -> tuple[float, float | None]:
-        """:meth:`_rollout_kl` in evaluation mode (the mode the rollout policy acted in), refused unless ``d`` is finite."""
-        self.policy.set_training_mode(False)
-        kl, ref_kl = self._rollout_kl()
-        if not math.isfinite(kl):
-            raise NonFiniteError(
-                f"{type(self).__name__}: the KL between the policies before and after the update after "
-                f"{self.num_timesteps} timesteps is {kl}; beta was left at {self.kl_coef}"
-            )
-        return kl, ref_kl
 
     def train(self) -> None:
         """
@@ -539,13 +408,13 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
                 surrogate = advantages * ratio
                 if clip_range is not None:
                     surrogate = th.min(surrogate, advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range))
-                    stats["clip_fraction"].append(_masked_mean((th.abs(ratio - 1) > clip_range).float(), valid).item())
-                policy_loss = -_masked_mean(surrogate, valid)
+                    stats["clip_fraction"].append(masked_mean((th.abs(ratio - 1) > clip_range).float(), valid).item())
+                policy_loss = -masked_mean(surrogate, valid)
                 # The KL penalty: beta * KL[pi_old(.|s) || pi_theta(.|s)], averaged over states
-                kl_div = _masked_mean(self._kl_to_old(batch, log_prob), valid)
+                kl_div = masked_mean(self._kl_to_old(batch, log_prob), valid)
                 kl_penalty = beta * kl_div
 
-                if self.clip_range_vf is None:
+                if clip_range_vf is None:
                     values_pred = values
                 else:  # clip the difference between old and new value (depends on the reward scaling)
                     values_pred = rollout_data.old_values + th.clamp(
@@ -554,14 +423,14 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
                 if valid is None:
                     value_loss = F.mse_loss(rollout_data.returns, values_pred)
                 else:
-                    value_loss = _masked_mean((rollout_data.returns - values_pred) ** 2, valid)
+                    value_loss = masked_mean((rollout_data.returns - values_pred) ** 2, valid)
                 # Entropy loss favours exploration; approximate it when there is no analytical form
-                entropy_loss = -_masked_mean(-log_prob if entropy is None else entropy, valid)
+                entropy_loss = -masked_mean(-log_prob if entropy is None else entropy, valid)
 
                 loss = policy_loss + kl_penalty + self.ent_coef * entropy_loss + self.vf_coef * value_loss
                 # With a reference policy: + ref_kl_coef * KL[pi_ref(.|s) || pi_theta(.|s)], averaged over states
                 if batch.ref_dist_params is not None:
-                    ref_penalty = ref_kl_coef * _masked_mean(
+                    ref_penalty = ref_kl_coef * masked_mean(
                         per_state_kl(batch.ref_dist_params, self.policy.action_dist), valid
                     )
                     stats["ref_kl_penalty"].append(ref_penalty.item())
@@ -575,7 +444,7 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
 
                 # SB3's optional early stop on the sampled KL estimate (independent of beta)
                 with th.no_grad():
-                    approx_kl_div = _masked_mean(sampled_kl(rollout_data.old_log_prob, log_prob), valid).item()
+                    approx_kl_div = masked_mean(sampled_kl(rollout_data.old_log_prob, log_prob), valid).item()
                 approx_kl_divs.append(approx_kl_div)
                 if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
                     continue_training = False
@@ -774,33 +643,3 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
                 force_reset=force_reset,
                 **kwargs,
             )
-
-
-def _masked_mean(x: th.Tensor, valid: th.Tensor | None) -> th.Tensor:
-    """Mean of ``x`` over the valid rows (``x[valid].mean()``, as RecurrentPPO masks its losses), or over all when None."""
-    return x.mean() if valid is None else x[valid].mean()
-
-
-def _check_hyperparameters(
-    n_steps: int,
-    batch_size: int,
-    n_epochs: int,
-    normalize_advantage: bool,
-    clip_range: float | Schedule | None,
-    clip_range_vf: float | Schedule | None,
-    target_kl: float | None,
-) -> None:
-    """
-    The PPO arguments PPOKL shares with SB3 PPO, checked by this package's one rule (:mod:`sb3_ppo_kl.common.checks`):
-    TypeError for a wrong type (``n_steps=True``, ``batch_size=64.0``, ``clip_range="0.2"``), ValueError for a value
-    out of range, each naming the parameter and what it accepts.
-    """
-    check_int("n_steps", n_steps, "an integer >= 1", lambda value: value >= 1)
-    check_int("n_epochs", n_epochs, "an integer >= 1", lambda value: value >= 1)
-    check_bool("normalize_advantage", normalize_advantage)
-    min_batch = 2 if normalize_advantage else 1
-    when = " when normalize_advantage=True" if normalize_advantage else ""
-    check_int("batch_size", batch_size, f"an integer >= {min_batch}{when}", lambda value: value >= min_batch)
-    check_optional_positive("clip_range", clip_range, schedule=True)
-    check_optional_positive("clip_range_vf", clip_range_vf, schedule=True)
-    check_optional_positive("target_kl", target_kl)

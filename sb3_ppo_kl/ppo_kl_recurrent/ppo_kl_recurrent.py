@@ -14,7 +14,8 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from sb3_ppo_kl.common.buffers import KLRecurrentDictRolloutBuffer, KLRecurrentRolloutBuffer
 from sb3_ppo_kl.common.kl import KLCoefController, distribution_params
 from sb3_ppo_kl.common.reference import PolicySource
-from sb3_ppo_kl.ppo_kl.ppo_kl import FULL_PASS_BATCH_SIZE, PPOKL
+from sb3_ppo_kl.common.rollout import FULL_PASS_BATCH_SIZE
+from sb3_ppo_kl.ppo_kl.ppo_kl import PPOKL
 
 SelfRecurrentPPOKL = TypeVar("SelfRecurrentPPOKL", bound="RecurrentPPOKL")
 
