@@ -281,8 +281,8 @@ FIELDS = [
     "final_std",
 ]
 KEY = ["setting", "env", "seed", "timesteps"]
-# epochs, minibatches, stopped: for a setting with the stop inside the update (kl_stop), the epochs (a fraction)
-# and minibatches the update ran and whether it stopped (1) or ran all its epochs (0); blank for the others
+# epochs, minibatches, stopped: for a setting with the stop inside the update (kl_stop, removed by issue 45), the epochs
+# (a fraction) and minibatches the update ran and whether it stopped (1) or ran all its epochs (0); blank for the others
 CURVE_FIELDS = ["timesteps", "reward", "kl", "kl_coef", "std", "epochs", "minibatches", "stopped"]
 RANDOM_FIELDS = ["env", "episodes", "mean", "std"]
 EVAL_EPISODES = 10
