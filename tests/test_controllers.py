@@ -150,7 +150,9 @@ def _model(algo, env_id: str, **kwargs):
 @pytest.mark.parametrize(
     "algo, env_id", [(PPOKL, "Pendulum-v1"), (MaskablePPOKL, "maskable"), (RecurrentPPOKL, "CartPole-v1")]
 )
-@pytest.mark.parametrize("controller_class, controller_kwargs", [(ScalingController, dict(factor=0.3)), (HalvingController, None)])
+@pytest.mark.parametrize(
+    "controller_class, controller_kwargs", [(ScalingController, dict(factor=0.3)), (HalvingController, None)]
+)
 def test_the_controller_class_and_its_state_survive_save_and_load(tmp_path, algo, env_id, controller_class, controller_kwargs):
     model = _model(algo, env_id, kl_coef=0.7, kl_controller_class=controller_class, kl_controller_kwargs=controller_kwargs)
     model.learn(2 * 64)
