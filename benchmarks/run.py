@@ -13,23 +13,12 @@ Settings are named after the rows of Table 1, plus three beyond the paper:
   where an update overshoots;
 - ``trpo``: sb3-contrib TRPO (its defaults: target KL 0.01, line search), on the same network and rollout.
 
-Issue 32's settings, for a beta that keeps ``d`` inside ``[kl_target / 1.5, kl_target * 1.5]`` (``--grid band-300k``):
-
-- ``kl-logprop-0.01``: PPOKL, kl_target 0.01, ``LogProportionalKLController`` (its default gain 0.2);
-- ``kl-adaptive-0.01+stop``: PPOKL, kl_target 0.01, the paper's rule, and the stop inside the update at the target
-  (``kl_stop=1.0``), checked every 4 minibatches (``kl_stop_interval=4``);
-- ``kl-logprop-0.01+stop``: both.
-
-The stop's design trials (``TRIALS`` in ``benchmarks/table1/grid.py``: ``trial-stop-plain``, ``trial-stop-1.2``,
-``trial-stop-backtrack``, ``trial-stop-untold``, ``trial-stop-value-epochs``, ``trial-stop-extrapolate``,
-``trial-logprop-stop-i2``) are settled: backtracking and the value epochs after the stop are what ``kl_stop`` does
-now, and commit 9ec2d75 can run them all (it has their private switches of PPOKL). ``trial-stop-late`` (beta aims
-the stop mid-update; seed 0 on the 7 tasks) lost and is settled too: commit 295c1bd runs it. Their rows stay in the
-results.
-One trial runs on this code: ``trial-stop-top``, the stop at the band's top (``kl_stop=1.5``), where every
-overshooting check backtracks into the band::
-
-    python -m benchmarks.run --settings trial-stop-top --envs HalfCheetah-v5 InvertedDoublePendulum-v5 --seeds 0 --timesteps 300000
+Issue 32's settings, for a beta that keeps ``d`` inside ``[kl_target / 1.5, kl_target * 1.5]``, are removed options
+(issue 45): ``kl-logprop-0.01`` (``LogProportionalKLController``), ``kl-adaptive-0.01+stop`` (``kl_stop=1.0``,
+``kl_stop_interval=4``) and ``kl-logprop-0.01+stop`` (both) lost on score, and the options are gone from the package;
+commit e562871 runs them. So are the stop's design trials (``TRIALS`` in ``benchmarks/table1/grid.py``): commit
+9ec2d75 runs the first seven, 295c1bd ``trial-stop-late`` and e562871 ``trial-stop-top``. Their rows stay in the
+results, marked as removed.
 
 Issue 11 searched for a PPOKL setting that learns at least as well as clipping: nine candidates in three
 stages and a discrete check (``benchmarks/RESULTS.md``). None qualified, and their options were removed
@@ -63,8 +52,6 @@ update: timesteps, mean reward of the last 100 episodes, d, the std, and for PPO
     python -m benchmarks.run --grid table1-300k --workers 2                       # the other 11 settings at 300k
     python -m benchmarks.run --grid table1-1m --workers 2                         # issue 20's rows at 1M
     python -m benchmarks.run --grid discrete --workers 2                          # LunarLander-v3 and Acrobot-v1
-    python -m benchmarks.run --grid band-300k --workers 2                         # issue 32's settings at 300k
-    python -m benchmarks.run --settings trial-stop-untold --envs HalfCheetah-v5 --seeds 0 --timesteps 300000
     python -m benchmarks.run --grid paper --ray auto                              # on a Ray cluster (docs: "Run a grid on a cluster")
     python -m benchmarks.run --settings clip-0.2 kl-fixed-1 --envs Hopper-v5 --seeds 0 --timesteps 100000
     python -m benchmarks.run --grid paper-lite --settings clip-0.2 kl-adaptive-0.01 --remeasure   # add eval, d, std to old rows

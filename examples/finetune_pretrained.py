@@ -1,6 +1,7 @@
 """
 Fine-tune a pretrained policy without forgetting it: start PPOKL from an SB3 PPO expert and keep it close to
-the expert with a KL penalty to a frozen copy of it (the reference policy).
+the expert with a KL penalty to a copy of it (the reference policy), which follows the policy slowly
+(``ref_tau=0.3``, from_pretrained's default).
 """
 
 import torch as th
@@ -19,14 +20,14 @@ expert.learn(10_000)
 expert.save("ppo_cartpole_expert")
 
 # 2. Fine-tune it with PPOKL: the policy starts as a copy of the expert's (same architecture), and the loss gains
-#    ref_kl_coef * KL[expert || policy] per state. The value function is trained alone for the first 2 rollouts.
+#    ref_kl_coef * KL[reference || policy] per state; after every update the reference moves 30% of the way to the
+#    policy (ref_tau=0.3, the default here; ref_tau=0 keeps the expert itself as a frozen reference).
 model = PPOKL.from_pretrained(
     "ppo_cartpole_expert",  # or expert.policy
     env,
     n_steps=128,
     batch_size=128,
-    ref_kl_coef=1.0,  # fixed; or ref_kl_target=0.05 to adapt it toward a target KL to the expert
-    value_warmup_rollouts=2,
+    ref_kl_coef=1.0,  # a number, or a schedule of the progress remaining
     seed=0,
     verbose=1,  # train/ref_kl and train/ref_kl_coef are logged with the PPO1 terms
 )

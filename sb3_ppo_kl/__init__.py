@@ -4,14 +4,12 @@ from sb3_ppo_kl.common.bc import behaviour_clone
 from sb3_ppo_kl.common.finite import NonFiniteError
 from sb3_ppo_kl.common.kl import (
     KLCoefController,
-    LogProportionalKLController,
     distribution_params,
     has_analytic_kl,
     per_state_kl,
     sampled_kl,
 )
 from sb3_ppo_kl.common.safe_load import SafeLoadError, SafeLoadLimits
-from sb3_ppo_kl.common.schedules import HoldThenLinearSchedule
 from sb3_ppo_kl.ppo_kl import PPOKL
 from sb3_ppo_kl.ppo_kl_mask import MaskablePPOKL
 from sb3_ppo_kl.ppo_kl_recurrent import RecurrentPPOKL
@@ -20,9 +18,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "PPOKL",
-    "HoldThenLinearSchedule",
     "KLCoefController",
-    "LogProportionalKLController",
     "MaskablePPOKL",
     "NonFiniteError",
     "RecurrentPPOKL",

@@ -11,7 +11,7 @@ from benchmarks.results import ResultsDir, append_new_row, append_row, read_rows
 from benchmarks.table1 import grid, run
 from benchmarks.table1.data import load
 from benchmarks.table1.report import write_report
-from sb3_ppo_kl import PPOKL, KLCoefController, LogProportionalKLController
+from sb3_ppo_kl import PPOKL
 
 ENV = "InvertedPendulum-v5"
 
@@ -47,17 +47,19 @@ def test_removed_settings_cannot_run_and_every_grid_can():
     assert grid.PAPER_SETTINGS == list(grid.SETTINGS)[:11]  # the paper's 11, in Table 1's order
 
 
-def test_band_settings_build_ppokl_with_their_controller_and_stop():
-    """Issue 32's three settings: the log-proportional controller (its default gain) and the stop at the target."""
-    logprop = run.make_model("kl-logprop-0.01", ENV, seed=0)
-    assert type(logprop.kl_controller) is LogProportionalKLController and logprop.kl_controller.gain == 0.2
-    assert logprop.kl_controller.kl_target == 0.01 and logprop.kl_stop is None
-    stop = run.make_model("kl-adaptive-0.01+stop", ENV, seed=0)
-    assert type(stop.kl_controller) is KLCoefController and (stop.kl_stop, stop.kl_stop_interval) == (1.0, 4)
-    both = run.make_model("kl-logprop-0.01+stop", ENV, seed=0)
-    assert type(both.kl_controller) is LogProportionalKLController and (both.kl_stop, both.kl_stop_interval) == (1.0, 4)
-    assert grid.GRIDS["band-300k"]["settings"] == grid.BAND_SETTINGS and grid.GRIDS["band-300k"]["timesteps"] == 300_000
-    assert set(grid.BAND_SETTINGS).isdisjoint(grid.GRIDS["full"]["settings"])  # at 1M only once one meets the goal
+def test_band_settings_are_removed_options_that_keep_their_arguments():
+    """Issue 32's three settings lost and their options were removed (issue 45): they no longer run, and keep their
+    arguments (the band report reads kl_stop and kl_target) and their rows, labelled as removed."""
+    for name in grid.BAND_SETTINGS:
+        spec = grid.setting(name)
+        assert spec.removed and spec.kl_target == 0.01 and spec.label == f"{name} (removed)"
+        assert name in grid.ORDER and name not in grid.SETTINGS
+        assert all(name not in preset["settings"] for preset in grid.GRIDS.values())
+        with pytest.raises(ValueError, match="was removed"):
+            run.make_model(name, ENV, seed=0)
+    assert grid.setting("kl-adaptive-0.01+stop").kwargs["kl_stop"] == 1.0
+    assert "kl_stop" not in grid.setting("kl-logprop-0.01").kwargs
+    assert grid.setting("kl-perstate-0.02").kl_target is None  # issue 11's candidates keep no arguments
 
 
 def test_settled_stop_trials_keep_their_rows_but_no_longer_run():
@@ -70,37 +72,9 @@ def test_settled_stop_trials_keep_their_rows_but_no_longer_run():
         run.make_model("trial-stop-untold", ENV, seed=0)
     with pytest.raises(ValueError, match=r"'trial-stop-late' is one of issue 32's settled design trials .* 295c1bd"):
         run.make_model("trial-stop-late", ENV, seed=0)
+    with pytest.raises(ValueError, match=r"'trial-stop-top' is one of issue 32's settled design trials .* e562871"):
+        run.make_model("trial-stop-top", ENV, seed=0)
     assert not grid.setting("kl-adaptive-0.01+stop").trial
-
-
-def test_an_open_trial_runs_on_this_code():
-    """trial-stop-top is the settled stop at the band's top: no commit of its own, so the runner builds it."""
-    assert grid.setting("trial-stop-top").trial and grid.setting("trial-stop-top").trial_commit is None
-    model = run.make_model("trial-stop-top", ENV, seed=0)
-    assert (model.kl_stop, model.kl_stop_interval, model.kl_controller.kl_target) == (1.5, 4, 0.01)
-
-
-def test_update_measures_record_the_epochs_of_a_stopped_update():
-    """With the stop, each update's epochs, minibatches and stop are those the update logged."""
-    model = run.make_model("kl-adaptive-0.01+stop", ENV, seed=0)
-    logged = []
-
-    class Logged(run.UpdateMeasures):
-        def _on_rollout_start(self) -> None:
-            values = self.logger.name_to_value
-            logged.append(tuple(values.get(f"train/{key}") for key in ("n_epochs_run", "n_minibatches_run", "stopped")))
-            super()._on_rollout_start()
-
-    measures = Logged()
-    model.learn(2 * 2048, callback=measures)
-    measures.finish()
-    final = model.logger.name_to_value
-    logged = logged[1:] + [(final["train/n_epochs_run"], final["train/n_minibatches_run"], final["train/stopped"])]
-    recorded = [(row["epochs"], row["minibatches"], row["stopped"]) for row in measures.rows]
-    assert recorded == logged
-    for epochs, minibatches, stopped in recorded:
-        assert 0 < minibatches <= 10 * 32 and epochs == minibatches / 32 and stopped in (0, 1)
-        assert minibatches % 4 == 0 or not stopped  # a stop comes at a check, every 4 minibatches
 
 
 @pytest.mark.parametrize("setting", ["kl-adaptive-0.01", "clip-0.2"])
@@ -262,7 +236,7 @@ def test_finetune_pipeline_resumes_and_summary_renders(tmp_path, capsys):
     )
     tasks = {"CartPole-v1": task}
     methods = list(protocol.METHODS)
-    options = protocol.MethodOptions(ref_kl_coef=0.5, warmup_rollouts=2)
+    options = protocol.MethodOptions(ref_kl_coef=0.5)
     finetune(results, tasks, methods, seeds=[0], options=options, workers=1)
 
     models = {r["kind"]: r for r in read_rows(tmp_path / "finetune_models.csv")}
@@ -286,33 +260,13 @@ def test_finetune_pipeline_resumes_and_summary_renders(tmp_path, capsys):
         reached = [int(r["timesteps"]) for r in curve if float(r["return"]) >= float(row["expert_return"])]
         assert row["steps_to_expert"] == (str(reached[0]) if reached else "")
         assert float(row["final_kl_to_clone"]) >= 0 and curve[0]["kl_to_clone"] == ""
-        if row["method"] in ("ppokl-ref", "ppokl-ref-warmup"):  # fixed coefficient
-            assert row["final_ref_kl_coef"] == "0.5" and "ref_kl_target=None" in row["params"]
-            assert "ref_tau" not in row["params"]
+        if row["method"] == "ppokl-ref":  # fixed coefficient, frozen reference (ref_tau=0 given explicitly)
+            assert row["final_ref_kl_coef"] == "0.5" and row["params"] == "ref_kl_coef=0.5 ref_kl_target=None"
         elif spec.ref_tau > 0:  # fixed coefficient, a moving reference
             assert row["final_ref_kl_coef"] == "0.5"
-            assert row["params"].endswith(f"ref_tau={spec.ref_tau} ref_update_interval={spec.ref_update_interval}")
-        elif spec.floor:  # adapted, never below its start
-            assert (
-                float(row["final_ref_kl_coef"]) >= 0.5
-                and "ref_kl_target=0.02 ref_kl_coef_bounds=(0.5, 10000.0)" in row["params"]
-            )
-            assert all(float(r["ref_kl_coef"]) >= 0.5 for r in curve)
-        elif spec.target is not None:  # adapted toward the method's target
-            assert float(row["final_ref_kl_coef"]) > 0 and f"ref_kl_target={spec.target}" in row["params"]
-        elif spec.anneal:  # held at 0.5 for 40% of the budget, 0 from 80%
-            assert row["params"].startswith("ref_kl_coef=HoldThenLinearSchedule(start=0.5, end=0.0, hold_fraction=0.4")
-            coefs = {int(r["timesteps"]): float(r["ref_kl_coef"]) for r in curve}
-            assert (
-                coefs[512] == 0.5
-                and coefs[1024] == pytest.approx(0.375)
-                and coefs[2048] == float(row["final_ref_kl_coef"]) == 0.0
-            )
+            assert row["params"].endswith(f"ref_tau={spec.ref_tau} ref_update_interval=1")
         else:
             assert not spec.reference and row["final_ref_kl_coef"] == "" and row["params"] == ""
-    warmup = read_rows(tmp_path / "finetune_curves" / "CartPole-v1__ppokl-ref-warmup__0.csv")
-    # 2 value-only rollouts of 256 steps: the policy is still the clone at step 512
-    assert [float(r["kl_to_clone"]) for r in warmup if r["timesteps"] == "512"] == [0.0]
 
     finetune(results, tasks, methods, seeds=[0], options=options, workers=1)  # finished rows are skipped
     assert len(read_rows(tmp_path / "finetune.csv")) == len(methods)

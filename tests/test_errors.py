@@ -63,10 +63,6 @@ class TupleActionEnv(gym.Env):
         # an adaptive beta needs a lower bound above 0: a beta of 0 would stay 0 (0 * kl_adapt_factor is 0)
         (dict(kl_coef_bounds=(0, 1)), ValueError, "`kl_coef_bounds` must have low > 0 when the coefficient adapts"),
         (dict(kl_coef=0.0, kl_coef_bounds=(0.0, 1.0)), ValueError, "`kl_coef_bounds` must have low > 0"),
-        (dict(value_warmup_rollouts=-1), ValueError, "`value_warmup_rollouts` must be an integer >= 0, got -1"),
-        (dict(value_warmup_rollouts="2"), TypeError, r"`value_warmup_rollouts` must be an integer >= 0, got '2' \(str\)"),
-        (dict(value_warmup_rollouts=2.0), TypeError, r"`value_warmup_rollouts` must be an integer >= 0, got 2.0 \(float\)"),
-        (dict(value_warmup_rollouts=True), TypeError, r"`value_warmup_rollouts` must be an integer >= 0, got True \(bool\)"),
         (dict(n_steps=1), ValueError, r"`n_steps \* n_envs` must be > 1 when normalize_advantage=True, got n_steps=1"),
         (dict(batch_size=1), ValueError, "`batch_size` must be an integer >= 2 when normalize_advantage=True"),
         (dict(n_steps=0), ValueError, "`n_steps` must be an integer >= 1"),
@@ -97,7 +93,7 @@ def test_bad_hyperparameters_raise_an_error_naming_them(kwargs, error, message):
     [
         dict(kl_coef=0.0, adaptive_kl=False),  # no penalty at all (benchmarks.run's no-clip-no-penalty)
         dict(kl_coef=0.0, adaptive_kl=False, kl_coef_bounds=(0.0, 1.0)),  # a fixed beta ignores its bounds
-        dict(kl_coef=np.float32(0.5), kl_target=np.float64(0.02), adaptive_kl=np.bool_(1), value_warmup_rollouts=np.int8(1)),
+        dict(kl_coef=np.float32(0.5), kl_target=np.float64(0.02), adaptive_kl=np.bool_(1), n_epochs=np.int8(2)),
         dict(kl_coef=2, kl_target=1, kl_tolerance=2, kl_adapt_factor=3, kl_coef_bounds=[1, 10]),  # ints are numbers
     ],
 )

@@ -35,21 +35,31 @@ def clone_folder(tmp_path) -> ResultsDir:
     return results
 
 
-@pytest.mark.parametrize(
-    "method, tau, interval", [("ppokl-ref-soft-0.3", 0.3, 1), ("ppokl-ref-soft-0.6", 0.6, 1), ("ppokl-ref-hard-4", 1.0, 4)]
-)
-def test_moving_reference_methods_build_their_models(clone_folder, method, tau, interval):
+@pytest.mark.parametrize("method, tau", [("ppokl-ref", 0.0), ("ppokl-ref-soft-0.3", 0.3), ("ppokl-ref-soft-0.6", 0.6)])
+def test_reference_methods_build_their_models(clone_folder, method, tau):
+    """ppokl-ref keeps the frozen clone under from_pretrained's moving default (the runner passes ref_tau=0)."""
     options = protocol.MethodOptions()
     model = make_finetune_model(clone_folder, method, "CartPole-v1", TINY, seed=0, options=options)
     assert isinstance(model, PPOKL) and model.ref_policy is not None
-    assert (model.ref_tau, model.ref_update_interval) == (tau, interval)
-    assert model.ref_kl_coef == 1.0 and not model.ref_kl_controller.adaptive_kl  # fixed at 1.0
-    assert options.params(method) == f"ref_kl_coef=1.0 ref_kl_target=None ref_tau={tau} ref_update_interval={interval}"
+    assert model.ref_tau == tau
+    assert model.ref_kl_coef == 1.0 and model._ref_kl_coef_schedule is None  # fixed at 1.0
+    moving = f" ref_tau={tau} ref_update_interval=1" if tau else ""
+    assert options.params(method) == "ref_kl_coef=1.0 ref_kl_target=None" + moving  # as the committed rows have it
     clone = PPO.load(clone_folder / protocol.model_file(protocol.clone_name("CartPole-v1", TINY)), device="cpu")
     for name, value in clone.policy.state_dict().items():  # the policy and the reference start as the clone
         assert th.equal(model.policy.state_dict()[name], value) and th.equal(model.ref_policy.state_dict()[name], value)
     model.learn(2 * TINY.n_envs * TINY.hyperparams["n_steps"])  # two updates: the soft references move twice
-    assert model._n_ref_updates == (2 if interval == 1 else 0)
+    assert model._n_ref_updates == (2 if tau else 0)
+    if not tau:
+        for name, value in clone.policy.state_dict().items():
+            assert th.equal(model.ref_policy.state_dict()[name], value)
+
+
+@pytest.mark.parametrize("method", list(protocol.REMOVED_METHODS))
+def test_removed_methods_no_longer_run(clone_folder, method):
+    assert method not in protocol.METHODS
+    with pytest.raises(ValueError, match=f"method '{method}' was removed .* e562871"):
+        make_finetune_model(clone_folder, method, "CartPole-v1", TINY, seed=0, options=protocol.MethodOptions())
 
 
 def test_settings_check_accepts_the_5seed_rows():
@@ -60,8 +70,7 @@ def test_settings_check_accepts_the_5seed_rows():
     """
     preset = protocol.PROTOCOLS["5seed"]
     assert preset.seeds == [0, 1, 2, 3, 4] and preset.eval_episodes == 20 and preset.folder == "finetune_5seed"
-    assert preset.methods[:3] == ["ppo", "ppokl-ref", "ppokl-ref-target"]
-    assert preset.methods[3:] == ["ppokl-ref-soft-0.3", "ppokl-ref-soft-0.6", "ppokl-ref-hard-4"]
+    assert preset.methods == ["ppo", "ppokl-ref", "ppokl-ref-soft-0.3", "ppokl-ref-soft-0.6"]
     clones = {
         "LunarLander-v3": "LunarLander-v3__clone_1000000_5000x10",
         "LunarLanderContinuous-v3": "LunarLanderContinuous-v3__clone_1000000_4500x10",
@@ -180,14 +189,16 @@ def test_protocol_summary_against_hand_computed_values(tmp_path, capsys):
     assert "| ppo | 2/2 | 15.0 ± 5.0 | 25.0 ± 5.0 | 94.2 ± 5.8 | 950 ± 50 (1/2) | 0.0900 ± 0.0300 |" in lines
     assert "| ppokl-ref | 2/2 | 40.0 ± 5.0 | 45.0 ± 0.0 | 65.0 ± 5.0 | never (0/2) | 0.0900 ± 0.0300 |" in lines
     assert "| ppokl-ref-soft-0.3 | 2/2 | 38.0 ± 2.0 | 41.5 ± 3.5 | 97.5 ± 2.5 | 900 ± 100 (2/2) | 0.0900 ± 0.0300 |" in lines
-    assert "| ppokl-ref-hard-4 | pending | | | | | |" in lines
+    assert "| ppokl-ref-soft-0.6 | pending | | | | | |" in lines
+    assert "| ppokl-ref-target (removed) | 2/2 | 5.0 ± 5.0 |" in text  # a removed method's rows, marked
     # the bars: the fixed reference's lowest is the higher, 40 - 5; PPO's final less its s.e., 94.17 - 5.83
     assert "- CartPole-v1: protects at a mean lowest >= 35.0, ends as high as PPO at a mean final >= 88.3." in lines
     assert "| ppokl-ref-soft-0.3 | yes (+3.0) | yes (+9.2) | yes |" in lines
     assert "| ppokl-ref | yes (+5.0) | no (-23.3) | no |" in lines
     assert "| ppo | no (-20.0) | yes (+5.8) | no |" in lines
-    assert "| ppokl-ref-target | no (-30.0) | no (-8.3) | no |" in lines
-    assert "| ppokl-ref-hard-4 | pending | pending | pending |" in lines
+    assert "| ppokl-ref-target (removed) | no (-30.0) | no (-8.3) | no |" in lines
+    assert "| ppokl-ref-soft-0.6 | pending | pending | pending |" in lines
+    assert "hard-4" not in text  # a removed method without rows is not listed
     assert "not final" not in text
     for figure in ("curves", "kl"):
         assert (tmp_path / f"finetune_CartPole-v1_{figure}.png").stat().st_size > 0
@@ -209,7 +220,7 @@ def test_protocol_summary_of_a_folder_without_runs(tmp_path, monkeypatch, capsys
     assert "### HalfCheetah-v5" in text and "### Walker2d-v5" in text
     # the MuJoCo tasks run only the three methods issue 46 fixed: the others are "not run" there, not pending
     not_run = "| not run | not run | not run | not run |"
-    assert f"| ppokl-ref-hard-4 | pending | pending | pending | pending {not_run} pending |" in text
+    assert f"| ppokl-ref-soft-0.6 | pending | pending | pending | pending {not_run} pending |" in text
     assert (
         "| ppokl-ref-soft-0.3 | pending | pending | pending | pending | pending | pending | pending | pending | pending |"
         in text

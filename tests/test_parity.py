@@ -11,7 +11,8 @@ from sb3_contrib.common.envs import InvalidActionEnvDiscrete
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
-from sb3_ppo_kl import PPOKL, HoldThenLinearSchedule, LogProportionalKLController, MaskablePPOKL, RecurrentPPOKL
+from sb3_ppo_kl import PPOKL, KLCoefController, MaskablePPOKL, RecurrentPPOKL
+from sb3_ppo_kl.common.checks import check_real
 
 PAIRS = {
     "ppo": (PPO, PPOKL, "MlpPolicy", "CartPole-v1"),
@@ -81,11 +82,16 @@ def test_ppo_refuses_and_so_do_we_by_name(kwargs, message):
         PPOKL("MlpPolicy", "CartPole-v1", **kwargs)
 
 
+def _halve_then_hold(progress_remaining: float) -> float:
+    """A schedule of ``ref_kl_coef``: 1.0 for the first half of training, then linear to 0 at the end."""
+    return min(1.0, 2 * progress_remaining)
+
+
 # The reference options, given to every variant with the original algorithm's own policy as the reference
 REFERENCE_OPTIONS = {
-    "schedule": dict(ref_kl_coef=HoldThenLinearSchedule(1.0, 0.0, hold_fraction=0.5)),
-    "floored": dict(ref_kl_coef=1.0, ref_kl_target=0.02, ref_kl_coef_bounds=(1.0, 1e4)),
-    "moving": dict(ref_tau=0.5, ref_update_interval=2),
+    "schedule": dict(ref_kl_coef=_halve_then_hold),
+    "fixed": dict(ref_kl_coef=0.5),
+    "moving": dict(ref_tau=0.5),
 }
 
 
@@ -94,8 +100,8 @@ REFERENCE_OPTIONS = {
 def test_every_variant_takes_every_reference_option(pair, options):
     """
     PPOKL, MaskablePPOKL and RecurrentPPOKL fine-tune their original's policy with the same reference options, to the
-    same effect: a schedule is followed (1.0 for the first half of training, then to 0), a floored coefficient never
-    falls below its start, a moving reference moves halfway to the policy after every second update.
+    same effect: a schedule is followed (1.0 for the first half of training, then to 0), a fixed coefficient stays, a
+    moving reference moves halfway to the policy after every update (from_pretrained's default moves by 0.3).
     """
     original, ours, policy, env_id = PAIRS[pair]
     pretrained = original(policy, _env(env_id, 2), seed=1).policy
@@ -104,21 +110,20 @@ def test_every_variant_takes_every_reference_option(pair, options):
         pretrained, _env(env_id, 2), n_steps=16, batch_size=16, n_epochs=1, seed=0, **REFERENCE_OPTIONS[options]
     )
     assert type(model.ref_policy) is type(pretrained)
+    assert model.ref_tau == (0.5 if options == "moving" else 0.3)
     updates = PerUpdate()
     model.learn(4 * 32, callback=updates)
     logged = [row["ref_kl_coef"] for row in updates.rows]
     assert len(logged) == 4 and all(row["ref_kl"] > 0 for row in updates.rows)
+    assert model._n_ref_updates == 4 == model.logger.name_to_value["train/ref_updates"]
     if options == "schedule":
         assert logged == pytest.approx([1.0, 1.0, 0.5, 0.0])  # after 25%, 50%, 75%, 100% of the 128 steps
-    elif options == "moving":
-        assert (model.ref_tau, model.ref_update_interval, model._n_ref_updates) == (0.5, 2, 2)
-        assert model.logger.name_to_value["train/ref_updates"] == 2
-        reference, policy = model.ref_policy.state_dict(), model.policy.state_dict()
-        assert all(key in policy for key in reference)
-        assert not th.equal(reference["action_net.weight"], start["action_net.weight"])
-        assert not th.equal(reference["action_net.weight"], policy["action_net.weight"])
-    else:
-        assert model.ref_kl_controller.kl_coef_bounds == (1.0, 1e4) and all(value >= 1.0 for value in logged)
+    elif options == "fixed":
+        assert logged == [0.5] * 4
+    reference, policy = model.ref_policy.state_dict(), model.policy.state_dict()
+    assert all(key in policy for key in reference)
+    assert not th.equal(reference["action_net.weight"], start["action_net.weight"])
+    assert not th.equal(reference["action_net.weight"], policy["action_net.weight"])
 
 
 @pytest.mark.parametrize("pair", list(PAIRS))
@@ -126,23 +131,39 @@ def test_every_variant_refuses_the_same_reference_options_by_name(pair):
     original, ours, policy, env_id = PAIRS[pair]
     reference = original(policy, _env(env_id, 1), seed=1).policy
     for kwargs, error, message in [
-        (
-            dict(ref_kl_coef=HoldThenLinearSchedule(1.0), ref_kl_target=0.02),
-            ValueError,
-            "`ref_kl_coef` is a schedule and `ref_kl_target`",
-        ),
-        (dict(ref_kl_coef_bounds=(2.0, 1.0)), ValueError, "`ref_kl_coef_bounds` must be a pair"),
-        (dict(ref_kl_target=True), TypeError, "`ref_kl_target` must be None or a finite number > 0"),
+        (dict(ref_kl_coef=lambda _: -1.0), ValueError, "`ref_kl_coef` as a schedule must give finite numbers >= 0"),
+        (dict(ref_kl_coef="1"), TypeError, "`ref_kl_coef` must be a finite number >= 0 or a schedule"),
         (dict(ref_tau=2.0), ValueError, r"`ref_tau` must be a finite number in \[0, 1\], got 2.0"),
-        (dict(ref_update_interval="2"), TypeError, "`ref_update_interval` must be an integer >= 1, got '2'"),
+        (dict(ref_kl_target=0.02), TypeError, "ref_kl_target"),  # removed by issue 45
+        (dict(ref_update_interval=2), TypeError, "ref_update_interval"),  # removed by issue 45
     ]:
         with pytest.raises(error, match=message):
             ours(policy, _env(env_id, 1), ref_policy=reference, **kwargs)
 
 
+class ScalingController(KLCoefController):
+    """A user's rule with an argument of its own: beta times ``factor`` after every update."""
+
+    def __init__(
+        self,
+        kl_coef=1.0,
+        kl_target=0.01,
+        adaptive_kl=True,
+        kl_tolerance=1.5,
+        kl_adapt_factor=2.0,
+        kl_coef_bounds=(1e-4, 1e4),
+        factor: float = 0.5,
+    ):
+        super().__init__(kl_coef, kl_target, adaptive_kl, kl_tolerance, kl_adapt_factor, kl_coef_bounds)
+        self.factor = check_real("factor", factor, "a finite number > 0", lambda value: value > 0)
+
+    def adapt(self, kl: float, target: float) -> float:
+        return self.kl_coef * self.factor
+
+
 @pytest.mark.parametrize("pair", list(PAIRS))
-def test_every_variant_takes_the_controller_class_and_the_stop(pair):
-    """PPOKL, MaskablePPOKL and RecurrentPPOKL take a controller by class with its kwargs, and the stop inside the update."""
+def test_every_variant_takes_the_controller_class(pair):
+    """PPOKL, MaskablePPOKL and RecurrentPPOKL take a controller by class with its kwargs."""
     _, ours, policy, env_id = PAIRS[pair]
     model = ours(
         policy,
@@ -151,33 +172,26 @@ def test_every_variant_takes_the_controller_class_and_the_stop(pair):
         batch_size=8,
         n_epochs=3,
         seed=0,
-        kl_controller_class=LogProportionalKLController,
-        kl_controller_kwargs=dict(gain=0.3),
-        kl_stop=1.0,
-        kl_stop_interval=2,
+        kl_controller_class=ScalingController,
+        kl_controller_kwargs=dict(factor=0.25),
     )
-    assert type(model.kl_controller) is LogProportionalKLController and model.kl_controller.gain == 0.3
-    assert (model.kl_stop, model.kl_stop_interval) == (1.0, 2)
+    assert type(model.kl_controller) is ScalingController and model.kl_controller.factor == 0.25
     model.learn(2 * 32)
-    logged = model.logger.name_to_value
-    assert logged["train/n_minibatches_run"] in range(2, 13) and logged["train/stopped"] in (0, 1)
-    assert logged["train/n_epochs_run"] == logged["train/n_minibatches_run"] / 4
-    assert logged["train/kl_coef"] == model.kl_coef
+    assert model.kl_coef == 1 / 16 == model.logger.name_to_value["train/kl_coef"]
 
 
 @pytest.mark.parametrize("pair", list(PAIRS))
-def test_every_variant_refuses_bad_controller_and_stop_options_by_name(pair):
+def test_every_variant_refuses_bad_controller_options_by_name(pair):
     _, ours, policy, env_id = PAIRS[pair]
     for kwargs, error, message in [
         (dict(kl_controller_class=dict), TypeError, "`kl_controller_class` must be a subclass of sb3_ppo_kl.KLCoefController"),
         (dict(kl_controller_kwargs=dict(kl_target=0.02)), ValueError, "`kl_controller_kwargs` must not contain kl_target"),
         (
-            dict(kl_controller_class=LogProportionalKLController, kl_controller_kwargs=dict(gain=0)),
+            dict(kl_controller_class=ScalingController, kl_controller_kwargs=dict(factor=0)),
             ValueError,
-            "`gain` must be a finite number > 0",
+            "`factor` must be a finite number > 0",
         ),
-        (dict(kl_stop="1"), TypeError, "`kl_stop` must be None or a finite number > 0"),
-        (dict(kl_stop=1.0, kl_stop_interval=0), ValueError, "`kl_stop_interval` must be an integer >= 1"),
+        (dict(kl_stop=1.0), TypeError, "kl_stop"),  # removed by issue 45
     ]:
         with pytest.raises(error, match=message):
             ours(policy, _env(env_id, 1), **kwargs)

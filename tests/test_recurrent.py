@@ -15,7 +15,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.utils import LinearSchedule
 from torch import nn
 
-import sb3_ppo_kl.ppo_kl.ppo_kl as ppo_kl_module
+import sb3_ppo_kl.common.rollout as rollout_module
 from sb3_ppo_kl import PPOKL, RecurrentPPOKL
 from sb3_ppo_kl.common.buffers import KLRecurrentDictRolloutBuffer, KLRecurrentRolloutBuffer
 
@@ -118,7 +118,7 @@ def test_snapshot_does_not_depend_on_how_the_rollout_is_cut_into_padded_sequence
     model._snapshot_rollout_policy()
     reference = model.rollout_buffer.old_dist_params.clone()
     for full_pass in (7, 50, 100):
-        monkeypatch.setattr(ppo_kl_module, "FULL_PASS_BATCH_SIZE", full_pass)
+        monkeypatch.setattr(rollout_module, "FULL_PASS_BATCH_SIZE", full_pass)
         model._snapshot_rollout_policy()
         assert th.allclose(model.rollout_buffer.old_dist_params, reference, atol=1e-6)
 
@@ -128,7 +128,7 @@ def test_d_is_the_mean_kl_over_the_unpadded_steps(rollout, monkeypatch):
     rollout(model)
     model.train()
     model.policy.set_training_mode(False)
-    monkeypatch.setattr(ppo_kl_module, "FULL_PASS_BATCH_SIZE", 50)
+    monkeypatch.setattr(rollout_module, "FULL_PASS_BATCH_SIZE", 50)
     np.random.seed(0)  # the recurrent buffer cuts the rollout at a random point: cut it the same way twice
     d, _ = model._rollout_kl()
     np.random.seed(0)
@@ -160,7 +160,7 @@ def test_padded_steps_do_not_enter_the_loss(rollout):
     poisoned = batch._replace(old_dist_params=th.where(valid[:, None], batch.old_dist_params, th.full((), 1e30)))
     kl_poisoned = model._kl_to_old(poisoned, log_prob)
     assert not th.isfinite(kl_poisoned).all()
-    assert ppo_kl_module._masked_mean(kl_poisoned, valid) == ppo_kl_module._masked_mean(kl, valid)
+    assert rollout_module.masked_mean(kl_poisoned, valid) == rollout_module.masked_mean(kl, valid)
 
 
 @pytest.mark.parametrize("use_sde", [False, True])

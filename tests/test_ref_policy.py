@@ -1,4 +1,4 @@
-"""Fine-tuning: the KL penalty to a frozen reference policy, from_pretrained() and the value warm-up."""
+"""Fine-tuning: the KL penalty to a reference policy (frozen or moving), and from_pretrained()."""
 
 import copy
 import math
@@ -15,9 +15,10 @@ from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.utils import LinearSchedule
 from torch.nn import functional as F
 
-from sb3_ppo_kl import PPOKL, HoldThenLinearSchedule, MaskablePPOKL, RecurrentPPOKL, distribution_params
+from sb3_ppo_kl import PPOKL, MaskablePPOKL, RecurrentPPOKL, distribution_params
 
 LR, BETA, REF_COEF, VF_COEF, N_STEPS = 0.05, 0.7, 0.4, 0.5, 32
 SGD = dict(optimizer_class=th.optim.SGD, optimizer_kwargs={})
@@ -101,9 +102,14 @@ def _entropy(dist, discrete):
     return (0.5 + 0.5 * math.log(2 * math.pi) + dist[1].log()).sum(-1)
 
 
+def _to_ref_coef(progress_remaining: float) -> float:
+    """A schedule of ``ref_kl_coef``: 1.0 at the start of training, REF_COEF at its end."""
+    return REF_COEF + (1.0 - REF_COEF) * progress_remaining
+
+
 @pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
-@pytest.mark.parametrize("ref_kl_target", [None, 1e-3, "schedule"])
-def test_train_matches_hand_written_loss_with_reference(env_id, ref_kl_target):
+@pytest.mark.parametrize("coef", ["fixed", "schedule"])
+def test_train_matches_hand_written_loss_with_reference(env_id, coef):
     """
     Two SGD epochs on one minibatch by learn() and by a written-out loss with the KL to the reference agree.
     "schedule": ref_kl_coef is a schedule whose value is REF_COEF where the update happens (progress_remaining 0,
@@ -111,9 +117,7 @@ def test_train_matches_hand_written_loss_with_reference(env_id, ref_kl_target):
     """
     discrete = env_id == "CartPole-v1"
     ref = _other_policy(env_id, seed=7)
-    ref_kl_coef = REF_COEF
-    if ref_kl_target == "schedule":
-        ref_kl_coef, ref_kl_target = HoldThenLinearSchedule(1.0, REF_COEF, hold_fraction=0.2, end_fraction=0.9), None
+    ref_kl_coef = _to_ref_coef if coef == "schedule" else REF_COEF
     model = PPOKL(
         "MlpPolicy",
         env_id,
@@ -124,7 +128,6 @@ def test_train_matches_hand_written_loss_with_reference(env_id, ref_kl_target):
         kl_coef=BETA,
         ref_policy=ref,
         ref_kl_coef=ref_kl_coef,
-        ref_kl_target=ref_kl_target,
         ent_coef=0.01,
         vf_coef=VF_COEF,
         max_grad_norm=1e9,
@@ -166,13 +169,7 @@ def test_train_matches_hand_written_loss_with_reference(env_id, ref_kl_target):
     # train/ref_kl: the mean forward KL over the rollout after the update
     assert logged["train/ref_kl"] == pytest.approx(ref_kl, rel=1e-4)
     assert ref_kl > 0 and reverse != pytest.approx(ref_kl, rel=1e-3)  # the direction matters, and it is the forward one
-    if ref_kl_target is None:
-        expected = REF_COEF
-    else:
-        expected = REF_COEF / 2 if ref_kl < ref_kl_target / 1.5 else REF_COEF * 2 if ref_kl > ref_kl_target * 1.5 else REF_COEF
-    assert model.ref_kl_coef == pytest.approx(expected) == logged["train/ref_kl_coef"]
-    if ref_kl_target is not None:
-        assert model.ref_kl_coef != REF_COEF  # adapted: the fresh reference is far from the policy
+    assert model.ref_kl_coef == pytest.approx(REF_COEF) == logged["train/ref_kl_coef"]
 
 
 def test_without_reference_nothing_changes():
@@ -193,7 +190,7 @@ def test_without_reference_nothing_changes():
     assert all(policy in (None, model.policy) for policies in calls.values() for policy in policies)
     assert model.ref_policy is None and model.rollout_buffer.ref_dist_params is None
     assert model._get_torch_save_params() == (["policy", "policy.optimizer"], [])
-    assert not [key for key in model.logger.name_to_value if "ref" in key or "warmup" in key]
+    assert not [key for key in model.logger.name_to_value if "ref" in key]
 
 
 def test_reference_pass_is_once_per_update():
@@ -275,55 +272,23 @@ def test_space_mismatch_names_both_spaces(zips):
         (dict(ref_kl_coef=True), TypeError, r"`ref_kl_coef` must be a finite number >= 0 or a schedule, got True"),
         (dict(ref_kl_coef=lambda p: True), ValueError, "`ref_kl_coef` as a schedule must give finite numbers >= 0, got True"),
         (dict(ref_kl_coef=lambda p: "1"), ValueError, "`ref_kl_coef` as a schedule must give finite numbers >= 0, got '1'"),
-        (dict(ref_kl_target="0.02"), TypeError, r"`ref_kl_target` must be None or a finite number > 0, got '0.02'"),
-        (dict(ref_kl_target=True), TypeError, r"`ref_kl_target` must be None or a finite number > 0, got True"),
-        (dict(ref_kl_coef_bounds=(1.0, "2")), TypeError, r"`ref_kl_coef_bounds` must be a pair \(low, high\)"),
-        (dict(ref_kl_coef_bounds=(0.1, float("nan"))), ValueError, r"`ref_kl_coef_bounds` must be a pair \(low, high\)"),
         (
             dict(ref_kl_coef=lambda p: p - 0.5),
             ValueError,
             r"`ref_kl_coef` as a schedule must give finite numbers >= 0, got -0.5",
         ),
-        (
-            dict(ref_kl_coef=HoldThenLinearSchedule(1.0), ref_kl_target=0.02),
-            ValueError,
-            "`ref_kl_coef` is a schedule and `ref_kl_target` is set: the coefficient cannot follow both",
-        ),
-        (dict(ref_kl_target=0.0), ValueError, r"`ref_kl_target` must be None or a finite number > 0, got 0.0"),
-        (dict(ref_kl_target=-0.1), ValueError, "`ref_kl_target` must be None or a finite number > 0"),
-        (
-            dict(ref_kl_target=0.01, ref_kl_coef=0.0),
-            ValueError,
-            r"`ref_kl_coef` must lie within ref_kl_coef_bounds=\[0.0001, 10000.0\] when ref_kl_target is set",
-        ),
-        (
-            dict(ref_kl_target=0.01, ref_kl_coef=0.5, ref_kl_coef_bounds=(1.0, 1e4)),
-            ValueError,
-            r"`ref_kl_coef` must lie within ref_kl_coef_bounds=\[1.0, 10000.0\]",
-        ),
-        (
-            dict(ref_kl_coef_bounds=(2.0, 1.0)),
-            ValueError,
-            r"`ref_kl_coef_bounds` must be a pair \(low, high\) of real numbers with 0 <= low <= high",
-        ),
-        (dict(ref_kl_coef_bounds=(-1.0, 1.0)), ValueError, "`ref_kl_coef_bounds` must be a pair"),
-        (dict(ref_kl_coef_bounds=(1.0,)), ValueError, "`ref_kl_coef_bounds` must be a pair"),
-        (dict(ref_kl_coef_bounds=1.0), TypeError, "`ref_kl_coef_bounds` must be a pair"),
-        (dict(ref_kl_coef_bounds="12"), TypeError, "`ref_kl_coef_bounds` must be a pair"),
-        (dict(ref_kl_coef_bounds=(True, 2.0)), TypeError, "`ref_kl_coef_bounds` must be a pair"),
-        (
-            dict(ref_policy=None, ref_kl_target=0.01),
-            ValueError,
-            "`ref_kl_target` applies to a reference policy; give `ref_policy`",
-        ),
+        (dict(ref_policy=None, ref_tau=0.3), ValueError, "`ref_tau` applies to a reference policy; give `ref_policy`"),
         (
             dict(ref_policy=42),
             ValueError,
             r"`ref_policy` must be an SB3 policy \(a BasePolicy\) or the path of an SB3 model zip",
         ),
         (dict(ref_policy="no/such/model.zip"), ValueError, "`ref_policy`: no SB3 model zip at 'no/such/model.zip'"),
-        (dict(value_warmup_rollouts=-1), ValueError, "`value_warmup_rollouts` must be an integer >= 0, got -1"),
-        # value_warmup_rollouts of a wrong type (1.5, True) is a TypeError: tests/test_errors.py
+        # removed by issue 45: unknown arguments
+        (dict(ref_kl_target=0.02), TypeError, "ref_kl_target"),
+        (dict(ref_kl_coef_bounds=(1.0, 1e4)), TypeError, "ref_kl_coef_bounds"),
+        (dict(ref_update_interval=2), TypeError, "ref_update_interval"),
+        (dict(value_warmup_rollouts=1), TypeError, "value_warmup_rollouts"),
     ],
 )
 def test_invalid_arguments(kwargs, error, message):
@@ -339,24 +304,21 @@ def test_ref_kl_coef_setter():
     )
     assert model.ref_kl_coef == 0.3
     model.ref_kl_coef = 2.0
-    assert model.ref_kl_controller.kl_coef == 2.0
+    assert model.ref_kl_coef == 2.0
     with pytest.raises(ValueError, match="ref_kl_coef"):
         model.ref_kl_coef = -1.0
-    model.ref_kl_coef = HoldThenLinearSchedule(0.8, 0.2)  # a schedule replaces the number, and a number the schedule
+    model.ref_kl_coef = LinearSchedule(0.8, 0.2, 1.0)  # a schedule replaces the number, and a number the schedule
     model._current_progress_remaining = 0.5
     assert model.ref_kl_coef == pytest.approx(0.5)
     model.ref_kl_coef = 0.1
     assert model.ref_kl_coef == 0.1 and model._ref_kl_coef_schedule is None
     with pytest.raises(ValueError, match="`ref_kl_coef` as a schedule must give finite numbers >= 0"):
         model.ref_kl_coef = lambda progress: -1.0
-    adapted = PPOKL("MlpPolicy", "CartPole-v1", ref_policy=_other_policy("CartPole-v1", 0), ref_kl_target=0.01)
-    with pytest.raises(ValueError, match="`ref_kl_coef` cannot be a schedule while it is adapted toward `ref_kl_target`"):
-        adapted.ref_kl_coef = HoldThenLinearSchedule(1.0)
 
 
 def test_ref_kl_coef_schedule_follows_the_progress():
-    """Held, then linear to 0: each update uses, and logs, the schedule's value at its progress remaining."""
-    schedule = HoldThenLinearSchedule(1.0, 0.0, hold_fraction=0.25, end_fraction=0.75)
+    """Linear from 1 to 0 over the first half of training: each update uses, and logs, the schedule's value."""
+    schedule = LinearSchedule(1.0, 0.0, 0.5)
     model = PPOKL(
         "MlpPolicy",
         "CartPole-v1",
@@ -367,53 +329,17 @@ def test_ref_kl_coef_schedule_follows_the_progress():
         ref_kl_coef=schedule,
         seed=0,
     )
-    assert model.ref_kl_coef == 1.0 and not model.ref_kl_controller.adaptive_kl
+    assert model.ref_kl_coef == 1.0
     updates = PerUpdate()
     model.learn(4 * 32, callback=updates)
     # updates after 32, 64, 96, 128 of 128 steps: 25%, 50%, 75%, 100% of training done
-    assert [row["ref_kl_coef"] for row in updates.rows] == pytest.approx([1.0, 0.5, 0.0, 0.0])
+    assert [row["ref_kl_coef"] for row in updates.rows] == pytest.approx([0.5, 0.0, 0.0, 0.0])
     assert all(row["ref_kl"] > 0 for row in updates.rows)
     assert updates.rows[0]["ref_kl_penalty"] > 0 and updates.rows[3]["ref_kl_penalty"] == 0.0
     assert model.ref_kl_coef == 0.0
 
 
-def test_ref_kl_coef_bounds_floor_the_adapted_coefficient():
-    """
-    ref_kl_coef=1.0, ref_kl_target=0.02, ref_kl_coef_bounds=(1.0, 1e4): the coefficient doubles while the KL to the
-    reference is above 0.02 * 1.5 and never falls below 1.0 when it is below 0.02 / 1.5, where the default bounds
-    let it halve.
-    """
-    kwargs = dict(n_steps=64, batch_size=64, n_epochs=2, ref_kl_coef=1.0, ref_kl_target=0.02, seed=0)
-
-    def coefficients(ref_policy, bounds):
-        model = PPOKL.from_pretrained(
-            PPO("MlpPolicy", "CartPole-v1", seed=1).policy,
-            "CartPole-v1",
-            ref_kl_coef_bounds=bounds,
-            **kwargs,
-            **({} if ref_policy is None else dict(ref_policy=ref_policy)),
-        )
-        assert model.ref_kl_controller.kl_coef_bounds == (bounds or model.kl_controller.kl_coef_bounds)
-        updates = PerUpdate()
-        model.learn(3 * 64, callback=updates)
-        previous = 1.0
-        for row in updates.rows:  # the controller's rule, clamped to the bounds, update by update
-            low, high = bounds or (1e-4, 1e4)
-            wanted = previous * 2 if row["ref_kl"] > 0.03 else previous / 2 if row["ref_kl"] < 0.02 / 1.5 else previous
-            assert row["ref_kl_coef"] == min(max(wanted, low), high)
-            previous = row["ref_kl_coef"]
-        return [row["ref_kl"] for row in updates.rows], [row["ref_kl_coef"] for row in updates.rows]
-
-    # the reference is the starting policy: the first updates barely move from it
-    kls, floored = coefficients(None, (1.0, 1e4))
-    assert max(kls) < 0.02 / 1.5 and floored == [1.0, 1.0, 1.0]
-    assert coefficients(None, None)[1] == [0.5, 0.25, 0.125]  # what the floor prevents
-    # a reference far from the policy: the KL is too high, and the coefficient rises
-    kls, raised = coefficients(_other_policy("CartPole-v1", 3), (1.0, 1e4))
-    assert min(kls) > 0.03 and raised == [2.0, 4.0, 8.0]
-
-
-@pytest.mark.parametrize("schedule", [HoldThenLinearSchedule(0.9, 0.1, hold_fraction=0.3), lambda progress: 0.2 + progress])
+@pytest.mark.parametrize("schedule", [LinearSchedule(0.9, 0.1, 0.7), lambda progress: 0.2 + progress])
 def test_save_load_keeps_the_ref_kl_coef_schedule(tmp_path, schedule):
     """The schedule is pickled with the model (cloudpickle, as SB3 pickles clip_range): the loaded model continues it."""
     env = make_vec_env("CartPole-v1", n_envs=1, seed=0)
@@ -425,7 +351,6 @@ def test_save_load_keeps_the_ref_kl_coef_schedule(tmp_path, schedule):
     assert loaded.ref_kl_coef == model.ref_kl_coef == pytest.approx(schedule(0.0))
     for progress in np.linspace(0, 1, 11):
         assert loaded._ref_kl_coef_schedule(progress) == schedule(progress)
-    assert not loaded.ref_kl_controller.adaptive_kl
     updates = PerUpdate()
     loaded.learn(3 * 32, callback=updates)  # a new budget: progress 1 -> 0 again
     assert [row["ref_kl_coef"] for row in updates.rows] == pytest.approx([schedule(2 / 3), schedule(1 / 3), schedule(0.0)])
@@ -445,12 +370,9 @@ def test_save_load_keeps_the_reference_and_training_continues(tmp_path):
         n_epochs=2,
         ref_policy=_other_policy("CartPole-v1", 5),
         ref_kl_coef=0.5,
-        ref_kl_target=1e-4,
-        value_warmup_rollouts=1,
         seed=0,
     )
     model.learn(128)
-    assert model.ref_kl_coef != 0.5  # adapted
     model.save(tmp_path / "model")
     loaded = PPOKL.load(tmp_path / "model", env=env)
 
@@ -458,15 +380,11 @@ def test_save_load_keeps_the_reference_and_training_continues(tmp_path):
     assert not loaded.ref_policy.training and not any(p.requires_grad for p in loaded.ref_policy.parameters())
     for a, b in zip(model.ref_policy.parameters(), loaded.ref_policy.parameters()):
         assert th.equal(a, b)
-    assert vars(loaded.ref_kl_controller) == vars(model.ref_kl_controller)
-    assert (loaded.value_warmup_rollouts, loaded._n_rollouts_trained) == (1, 2)
+    assert loaded.ref_kl_coef == 0.5 and loaded.ref_tau == 0.0
     saved_ref = copy.deepcopy(loaded.ref_policy.state_dict())
-    saved_coef = loaded.ref_kl_coef
-    loaded.learn(64, reset_num_timesteps=False)  # exactly one more update, not a warm-up one
+    loaded.learn(64, reset_num_timesteps=False)  # exactly one more update
     values = loaded.logger.name_to_value
-    assert "train/value_warmup" not in values
-    assert values["train/ref_kl"] > 0
-    assert loaded.ref_kl_coef in (saved_coef * 2, saved_coef / 2, saved_coef)
+    assert values["train/ref_kl"] > 0 and values["train/ref_kl_coef"] == 0.5
     for key, value in loaded.ref_policy.state_dict().items():
         assert th.equal(value, saved_ref[key]), key
     # the loaded reference gives the saved one's distribution, on the loaded model's rollout
@@ -484,12 +402,11 @@ def test_model_saved_without_reference_loads(tmp_path):
     model.learn(32)
     model.save(tmp_path / "plain")
     # ... and as saved before references existed: without their attributes
-    new_attributes = ["_ref_policy_spec", "ref_kl_controller", "value_warmup_rollouts", "_n_rollouts_trained"]
-    new_attributes += ["ref_tau", "ref_update_interval", "_n_policy_updates", "_n_ref_updates"]
+    new_attributes = ["_ref_policy_spec", "_ref_kl_coef", "ref_tau", "_n_ref_updates"]
     model.save(tmp_path / "old", exclude=new_attributes)
     for name in ("plain", "old"):
         loaded = PPOKL.load(tmp_path / name, env=env)
-        assert loaded.ref_policy is None and loaded.value_warmup_rollouts == 0
+        assert loaded.ref_policy is None and loaded.ref_tau == 0.0
         assert loaded._get_torch_save_params() == (["policy", "policy.optimizer"], [])
         loaded.learn(32, reset_num_timesteps=False)
         assert "train/ref_kl" not in loaded.logger.name_to_value
@@ -515,13 +432,38 @@ def test_from_pretrained_copies_the_policy_and_uses_it_as_reference(zips, source
 
 def test_from_pretrained_options(zips):
     model = PPOKL.from_pretrained(zips["ppo_cartpole"], "CartPole-v1", n_steps=32, batch_size=32, ref_policy=None)
-    assert model.ref_policy is None
+    assert model.ref_policy is None and model.ref_tau == 0.0
     other = _other_policy("CartPole-v1", 9)
-    model = PPOKL.from_pretrained(
-        zips["ppo_cartpole"], "CartPole-v1", n_steps=32, batch_size=32, ref_policy=other, ref_kl_target=0.01
-    )
+    model = PPOKL.from_pretrained(zips["ppo_cartpole"], "CartPole-v1", n_steps=32, batch_size=32, ref_policy=other)
     assert th.equal(model.ref_policy.action_net.weight, other.action_net.weight)
-    assert model.ref_kl_controller.adaptive_kl
+    assert model.ref_tau == 0.0  # a reference given here is the constructor's: frozen unless ref_tau is given
+
+
+@pytest.mark.parametrize(
+    "algo, zip_name", [(PPOKL, "ppo_cartpole"), (MaskablePPOKL, "maskable"), (RecurrentPPOKL, "recurrent")]
+)
+def test_from_pretrained_defaults_to_the_moving_reference(zips, algo, zip_name):
+    """
+    Issue 45: from_pretrained's reference moves with ref_tau=0.3 (the setting that won the fine-tuning benchmark);
+    ref_tau=0 keeps it frozen; the constructor's ref_policy stays None.
+    """
+    env = _masked_env() if algo is MaskablePPOKL else "CartPole-v1"
+    model = algo.from_pretrained(zips[zip_name], env, n_steps=32, batch_size=32, n_epochs=1, seed=0)
+    start = copy.deepcopy(model.ref_policy.state_dict())
+    assert model.ref_tau == 0.3 and model.ref_kl_coef == 1.0
+    model.learn(32)
+    assert model._n_ref_updates == 1
+    policy = model.policy.state_dict()
+    for key, value in model.ref_policy.state_dict().items():  # 0.7 * the pretrained policy + 0.3 * the policy
+        if value.is_floating_point():
+            assert th.allclose(value, 0.7 * start[key] + 0.3 * policy[key], atol=1e-6), key
+    frozen = algo.from_pretrained(zips[zip_name], env, n_steps=32, batch_size=32, n_epochs=1, seed=0, ref_tau=0)
+    assert frozen.ref_tau == 0.0
+    frozen.learn(32)
+    assert frozen._n_ref_updates == 0
+    for key, value in frozen.ref_policy.state_dict().items():
+        assert th.equal(value, start[key]), key
+    assert algo("MlpLstmPolicy" if algo is RecurrentPPOKL else "MlpPolicy", env, n_steps=32, batch_size=32).ref_policy is None
 
 
 def test_from_pretrained_with_another_architecture_names_the_difference(zips):
@@ -677,9 +619,8 @@ def test_recurrent_train_matches_hand_written_loss_with_reference(monkeypatch):
 
 def test_recurrent_reference_keeps_its_own_lstm_states_across_rollouts(monkeypatch):
     """
-    Two environments, three rollouts, the first a value warm-up one, the pass cut into chunks of 3 steps: the
-    reference distribution is, for every sample, the reference run step by step over each environment's whole
-    history from a zero state (the warm-up rollout included: nothing is stored then, but the state follows).
+    Two environments, three rollouts, the pass cut into chunks of 3 steps: the reference distribution is, for every
+    sample, the reference run step by step over each environment's whole history from a zero state.
     """
     import sb3_ppo_kl.ppo_kl_recurrent.ppo_kl_recurrent as recurrent_module
 
@@ -693,7 +634,6 @@ def test_recurrent_reference_keeps_its_own_lstm_states_across_rollouts(monkeypat
         batch_size=16,
         n_epochs=1,
         ref_policy=ref,
-        value_warmup_rollouts=1,
         policy_kwargs=LSTM,
         seed=0,
     )
@@ -702,7 +642,7 @@ def test_recurrent_reference_keeps_its_own_lstm_states_across_rollouts(monkeypat
 
     def recording(ref_policy):
         params = reference_pass(ref_policy)
-        buffer = model.rollout_buffer  # environment-major once flattened by get(), which a warm-up update has not run
+        buffer = model.rollout_buffer  # environment-major once flattened by get()
         flat = (lambda array: array) if buffer.generator_ready else buffer.swap_and_flatten
         snapshots.append((flat(buffer.observations).copy(), flat(buffer.episode_starts).copy(), params))
         return params
@@ -781,16 +721,15 @@ def test_recurrent_save_load_with_the_reference_continues_identically(tmp_path):
         n_epochs=2,
         ref_policy=_recurrent_other_policy(5),
         ref_kl_coef=0.5,
-        ref_kl_target=1e-3,
+        ref_tau=0.2,
         policy_kwargs=LSTM,
         seed=0,
     )
     model.learn(64)
-    assert model.ref_kl_coef != 0.5  # adapted
     model.save(tmp_path / "model")
     loaded = RecurrentPPOKL.load(tmp_path / "model", env=copy.deepcopy(model.env))
     assert loaded._ref_lstm_states is None  # as RecurrentPPO's own states: zeros after loading
-    assert vars(loaded.ref_kl_controller) == vars(model.ref_kl_controller)
+    assert (loaded.ref_kl_coef, loaded.ref_tau, loaded._n_ref_updates) == (0.5, 0.2, 2)
     for key, value in model.ref_policy.state_dict().items():
         assert th.equal(loaded.ref_policy.state_dict()[key], value), key
     assert not loaded.ref_policy.training and not any(p.requires_grad for p in loaded.ref_policy.parameters())
@@ -802,82 +741,13 @@ def test_recurrent_save_load_with_the_reference_continues_identically(tmp_path):
         continued.learn(64, reset_num_timesteps=False)
     for (name, a), b in zip(model.policy.named_parameters(), loaded.policy.parameters()):
         assert th.equal(a, b), name
-    assert loaded.ref_kl_coef == model.ref_kl_coef
+    for key, value in model.ref_policy.state_dict().items():  # moved alike
+        assert th.equal(loaded.ref_policy.state_dict()[key], value), key
     assert th.equal(loaded.rollout_buffer.ref_dist_params, model.rollout_buffer.ref_dist_params)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Value warm-up
-
-
-class SharedLinear(BaseFeaturesExtractor):
-    """A features extractor with weights, shared by the actor and the critic."""
-
-    def __init__(self, observation_space, features_dim=8):
-        super().__init__(observation_space, features_dim)
-        self.linear = th.nn.Linear(int(np.prod(observation_space.shape)), features_dim)
-
-    def forward(self, obs):
-        return th.tanh(self.linear(obs))
-
-
-@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
-def test_value_warmup_trains_only_the_value_function(env_id):
-    policy_kwargs = dict(features_extractor_class=SharedLinear, net_arch=dict(pi=[16], vf=[16]))
-    model = PPOKL(
-        "MlpPolicy",
-        env_id,
-        n_steps=64,
-        batch_size=32,
-        n_epochs=2,
-        learning_rate=1e-2,
-        value_warmup_rollouts=2,
-        kl_target=1e-6,  # beta doubles after any real update
-        ref_policy=_other_policy(env_id, 4) if env_id == "CartPole-v1" else None,
-        policy_kwargs=policy_kwargs,
-        seed=0,
-    )
-    before = copy.deepcopy(model.policy)
-    beta = model.kl_coef
-    obs = th.as_tensor(np.stack([model.observation_space.sample() for _ in range(50)]))
-    with th.no_grad():
-        dist_before = distribution_params(before.get_distribution(obs))
-    model.learn(128)  # the two warm-up rollouts
-    with th.no_grad():
-        assert th.equal(distribution_params(model.policy.get_distribution(obs)), dist_before)
-        assert not th.allclose(model.policy.predict_values(obs), before.predict_values(obs))
-    assert th.equal(model.policy.features_extractor.linear.weight, before.features_extractor.linear.weight)  # shared
-    assert not th.equal(model.policy.value_net.weight, before.value_net.weight)
-    assert model.kl_coef == beta  # not adapted during the warm-up
-    values = model.logger.name_to_value
-    assert values["train/value_warmup"] == 1 and "train/ref_kl" not in values
-    model.learn(64, reset_num_timesteps=False)  # the first update of the policy
-    with th.no_grad():
-        assert not th.allclose(distribution_params(model.policy.get_distribution(obs)), dist_before)
-    assert model.kl_coef == 2 * beta
-
-
-def test_value_warmup_in_recurrent_ppo_kl():
-    model = RecurrentPPOKL(
-        "MlpLstmPolicy",
-        "CartPole-v1",
-        n_steps=32,
-        batch_size=16,
-        n_epochs=2,
-        learning_rate=1e-2,
-        value_warmup_rollouts=1,
-        policy_kwargs=dict(lstm_hidden_size=8, net_arch=dict(pi=[8], vf=[8])),
-        seed=0,
-    )
-    before = {name: p.clone() for name, p in model.policy.named_parameters()}
-    model.learn(32)
-    for name, p in model.policy.named_parameters():
-        critic = "critic" in name or "value" in name  # lstm_critic, mlp_extractor.value_net, value_net
-        assert th.equal(p, before[name]) != critic, name
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# A reference that moves: ref_tau and ref_update_interval
+# A reference that moves: ref_tau
 
 
 class BatchNormLinear(BaseFeaturesExtractor):
@@ -892,7 +762,7 @@ class BatchNormLinear(BaseFeaturesExtractor):
         return th.tanh(self.norm(self.linear(obs)))
 
 
-def _moving(algo, ref_tau, ref_update_interval, **kwargs):
+def _moving(algo, ref_tau, **kwargs):
     """``algo`` fine-tuning a pretrained policy of its own class (the reference starts as it)."""
     policy, pretrained = ("MlpLstmPolicy", RecurrentPPO) if algo is RecurrentPPOKL else ("MlpPolicy", PPO)
     policy_kwargs = LSTM if algo is RecurrentPPOKL else dict(features_extractor_class=BatchNormLinear)
@@ -905,7 +775,6 @@ def _moving(algo, ref_tau, ref_update_interval, **kwargs):
         batch_size=16,
         n_epochs=2,
         ref_tau=ref_tau,
-        ref_update_interval=ref_update_interval,
         seed=0,
         **kwargs,
     )
@@ -920,7 +789,7 @@ def _state(policy):
 def test_soft_update_moves_the_reference_by_ref_tau(algo):
     """After one update with ref_tau=0.25 every weight of the reference is 0.75 * before + 0.25 * policy; buffers (batch
     norm's running statistics) are the policy's; the KL logged is the one to the reference before it moved."""
-    model, _ = _moving(algo, 0.25, 1)
+    model, _ = _moving(algo, 0.25)
     before = _state(model.ref_policy)
     model.learn(32)
     policy, reference = model.policy.state_dict(), model.ref_policy.state_dict()
@@ -945,59 +814,45 @@ def test_soft_update_moves_the_reference_by_ref_tau(algo):
     assert not model.ref_policy.training and not any(p.requires_grad for p in model.ref_policy.parameters())
 
 
-def test_hard_reset_every_second_update():
-    """ref_tau=1, ref_update_interval=2: the reference is still the clone after update 1, the policy after update 2."""
-    model, source = _moving(PPOKL, 1.0, 2)
-    model.learn(32)
-    for key, value in source.state_dict().items():
-        assert th.equal(model.ref_policy.state_dict()[key], value), key
-    assert model.logger.name_to_value["train/ref_updates"] == 0
-    model.learn(32, reset_num_timesteps=False)
-    policy = model.policy.state_dict()
-    for key, value in model.ref_policy.state_dict().items():
-        assert th.equal(value, policy[key]), key
+def test_hard_reset_after_every_update():
+    """ref_tau=1: the reference is the policy after every update."""
+    model, source = _moving(PPOKL, 1.0)
+    for update in (1, 2):
+        model.learn(32, reset_num_timesteps=update == 1)
+        policy = model.policy.state_dict()
+        for key, value in model.ref_policy.state_dict().items():
+            assert th.equal(value, policy[key]), key
+        assert model.logger.name_to_value["train/ref_updates"] == update
     assert not th.equal(policy["action_net.weight"], source.state_dict()["action_net.weight"])
-    assert model.logger.name_to_value["train/ref_updates"] == 1
 
 
-def test_value_warmup_updates_neither_move_the_reference_nor_count():
-    model, source = _moving(PPOKL, 1.0, 1, value_warmup_rollouts=1)
-    model.learn(32)  # the warm-up update
-    assert (model._n_policy_updates, model._n_ref_updates) == (0, 0)
-    for key, value in source.state_dict().items():
-        assert th.equal(model.ref_policy.state_dict()[key], value), key
-    model.learn(32, reset_num_timesteps=False)
-    assert (model._n_policy_updates, model._n_ref_updates) == (1, 1)
-    assert th.equal(model.ref_policy.action_net.weight, model.policy.action_net.weight)
-
-
-def test_frozen_by_default():
-    model, source = _moving(PPOKL, 0.0, 1)
-    assert (model.ref_tau, model.ref_update_interval) == (0.0, 1)
+def test_frozen_with_ref_tau_0():
+    model, source = _moving(PPOKL, 0.0)
+    assert model.ref_tau == 0.0
     model.learn(64)
     for key, value in source.state_dict().items():
         assert th.equal(model.ref_policy.state_dict()[key], value), key
     assert "train/ref_updates" not in model.logger.name_to_value
 
 
-def test_save_load_keeps_the_moved_reference_and_its_clock(tmp_path):
-    """Saved after 1 of every 2 updates: the loaded model keeps the moved weights and resets the reference at its
-    next update, as the saved model would."""
-    model, _ = _moving(PPOKL, 1.0, 2)
-    model.ref_tau = 0.5  # first a soft move, so that the saved reference is neither the clone nor the policy
+def test_save_load_keeps_the_moved_reference_and_its_count(tmp_path):
+    """The loaded model keeps the moved weights and the count of moves, and moves on from there."""
+    model, _ = _moving(PPOKL, 0.5)
     model.learn(64)
-    assert model._n_ref_updates == 1
-    model.ref_tau = 1.0
-    model.learn(32, reset_num_timesteps=False)  # update 3 of 2-update periods: no move
+    assert model._n_ref_updates == 2
     model.save(tmp_path / "model")
     loaded = PPOKL.load(tmp_path / "model", env=make_vec_env("CartPole-v1", n_envs=2, seed=0))
-    assert (loaded.ref_tau, loaded.ref_update_interval, loaded._n_policy_updates, loaded._n_ref_updates) == (1.0, 2, 3, 1)
+    assert (loaded.ref_tau, loaded._n_ref_updates) == (0.5, 2)
     for key, value in model.ref_policy.state_dict().items():
         assert th.equal(loaded.ref_policy.state_dict()[key], value), key
     assert not th.equal(loaded.ref_policy.action_net.weight, loaded.policy.action_net.weight)
-    loaded.learn(32, reset_num_timesteps=False)  # update 4: the reset
-    assert th.equal(loaded.ref_policy.action_net.weight, loaded.policy.action_net.weight)
-    assert loaded.logger.name_to_value["train/ref_updates"] == 2
+    before = _state(loaded.ref_policy)
+    loaded.learn(32, reset_num_timesteps=False)
+    policy = loaded.policy.state_dict()
+    th.testing.assert_close(
+        loaded.ref_policy.action_net.weight, 0.5 * before["action_net.weight"] + 0.5 * policy["action_net.weight"]
+    )
+    assert loaded.logger.name_to_value["train/ref_updates"] == 3
 
 
 def test_a_moving_reference_of_another_architecture_is_refused(zips):
@@ -1022,9 +877,6 @@ def test_a_moving_reference_of_another_architecture_is_refused(zips):
         (dict(ref_tau="0.1"), TypeError, r"`ref_tau` must be a finite number in \[0, 1\], got '0.1'"),
         (dict(ref_tau=True), TypeError, r"`ref_tau` must be a finite number in \[0, 1\], got True"),
         (dict(ref_tau=None), TypeError, r"`ref_tau` must be a finite number in \[0, 1\]"),
-        (dict(ref_update_interval=0), ValueError, "`ref_update_interval` must be an integer >= 1, got 0"),
-        (dict(ref_update_interval=2.0), TypeError, "`ref_update_interval` must be an integer >= 1, got 2.0"),
-        (dict(ref_update_interval=True), TypeError, "`ref_update_interval` must be an integer >= 1, got True"),
         (dict(ref_policy=None, ref_tau=0.5), ValueError, "`ref_tau` applies to a reference policy; give `ref_policy`"),
     ],
 )
@@ -1037,7 +889,7 @@ def test_invalid_moving_reference_arguments(kwargs, error, message):
 
 def test_from_pretrained_takes_a_model():
     expert = PPO("MlpPolicy", "CartPole-v1", seed=3)
-    model = PPOKL.from_pretrained(expert, "CartPole-v1", n_steps=32, batch_size=32, ref_tau=0.5, ref_update_interval=3)
-    assert (model.ref_tau, model.ref_update_interval) == (0.5, 3)
+    model = PPOKL.from_pretrained(expert, "CartPole-v1", n_steps=32, batch_size=32, ref_tau=0.5)
+    assert model.ref_tau == 0.5
     for key, value in expert.policy.state_dict().items():
         assert th.equal(model.policy.state_dict()[key], value) and th.equal(model.ref_policy.state_dict()[key], value)

@@ -29,7 +29,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import LinearSchedule
 from torch import nn
 
-from sb3_ppo_kl import PPOKL, HoldThenLinearSchedule, KLCoefController, MaskablePPOKL, RecurrentPPOKL
+from sb3_ppo_kl import PPOKL, KLCoefController, MaskablePPOKL, RecurrentPPOKL
 from sb3_ppo_kl.common.safe_load import SafeLoadError, admitted, safe_custom_objects, safe_loads
 
 SMALL = dict(n_steps=16, batch_size=16, n_epochs=1, seed=0)
@@ -200,7 +200,6 @@ def test_the_allowlist():
         ("torch.optim.adam", "Adam"),
         ("stable_baselines3.common.sb2_compat.rmsprop_tf_like", "RMSpropTFLike"),
         ("sb3_ppo_kl.common.kl", "KLCoefController"),
-        ("sb3_ppo_kl.common.schedules", "HoldThenLinearSchedule"),
     ]:
         assert admitted(module, name) is not None, (module, name)
     # torch's _load_from_bytes is admitted as a name, but the reader never calls it: it reads the storage itself, with
@@ -243,7 +242,6 @@ def test_spaces_and_tensors_decode_as_pickled():
         np.arange(6, dtype=np.float32).reshape(2, 3)[:, ::2],  # not contiguous: ndarray's _reconstruct
         RNNStates((th.ones(1, 2, 4), th.zeros(1, 2, 4)), (th.arange(8.0).reshape(1, 2, 4), th.ones(1, 2, 4))),
         th.float16,
-        HoldThenLinearSchedule(1.0, 0.0, 0.2, 0.8),
     ]
     for value in values:
         decoded = safe_loads(cloudpickle.dumps(value), "field")
@@ -285,7 +283,7 @@ def test_policy_kwargs_and_a_linear_schedule_load_as_sb3_loads_them(tmp_path):
         kl_target=LinearSchedule(0.02, 0.005, 1.0),
         clip_range=0.2,
         ref_policy=PPO("MlpPolicy", "Pendulum-v1", seed=1).policy,
-        ref_kl_coef=HoldThenLinearSchedule(1.0, 0.0, 0.5),
+        ref_kl_coef=LinearSchedule(1.0, 0.0, 0.5),
         **SMALL,
     )
     model.learn(16)

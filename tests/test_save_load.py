@@ -1,5 +1,10 @@
 """save/load keep beta, the controller and the schedules; training continues from the saved beta."""
 
+import copy
+import sys
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch as th
@@ -7,7 +12,8 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList, Check
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.utils import LinearSchedule
 
-from sb3_ppo_kl import PPOKL
+import sb3_ppo_kl.common.kl as kl_module
+from sb3_ppo_kl import PPOKL, KLCoefController
 
 
 def _trained(seed=0, **kwargs):
@@ -120,3 +126,62 @@ def test_kl_coef_setter():
     assert model.kl_controller.kl_coef == 0.25
     with pytest.raises(ValueError, match="kl_coef"):
         model.kl_coef = -1.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models saved by 0.2.0 with the options issue 45 removed (tests/fixtures/v0_2_0, made by its make_fixtures.py at
+# commit e562871): they load, with a warning naming each ignored option, and train on without them.
+
+FIXTURES = Path(__file__).parent / "fixtures" / "v0_2_0"
+IGNORED = {
+    "warmup_target_floor_hard.zip": [
+        "value_warmup_rollouts=1",
+        "ref_update_interval=2",
+        "ref_kl_target=0.02",
+        "ref_kl_coef_bounds=(0.5, 10000.0)",
+    ],
+    "anneal.zip": [
+        "ref_kl_coef=HoldThenLinearSchedule(start=1.0, end=0.0, hold_fraction=0.4, end_fraction=0.8) (now fixed at 0.0)"
+    ],
+    "stop_logprop.zip": ["kl_stop=1.0", "kl_stop_interval=2", "kl_controller_class=LogProportionalKLController (gain=0.3)"],
+}
+REMOVED_STATE = ("value_warmup_rollouts", "_n_rollouts_trained", "kl_stop", "kl_stop_interval", "ref_kl_controller")
+REMOVED_STATE += ("ref_update_interval", "_n_policy_updates")
+
+
+@pytest.mark.parametrize("safe", [False, True])
+@pytest.mark.parametrize("name", list(IGNORED))
+def test_a_0_2_0_model_with_removed_options_loads_with_a_warning_and_trains(tmp_path, name, safe):
+    env = make_vec_env("CartPole-v1", n_envs=1, seed=0)
+    with pytest.warns(UserWarning, match="saved with options that sb3_ppo_kl 0.3.0 removed") as caught:
+        model = PPOKL.load(FIXTURES / name, env=env, safe=safe)
+    [message] = [str(w.message) for w in caught if "0.3.0 removed" in str(w.message)]
+    ignored = message.split("ignored from now on: ")[1].split(". The model trains on")[0].split("; ")
+    assert ignored == IGNORED[name]
+    assert not set(REMOVED_STATE) & set(vars(model))
+    assert type(model.kl_controller) is KLCoefController and model._ref_kl_coef_schedule is None
+    # the names of the removed classes resolved during the load only
+    assert not hasattr(kl_module, "LogProportionalKLController") and "sb3_ppo_kl.common.schedules" not in sys.modules
+    beta, timesteps = model.kl_coef, model.num_timesteps
+    if name == "stop_logprop.zip":
+        assert beta == 0.03125  # the log-proportional controller's beta in the file; the paper's rule goes on from it
+    if name == "warmup_target_floor_hard.zip":
+        assert (model.ref_kl_coef, model.ref_tau, model._n_ref_updates) == (0.5, 1.0, 2)
+    if name == "anneal.zip":
+        assert model.ref_kl_coef == 0.0 and model.ref_policy is not None
+    reference = None if model.ref_policy is None else copy.deepcopy(model.ref_policy.state_dict())
+    model.learn(64, reset_num_timesteps=False)  # one update of 64 steps
+    assert model.num_timesteps == timesteps + 64
+    logged = model.logger.name_to_value
+    assert logged["train/kl"] > 0 and logged["train/kl_coef"] == model.kl_coef in (beta / 2, beta, beta * 2)
+    assert not [key for key in logged if "stopped" in key or "warmup" in key or "n_minibatches_run" in key]
+    if name == "warmup_target_floor_hard.zip":  # ref_tau=1.0 now moves the reference after every update
+        assert model._n_ref_updates == 3
+        assert th.equal(model.ref_policy.action_net.weight, model.policy.action_net.weight)
+    elif reference is not None:  # frozen
+        for key, value in model.ref_policy.state_dict().items():
+            assert th.equal(value, reference[key]), key
+    model.save(tmp_path / "resaved")  # saved by this version: loads without a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PPOKL.load(tmp_path / "resaved", env=env, safe=safe)

@@ -14,7 +14,7 @@ pytest.importorskip("rl_zoo3")
 import optuna
 from rl_zoo3.exp_manager import ExperimentManager
 
-from sb3_ppo_kl import PPOKL, MaskablePPOKL, RecurrentPPOKL
+from sb3_ppo_kl import PPOKL, KLCoefController, MaskablePPOKL, RecurrentPPOKL
 from sb3_ppo_kl.zoo import ALGOS, default_config, register
 
 ZOO = [sys.executable, "-m", "sb3_ppo_kl.zoo"]
@@ -138,17 +138,10 @@ def _model_from_yml(tmp_path: Path, env_id: str, **params: object) -> object:
 
 
 def test_kl_controller_class_from_a_yml_file(tmp_path):
-    """A yml file names the controller (a class cannot be written there), with its own arguments as a mapping."""
-    model = _model_from_yml(
-        tmp_path,
-        "Pendulum-v1",
-        kl_controller_class="LogProportionalKLController",
-        kl_controller_kwargs=dict(gain=0.3),
-        kl_stop=1.0,
-    )
+    """A yml file names the controller (a class cannot be written there)."""
+    model = _model_from_yml(tmp_path, "Pendulum-v1", kl_controller_class="KLCoefController", kl_target=0.02)
     assert isinstance(model, PPOKL)
-    assert type(model.kl_controller).__name__ == "LogProportionalKLController" and model.kl_controller.gain == 0.3
-    assert model.kl_stop == 1.0
+    assert type(model.kl_controller) is KLCoefController and model.kl_controller.kl_target == 0.02
 
 
 def test_ref_kl_coef_schedule_from_a_yml_file(tmp_path):

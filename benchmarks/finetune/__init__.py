@@ -2,14 +2,14 @@
 The fine-tuning benchmark (issue 13): fine-tune a behaviour clone of an expert without forgetting it.
 
 SB3 PPO and PPOKL started from a behaviour clone of an expert, with and without the KL penalty to the clone as a
-frozen reference, and with a value warm-up.
+reference, frozen or moving.
 
 From the repository root, after the README's install command::
 
     python -m benchmarks.finetune --tasks LunarLander-v3 LunarLanderContinuous-v3 --seeds 0 1 2 --workers 2
     python -m benchmarks.finetune --summary                   # markdown tables and results/finetune_<task>.png
 
-    # the 5-seed protocol (issue 31): 5 seeds, 20 episodes per evaluation, six methods, results/finetune_5seed/
+    # the 5-seed protocol (issue 31): 5 seeds, 20 episodes per evaluation, results/finetune_5seed/
     python -m benchmarks.finetune --protocol 5seed --workers 2
     python -m benchmarks.finetune --protocol 5seed --summary  # mean ± s.e., the goal's verdict, the figures
 
@@ -53,33 +53,19 @@ The protocol, per task:
      with the same policy_kwargs);
    - ``ppokl``: PPOKL (adaptive KL penalty, kl_target 0.01) from the clone, without a reference
      (``PPOKL.from_pretrained(clone, env, ref_policy=None)``);
-   - ``ppokl-ref``: the same with the clone as the frozen reference (``from_pretrained``'s default),
-     ``--ref-kl-coef`` (default 1.0) and ``--ref-kl-target`` (default None: the coefficient stays fixed);
-   - ``ppokl-ref-warmup``: ``ppokl-ref`` plus ``value_warmup_rollouts=--warmup-rollouts`` (default 2: 2 x 16,384
-     steps on LunarLander of value-only updates, each 4 epochs x 256 minibatches; the evaluation at 49,152 steps, still
-     in the first 10% of the budget, then follows the first policy update, so that the dip measures it);
-   - ``ppokl-ref-target``: ``ppokl-ref`` whose coefficient adapts, starting at ``--ref-kl-coef``, toward
-     ``ref_kl_target=0.02``: halved after an update whose mean KL to the clone is below 0.02 / 1.5, doubled
-     above 0.02 * 1.5. With the fixed coefficient 1.0 the KL to the clone stays near 0.004; without a reference
-     it grows past 0.08, and on LunarLander-v3 the returns of PPO and PPOKL without a reference collapsed (near
-     80k steps) with the KL at 0.02 to 0.045;
-   - ``ppokl-ref-target-0.01``: the same toward ``ref_kl_target=0.01`` (``ppokl-ref-target``'s LunarLander-v3
-     falls came with the KL at 0.011 to 0.020);
-   - ``ppokl-ref-floor``: ``ppokl-ref-target`` (toward 0.02) whose coefficient never falls below its start:
-     ``ref_kl_coef_bounds=(--ref-kl-coef, 1e4)``. It rises when the KL to the clone is too high, and cannot halve
-     to 0.125-0.25 during the first, small updates, as ``ppokl-ref-target``'s did before LunarLander's falls;
-   - ``ppokl-ref-anneal``: ``ppokl-ref`` whose coefficient follows a schedule: ``--ref-kl-coef`` held for the first
-     40% of the budget (200k of 500k steps), then linear to 0 at 80% (400k), and 0 for the last 20%
-     (``HoldThenLinearSchedule(ref_kl_coef, 0.0, hold_fraction=0.4, end_fraction=0.8)``). The hold covers every
-     measured fall with margin: 65k-82k steps for ``ppo`` and ``ppokl`` on LunarLander-v3, 65,536 for the adapted
-     anchors, 131k for ``ppokl-ref-warmup``, the latest; the last 100k steps are free of the anchor, so that the
-     policy can end where PPO ends instead of held back as ``ppokl-ref``'s fixed coefficient holds it;
-   - ``ppokl-ref-soft-0.3``, ``ppokl-ref-soft-0.6``: ``ppokl-ref`` (the fixed coefficient) whose reference moves
-     toward the policy after every update, ``ref_tau=0.3`` and ``0.6``; ``ppokl-ref-hard-4``: reset to the policy
-     every 4 updates (``ref_tau=1.0, ref_update_interval=4``). The rates' reasons: docs/guide/finetune.md.
+   - ``ppokl-ref``: the same with the clone as the frozen reference (``ref_tau=0``, given explicitly: the default
+     of ``from_pretrained`` moves it) and ``--ref-kl-coef`` (default 1.0), fixed;
+   - ``ppokl-ref-soft-0.3``, ``ppokl-ref-soft-0.6``: ``ppokl-ref`` whose reference moves toward the policy after
+     every update, ``ref_tau=0.3`` and ``0.6``. The rates' reasons: docs/guide/finetune.md.
+
+   Methods whose options were removed (issue 45: ``protocol.REMOVED_METHODS``, run by commit e562871) keep their
+   rows, reported as removed: ``ppokl-ref-warmup`` (a value warm-up), ``ppokl-ref-target`` and
+   ``ppokl-ref-target-0.01`` (an adapted coefficient), ``ppokl-ref-floor`` (its floor), ``ppokl-ref-anneal`` (a
+   hold-then-linear schedule) and ``ppokl-ref-hard-4`` (a hard reset every 4 updates).
 
 ``--protocol 5seed`` (a preset of ``protocol.PROTOCOLS``) runs seeds 0-4 with 20 evaluation
-episodes, of ``ppo``, ``ppokl-ref``, ``ppokl-ref-target`` and the three moving references, in
+episodes, of ``ppo``, ``ppokl-ref`` and the two moving references (on Walker2d-v5 and HalfCheetah-v5: ``ppo``,
+``ppokl-ref`` and ``ppokl-ref-soft-0.3``), in
 ``results/finetune_5seed/`` (the committed expert and clone zips copied into it); its ``--summary`` (module
 ``compare``) gives per method and task the mean ± s.e. over seeds, the goal's verdict and two figures.
 

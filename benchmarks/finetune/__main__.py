@@ -44,8 +44,6 @@ def main() -> None:
     parser.add_argument("--bc-transitions", type=int, help="expert transitions the clone learns from (default: the task's)")
     parser.add_argument("--bc-epochs", type=int, help="behaviour cloning passes over them (default: the task's)")
     parser.add_argument("--ref-kl-coef", type=float, default=MethodOptions.ref_kl_coef)
-    parser.add_argument("--ref-kl-target", type=float, default=MethodOptions.ref_kl_target)
-    parser.add_argument("--warmup-rollouts", type=int, default=MethodOptions.warmup_rollouts, help="for ppokl-ref-warmup")
     parser.add_argument("--models-only", action="store_true", help="train and evaluate the experts and clones only")
     parser.add_argument("--summary", action="store_true", help="print the tables and draw the figures, run nothing")
     parser.add_argument(
@@ -83,7 +81,7 @@ def main() -> None:
     methods = args.methods or (list(METHODS) if protocol is None else protocol.methods)
     task_methods = {} if args.methods or protocol is None else protocol.task_methods
     seeds = args.seeds or (SEEDS if protocol is None else protocol.seeds)
-    options = MethodOptions(args.ref_kl_coef, args.ref_kl_target, args.warmup_rollouts)
+    options = MethodOptions(args.ref_kl_coef)
     if protocol is not None:
         copy_models(ResultsDir(), results, tasks)
     with exit_on_failure():

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.finetune.protocol import METHODS, MODELS_CSV, RESULTS_CSV, Protocol
+from benchmarks.finetune.protocol import MODELS_CSV, RESULTS_CSV, Protocol, method_label, methods_with_rows
 from benchmarks.finetune.report import Curves, read_curves, setup_text
 from benchmarks.results import ResultsDir, read_rows
 
@@ -122,12 +122,11 @@ def _pm(stats: Stats, measure: str, digits: int = 1) -> str:
 
 def _methods(protocol: Protocol, rows: list[dict[str, str]], task_id: str | None = None) -> list[str]:
     """The protocol's methods (on ``task_id``, or on any of its tasks), then any other method with rows in the folder
-    (in METHODS' order)."""
+    (removed ones after the others)."""
     tasks = protocol.tasks if task_id is None else [task_id]
     planned = [m for m in METHODS if any(m in protocol.methods_of(t) for t in tasks)]
-    planned += [m for t in tasks for m in protocol.methods_of(t) if m not in planned and m not in METHODS]
-    others = [m for m in METHODS if m not in planned and any(r["method"] == m for r in rows)]
-    return planned + others + sorted({r["method"] for r in rows} - set(METHODS) - set(planned))
+    planned += [m for t in tasks for m in protocol.methods_of(t) if m not in planned]
+    return methods_with_rows(planned, rows)
 
 
 def task_table(
@@ -152,10 +151,10 @@ def task_table(
     for method in _methods(protocol, rows, task_id):
         s = stats.get((task_id, method))
         if s is None:
-            lines.append(f"| {method} | pending | | | | | |")
+            lines.append(f"| {method_label(method)} | pending | | | | | |")
             continue
         lines.append(
-            f"| {method} | {s.seeds}/{len(protocol.seeds)} | {_pm(s, 'lowest')} | {_pm(s, 'early')} | {_pm(s, 'final')} | "
+            f"| {method_label(method)} | {s.seeds}/{len(protocol.seeds)} | {_pm(s, 'lowest')} | {_pm(s, 'early')} | {_pm(s, 'final')} | "
             f"{_to_expert(s)} | {_pm(s, 'kl_to_clone', 4)} |"
         )
     return [*lines, ""]
@@ -204,7 +203,9 @@ def verdict_table(tasks: list[str], protocol: Protocol, rows: list[dict[str, str
             cells += [_yes_no(v.protects, v.protect_margin) + mark, _yes_no(v.ends_as_ppo, v.end_margin) + mark]
             met = met and v.protects and v.ends_as_ppo
         pending = any(cell == "pending" for cell in cells)
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {'pending' if pending else 'yes' if met else 'no'} |")
+        lines.append(
+            f"| {method_label(method)} | " + " | ".join(cells) + f" | {'pending' if pending else 'yes' if met else 'no'} |"
+        )
     if partial:
         lines += ["", f"\\* on fewer seeds than the protocol's {len(protocol.seeds)}: not final."]
     return [*lines, ""]
@@ -249,14 +250,14 @@ def plot_panels(task_id: str, protocol: Protocol, rows: list[dict[str, str]], cu
         drawn = _seed_curves(curves, task_id, method, "return")
         if drawn is None:
             ax.text(0.5, 0.5, "pending: no runs yet", transform=ax.transAxes, ha="center", va="center", color="grey")
-            ax.set_title(f"{method} (pending)", fontsize=9)
+            ax.set_title(f"{method_label(method)} (pending)", fontsize=9)
         else:
             steps, returns = drawn
             mean, se = _mean_band(returns)
             colour = colours.get(method, "black")
-            ax.plot(steps, mean, color=colour, lw=1.8, label=f"{method} (mean ± s.e.)")
+            ax.plot(steps, mean, color=colour, lw=1.8, label=f"{method_label(method)} (mean ± s.e.)")
             ax.fill_between(steps, mean - se, mean + se, color=colour, alpha=0.2)
-            ax.set_title(f"{method} ({_seeds(len(returns))})", fontsize=9)
+            ax.set_title(f"{method_label(method)} ({_seeds(len(returns))})", fontsize=9)
         ax.axhline(float(rows[0]["expert_return"]), color="black", ls="--", lw=0.8)
         ax.axhline(float(rows[0]["clone_return"]), color="grey", ls="-.", lw=0.8)
         ax.legend(fontsize=6.5, loc="lower right")
@@ -286,7 +287,7 @@ def plot_kl(task_id: str, protocol: Protocol, rows: list[dict[str, str]], curves
         steps, kls = drawn
         measured = ~np.isnan(kls).any(0)  # step 0 has no rollout yet
         mean, se = _mean_band(kls[:, measured])
-        (line,) = ax.plot(steps[measured], mean, lw=1.4, label=f"{method} ({_seeds(len(kls))})")
+        (line,) = ax.plot(steps[measured], mean, lw=1.4, label=f"{method_label(method)} ({_seeds(len(kls))})")
         ax.fill_between(steps[measured], np.maximum(mean - se, mean / 10), mean + se, color=line.get_color(), alpha=0.15)
     ax.set_yscale("log")
     ax.set_xlim(left=0)

@@ -12,7 +12,6 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from benchmarks.results import ResultsDir, read_rows
 from benchmarks.table1.grid import PROTOCOL as TABLE1_PROTOCOL
-from sb3_ppo_kl import HoldThenLinearSchedule
 
 EXPERT_SEED = 0  # the expert's training envs and model
 DATA_SEED = 1_000  # the env the expert data is collected on
@@ -107,46 +106,50 @@ TASKS: dict[str, Task] = {
 class Method:
     """
     How a fine-tuning method starts from the clone, beyond the task's hyperparameters. ``algo="ppo"``: SB3 PPO with the
-    clone's weights; ``"ppokl"``: ``PPOKL.from_pretrained(clone)``, with the clone as its frozen reference if
-    ``reference``. The reference coefficient (``--ref-kl-coef``) is fixed, or adapted toward ``target`` (None: the
-    ``--ref-kl-target`` option), never below its start with ``floor``; with ``anneal`` it is held, then decays to 0.
-    ``warmup``: value-only rollouts first (``--warmup-rollouts``). ``ref_tau`` and ``ref_update_interval``: the
-    reference moves toward the policy (PPOKL's arguments of these names; 0 and 1: it stays the clone).
+    clone's weights; ``"ppokl"``: ``PPOKL.from_pretrained(clone)``, with the clone as its reference if ``reference``,
+    with the fixed coefficient ``--ref-kl-coef``. ``ref_tau``: the reference moves toward the policy after every update
+    (PPOKL's argument of this name, always given: 0 keeps it the clone).
     """
 
     algo: str = "ppokl"
     reference: bool = True
-    target: float | None = None
-    floor: bool = False
-    anneal: bool = False
-    warmup: bool = False
     ref_tau: float = 0.0
-    ref_update_interval: int = 1
 
-
-# ppokl-ref-anneal: ref_kl_coef held for the first ANNEAL_HOLD of the budget, then linear to 0 at ANNEAL_END. The
-# measured falls came at 65k-82k steps (ppo, ppokl on LunarLander-v3), at 65,536 for the adapted anchors and at
-# 131k, the latest, for ppokl-ref-warmup: holding to 200k of 500k steps covers them with margin, and the last 100k
-# steps are free of the anchor, so that the policy can end where PPO ends.
-ANNEAL_HOLD, ANNEAL_END = 0.4, 0.8
-FLOOR_HIGH = 1e4  # kl_coef_bounds' default high end: a floored coefficient's bounds are (its start, FLOOR_HIGH)
 
 METHODS: dict[str, Method] = {
     "ppo": Method(algo="ppo", reference=False),
     "ppokl": Method(reference=False),
     "ppokl-ref": Method(),
-    "ppokl-ref-warmup": Method(warmup=True),
-    "ppokl-ref-target": Method(target=0.02),
-    "ppokl-ref-target-0.01": Method(target=0.01),
-    "ppokl-ref-floor": Method(target=0.02, floor=True),
-    "ppokl-ref-anneal": Method(anneal=True),
     # a reference that moves, with the fixed coefficient (issue 31; the rates' reasons are in docs/guide/finetune.md):
     # a soft update of rate 0.3 (a lag of about 3 updates, shorter than the 4 to 5 that preceded LunarLander's falls),
-    # twice that rate (a lag under 2 updates), and a hard reset to the policy every 4 updates (65,536 steps)
+    # and twice that rate (a lag under 2 updates)
     "ppokl-ref-soft-0.3": Method(ref_tau=0.3),
     "ppokl-ref-soft-0.6": Method(ref_tau=0.6),
-    "ppokl-ref-hard-4": Method(ref_tau=1.0, ref_update_interval=4),
 }
+
+# Methods whose PPOKL options lost their comparisons and were removed (issue 45): they can no longer run (commit
+# e562871 runs them), and their rows stay in the results, reported as removed. Method -> what it was.
+REMOVED_METHODS: dict[str, str] = {
+    "ppokl-ref-warmup": "ppokl-ref plus value_warmup_rollouts=2 (value-only updates first)",
+    "ppokl-ref-target": "ppokl-ref whose coefficient adapts toward ref_kl_target=0.02 (beta's rule)",
+    "ppokl-ref-target-0.01": "the same toward ref_kl_target=0.01",
+    "ppokl-ref-floor": "ppokl-ref-target whose coefficient never falls below its start (ref_kl_coef_bounds)",
+    "ppokl-ref-anneal": "ppokl-ref whose coefficient is held for 40% of the budget, then linear to 0 at 80% "
+    "(HoldThenLinearSchedule)",
+    "ppokl-ref-hard-4": "a reference reset to the policy every 4 updates (ref_tau=1.0, ref_update_interval=4)",
+}
+
+
+def method_label(method: str) -> str:
+    """A method's name in the reports' tables and figures: marked when it is a removed one."""
+    return f"{method} (removed)" if method in REMOVED_METHODS else method
+
+
+def methods_with_rows(first: list[str], rows: list[dict[str, str]]) -> list[str]:
+    """``first``, then the other methods with rows: those of METHODS, the removed ones, then any other, in that order."""
+    found = {r["method"] for r in rows}
+    known = [m for m in [*METHODS, *REMOVED_METHODS] if m not in first and m in found]
+    return first + known + sorted(found - set(first) - set(known))
 
 
 @dataclass(frozen=True)
@@ -154,41 +157,16 @@ class MethodOptions:
     """The options of the reference methods."""
 
     ref_kl_coef: float = 1.0
-    ref_kl_target: float | None = None  # ppokl-ref and ppokl-ref-warmup
-    warmup_rollouts: int = 2  # ppokl-ref-warmup
-
-    def coef(self, method: str) -> float | HoldThenLinearSchedule:
-        """The ``ref_kl_coef`` a run of ``method`` gets: ``ref_kl_coef``, or for an annealed method its schedule."""
-        if METHODS[method].anneal:
-            return HoldThenLinearSchedule(self.ref_kl_coef, 0.0, hold_fraction=ANNEAL_HOLD, end_fraction=ANNEAL_END)
-        return self.ref_kl_coef
-
-    def target(self, method: str) -> float | None:
-        """The ``ref_kl_target`` a run of ``method`` gets (None for an annealed method: its schedule decides)."""
-        spec = METHODS[method]
-        if spec.anneal:
-            return None
-        return self.ref_kl_target if spec.target is None else spec.target
-
-    def bounds(self, method: str) -> tuple[float, float] | None:
-        """The ``ref_kl_coef_bounds`` a run of ``method`` gets: the floor at ``ref_kl_coef`` for a floored method."""
-        return (self.ref_kl_coef, FLOOR_HIGH) if METHODS[method].floor else None
-
-    def warmup(self, method: str) -> int:
-        """The ``value_warmup_rollouts`` a run of ``method`` gets."""
-        return self.warmup_rollouts if METHODS[method].warmup else 0
 
     def params(self, method: str) -> str:
         """What a run of ``method`` was given beyond the task's hyperparameters, for its CSV row."""
         if not METHODS[method].reference:
             return ""
-        params = f"ref_kl_coef={self.coef(method)!r} ref_kl_target={self.target(method)}"
-        if self.bounds(method) is not None:
-            params += f" ref_kl_coef_bounds={self.bounds(method)}"
-        if METHODS[method].warmup:
-            params += f" value_warmup_rollouts={self.warmup_rollouts}"
+        # the wording of the rows made before issue 45 (ref_kl_target was then an option, None for these methods), so
+        # that they still match on resume
+        params = f"ref_kl_coef={self.ref_kl_coef!r} ref_kl_target=None"
         if METHODS[method].ref_tau > 0:
-            params += f" ref_tau={METHODS[method].ref_tau} ref_update_interval={METHODS[method].ref_update_interval}"
+            params += f" ref_tau={METHODS[method].ref_tau} ref_update_interval=1"
         return params
 
 
@@ -220,14 +198,7 @@ PROTOCOLS: dict[str, Protocol] = {
         seeds=[0, 1, 2, 3, 4],
         eval_episodes=20,
         folder="finetune_5seed",
-        methods=[
-            "ppo",
-            "ppokl-ref",
-            "ppokl-ref-target",
-            "ppokl-ref-soft-0.3",
-            "ppokl-ref-soft-0.6",
-            "ppokl-ref-hard-4",
-        ],
+        methods=["ppo", "ppokl-ref", "ppokl-ref-soft-0.3", "ppokl-ref-soft-0.6"],
         tasks=["LunarLander-v3", "LunarLanderContinuous-v3", "Walker2d-v5", "HalfCheetah-v5"],
         task_methods={task: ["ppo", "ppokl-ref", "ppokl-ref-soft-0.3"] for task in ("Walker2d-v5", "HalfCheetah-v5")},
     ),

@@ -11,11 +11,12 @@ import numpy as np
 from benchmarks.finetune.protocol import (
     CURVE_FIELDS,
     DIP_FRACTION,
-    METHODS,
     MODELS_CSV,
     RESULTS_CSV,
     TASKS,
     curve_name,
+    method_label,
+    methods_with_rows,
     random_name,
     steps_text,
 )
@@ -65,7 +66,7 @@ def summary_table(task_id: str, rows: list[dict[str, str]], models: list[dict[st
         runs = sorted((r for r in rows if r["method"] == method), key=lambda r: int(r["seed"]))
         for r in runs:
             lines.append(
-                f"| {method} | {r['seed']} | {_number(r['step0_return'])} | {_number(r['dip'])} | "
+                f"| {method_label(method)} | {r['seed']} | {_number(r['step0_return'])} | {_number(r['dip'])} | "
                 f"{_number(r['final_return'])} | {_number(r['lowest'])} | {steps_text(r['steps_to_expert'])} | "
                 f"{r['final_kl_to_clone']} |"
             )
@@ -78,7 +79,7 @@ def summary_table(task_id: str, rows: list[dict[str, str]], models: list[dict[st
         kls = [float(r["final_kl_to_clone"]) for r in runs if r["final_kl_to_clone"] != ""]
         kl = f"{np.mean(kls):.4f}" if kls else ""
         lines.append(
-            f"| **{method}** | **mean** | {mean('step0_return')} | {mean('dip')} | {mean('final_return')} | "
+            f"| **{method_label(method)}** | **mean** | {mean('step0_return')} | {mean('dip')} | {mean('final_return')} | "
             f"{mean('lowest')} | {to_expert} | {kl} |"
         )
     return [*lines, ""]
@@ -103,7 +104,8 @@ def plot_task(task_id: str, rows: list[dict[str, str]], curves: Curves, path: Pa
         returns = np.array([c["return"][:length] for c in found])
         # a method whose runs came out identical to another's is drawn dashed over it, and says so
         twin = next((other for other, seen in drawn.items() if np.array_equal(seen, returns)), None)
-        label = f"{method} ({len(found)})" if twin is None else f"{method} ({len(found)}; the same runs as {twin})"
+        name = method_label(method)
+        label = f"{name} ({len(found)})" if twin is None else f"{name} ({len(found)}; the same runs as {twin})"
         (line,) = ax.plot(steps, returns.mean(0), lw=1.4, ls="-" if twin is None else "--", label=label)
         ax.fill_between(steps, returns.min(0), returns.max(0), color=line.get_color(), alpha=0.15)
         drawn[method] = returns
@@ -122,9 +124,8 @@ def plot_task(task_id: str, rows: list[dict[str, str]], curves: Curves, path: Pa
 
 
 def _methods(rows: list[dict[str, str]]) -> list[str]:
-    """The methods that have rows: those of METHODS in its order, then any other (rows of a removed method)."""
-    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
-    return methods + sorted({r["method"] for r in rows} - set(methods))
+    """The methods that have rows: those of METHODS in its order, then the removed ones, then any other."""
+    return methods_with_rows([], rows)
 
 
 def read_curves(results: ResultsDir, rows: list[dict[str, str]]) -> Curves:

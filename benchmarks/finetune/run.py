@@ -31,6 +31,7 @@ from benchmarks.finetune.protocol import (
     MODEL_FIELDS,
     MODEL_KEY,
     MODELS_CSV,
+    REMOVED_METHODS,
     RESULTS_CSV,
     MethodOptions,
     Task,
@@ -54,6 +55,8 @@ def make_finetune_model(
     results: ResultsDir, method: str, task_id: str, task: Task, seed: int, options: MethodOptions
 ) -> PPO | PPOKL:
     """The model of one run, its policy a copy of the task's clone (in ``results``)."""
+    if method in REMOVED_METHODS:
+        raise ValueError(f"method {method!r} was removed (its options are gone, issue 45): commit e562871 runs it")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; one of {list(METHODS)}")
     spec = METHODS[method]
@@ -68,12 +71,8 @@ def make_finetune_model(
     return PPOKL.from_pretrained(
         clone.policy,
         env,
-        ref_kl_coef=options.coef(method),
-        ref_kl_target=options.target(method),
-        ref_kl_coef_bounds=options.bounds(method),
-        value_warmup_rollouts=options.warmup(method),
-        ref_tau=spec.ref_tau,
-        ref_update_interval=spec.ref_update_interval,
+        ref_kl_coef=options.ref_kl_coef,
+        ref_tau=spec.ref_tau,  # always given: from_pretrained's default (0.3) is not ppokl-ref's frozen reference
         seed=seed,
         device="cpu",
         **task.hyperparams,

@@ -10,8 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sb3_ppo_kl import LogProportionalKLController
-
 ENVS = [
     "HalfCheetah-v5",
     "Hopper-v5",
@@ -45,18 +43,22 @@ SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "kl-adaptive-0.01+clip-0.2": ("ppo_kl", dict(kl_target=0.01, clip_range=0.2)),
     "kl-adaptive-0.03+clip-0.2": ("ppo_kl", dict(kl_target=0.03, clip_range=0.2)),
     "trpo": ("trpo", {}),
-    # issue 32: a beta that keeps d in its band: the log-proportional controller (its default gain), and the stop
-    # inside the update at the target, checked every 4 minibatches (with backtracking and the value epochs after it,
-    # as kl_stop does since the trials below), with either controller
-    "kl-logprop-0.01": ("ppo_kl", dict(kl_target=0.01, kl_controller_class=LogProportionalKLController)),
-    "kl-adaptive-0.01+stop": ("ppo_kl", dict(kl_target=0.01, kl_stop=1.0, kl_stop_interval=4)),
-    "kl-logprop-0.01+stop": (
-        "ppo_kl",
-        dict(kl_target=0.01, kl_controller_class=LogProportionalKLController, kl_stop=1.0, kl_stop_interval=4),
+}
+# Issue 32's settings: a beta that keeps d in its band: the log-proportional controller (its default gain, 0.2), and
+# the stop inside the update at the target, checked every 4 minibatches (with backtracking and the value epochs after
+# it), with either controller. Run by the band-300k preset; both options lost on score (0.88 and 0.58 of clip-0.2)
+# and were removed by issue 45, so they no longer run here: commit e562871 runs them. Their rows stay in
+# results/table1.csv, marked as removed options; the arguments they ran with are kept, for the band report.
+REMOVED_OPTIONS_COMMIT = "e562871"
+REMOVED_OPTIONS: dict[str, dict[str, Any]] = {
+    "kl-logprop-0.01": dict(kl_target=0.01, kl_controller_class="LogProportionalKLController"),
+    "kl-adaptive-0.01+stop": dict(kl_target=0.01, kl_stop=1.0, kl_stop_interval=4),
+    "kl-logprop-0.01+stop": dict(
+        kl_target=0.01, kl_controller_class="LogProportionalKLController", kl_stop=1.0, kl_stop_interval=4
     ),
 }
-# issue 32's settings, run by the band-300k preset; the full grid's 1M rows wait for one that meets its goal at 300k
-BAND_SETTINGS = ["kl-logprop-0.01", "kl-adaptive-0.01+stop", "kl-logprop-0.01+stop"]
+# issue 32's settings, whose rows the band report reads
+BAND_SETTINGS = list(REMOVED_OPTIONS)
 
 # Issue 32's design trials of the stop: HalfCheetah-v5 and InvertedDoublePendulum-v5, seed 0, 300k (the report's
 # trials table). setting -> (its arguments, what it tried, the commit that runs it). Settled ones: backtracking and
@@ -105,7 +107,7 @@ TRIALS: dict[str, tuple[dict[str, Any], str, str | None]] = {
         TRIAL_COMMIT,
     ),
     "trial-logprop-stop-i2": (
-        dict(kl_target=0.01, kl_controller_class=LogProportionalKLController, kl_stop=1.0, kl_stop_interval=2),
+        dict(kl_target=0.01, kl_controller_class="LogProportionalKLController", kl_stop=1.0, kl_stop_interval=2),
         "kl-logprop-0.01 with trial-stop-plain checked every 2 minibatches",
         TRIAL_COMMIT,
     ),
@@ -116,7 +118,7 @@ TRIALS: dict[str, tuple[dict[str, Any], str, str | None]] = {
             "the top backtracks to the last check inside, so a stopped update ends inside the band, and one that "
             "reaches the target before the top runs on"
         ),
-        None,
+        REMOVED_OPTIONS_COMMIT,  # kl_stop was removed by issue 45
     ),
     "trial-stop-late": (
         dict(kl_target=0.01, kl_stop=1.0, kl_stop_interval=4, _kl_stop_goal=0.5),
@@ -166,8 +168,8 @@ REMOVED: dict[str, str] = {
         "PPOKL, kl_target 0.03, per-state penalty on the mean-only KL; best of stages 1 and 2; 0.89 of clip-0.2 at 1M (stage 3)"
     ),
 }
-# every setting that may have rows: the runnable ones, the trials, then the removed candidates
-ORDER = list(SETTINGS) + list(TRIALS) + list(REMOVED)
+# every setting that may have rows: the runnable ones, issue 32's (removed), the trials, then issue 11's candidates
+ORDER = list(SETTINGS) + list(REMOVED_OPTIONS) + list(TRIALS) + list(REMOVED)
 
 
 @dataclass(frozen=True)
@@ -176,8 +178,8 @@ class Setting:
     What a setting's name stands for: its algorithm (``"ppo"``, ``"ppo_kl"`` or ``"trpo"``) and its arguments on top
     of :data:`PROTOCOL`; ``trial``: one of issue 32's design trials (:data:`TRIALS`), and ``trial_commit`` the commit
     that runs it (None: this code; a settled trial no longer runs here). A
-    removed candidate was an adaptive PPOKL setting whose options no longer exist: it has no arguments, and no known
-    ``kl_target``.
+    removed setting was an adaptive PPOKL setting whose options no longer exist: issue 11's candidates have no arguments
+    and no known ``kl_target``; issue 32's (:data:`REMOVED_OPTIONS`) keep the arguments they ran with.
     """
 
     name: str
@@ -194,8 +196,8 @@ class Setting:
 
     @property
     def kl_target(self) -> float | Callable[[float], float] | None:
-        """The ``kl_target`` beta adapts toward (a float or a schedule); None if beta is fixed, or for a removed one."""
-        if not self.adaptive or self.removed:
+        """The ``kl_target`` beta adapts toward (a float or a schedule); None if beta is fixed, or unknown."""
+        if not self.adaptive or (self.removed and not self.kwargs):
             return None
         return self.kwargs.get("kl_target", 0.01)
 
@@ -210,17 +212,19 @@ def setting(name: str) -> Setting:
     if name in SETTINGS:
         algo, kwargs = SETTINGS[name]
         return Setting(name, algo, dict(kwargs))
+    if name in REMOVED_OPTIONS:
+        return Setting(name, "ppo_kl", dict(REMOVED_OPTIONS[name]), removed=True)
     if name in TRIALS:
         kwargs, _, commit = TRIALS[name]
         return Setting(name, "ppo_kl", dict(kwargs), trial=True, trial_commit=commit)
     if name in REMOVED:
         return Setting(name, "ppo_kl", removed=True)
-    raise ValueError(f"unknown Table 1 setting {name!r}: neither in SETTINGS, TRIALS nor REMOVED")
+    raise ValueError(f"unknown Table 1 setting {name!r}: neither in SETTINGS, REMOVED_OPTIONS, TRIALS nor REMOVED")
 
 
 GRIDS: dict[str, dict[str, Any]] = {
-    # the paper's 11 settings and the three beyond it (issue 32's settings join at 1M only if one meets its goal)
-    "full": dict(settings=[s for s in SETTINGS if s not in BAND_SETTINGS], envs=ENVS, seeds=SEEDS, timesteps=1_000_000),
+    # the paper's 11 settings and the three beyond it
+    "full": dict(settings=list(SETTINGS), envs=ENVS, seeds=SEEDS, timesteps=1_000_000),
     "paper": dict(settings=PAPER_SETTINGS, envs=ENVS, seeds=SEEDS, timesteps=1_000_000),
     "paper-lite": dict(settings=["clip-0.2", "kl-adaptive-0.01", "kl-fixed-1"], envs=ENVS, seeds=SEEDS, timesteps=300_000),
     # issue 20: every setting not yet run at 300k; rows already in the results are skipped. The grid runs seed by
@@ -245,8 +249,6 @@ GRIDS: dict[str, dict[str, Any]] = {
         seeds=SEEDS,
         timesteps=1_000_000,
     ),
-    # issue 32: the log-proportional controller and the stop inside the update, on the 7 tasks at 300k
-    "band-300k": dict(settings=BAND_SETTINGS, envs=ENVS, seeds=SEEDS, timesteps=300_000),
     # issue 11's discrete check: two discrete-action tasks with the protocol above, which is SB3 PPO's default
     # hyperparameters (n_steps 2048, batch 64, 10 epochs, lr 3e-4, gamma 0.99, lambda 0.95)
     "discrete": dict(
@@ -279,8 +281,8 @@ FIELDS = [
     "final_std",
 ]
 KEY = ["setting", "env", "seed", "timesteps"]
-# epochs, minibatches, stopped: for a setting with the stop inside the update (kl_stop), the epochs (a fraction)
-# and minibatches the update ran and whether it stopped (1) or ran all its epochs (0); blank for the others
+# epochs, minibatches, stopped: for a setting with the stop inside the update (kl_stop, removed by issue 45), the epochs
+# (a fraction) and minibatches the update ran and whether it stopped (1) or ran all its epochs (0); blank for the others
 CURVE_FIELDS = ["timesteps", "reward", "kl", "kl_coef", "std", "epochs", "minibatches", "stopped"]
 RANDOM_FIELDS = ["env", "episodes", "mean", "std"]
 EVAL_EPISODES = 10

@@ -27,6 +27,7 @@ from benchmarks.table1.grid import (
     PAPER_SETTINGS,
     PAPER_TABLE1,
     REMOVED,
+    REMOVED_OPTIONS,
     SETTINGS,
     setting,
 )
@@ -367,7 +368,9 @@ def band_table(runs: list[Run], timesteps: int) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     totals: dict[str, list[np.ndarray]] = defaultdict(list)
-    targets = {name: target for name in SETTINGS if (target := constant_target(name)) is not None}
+    # the runnable settings, then issue 32's removed ones (their rows stay, labelled as removed)
+    names = [*SETTINGS, *REMOVED_OPTIONS]
+    targets = {name: target for name in names if (target := constant_target(name)) is not None}
     for name, target in targets.items():
         for env in env_order(runs):
             curves = curves_for(runs, name, env, timesteps)
@@ -378,7 +381,8 @@ def band_table(runs: list[Run], timesteps: int) -> list[str]:
             totals[name].append(d)
             below, inside, above = band_shares(d, target)
             out.append(
-                f"| {name} | {env} | {len(d)} | {below:.0%} | {inside:.0%} | {above:.0%} | {np.median(d) / target:.2f} |"
+                f"| {setting(name).label} | {env} | {len(d)} | {below:.0%} | {inside:.0%} | {above:.0%} | "
+                f"{np.median(d) / target:.2f} |"
             )
     # the paper calls the KL's divergence from the target "occasional"; say in words how often it is, measured
     words = []
@@ -387,12 +391,12 @@ def band_table(runs: list[Run], timesteps: int) -> list[str]:
         d = np.concatenate(parts)
         below, inside, above = band_shares(d, target)
         out.append(
-            f"| **{name}** | **all envs** | {len(d)} | {below:.0%} | {inside:.0%} | {above:.0%} | "
+            f"| **{setting(name).label}** | **all envs** | {len(d)} | {below:.0%} | {inside:.0%} | {above:.0%} | "
             f"{np.median(d) / target:.2f} |"
         )
         if "clip" not in name:
             words.append(
-                f"- {name}: beta left `d` inside its band in {inside:.0%} of the updates and outside it in "
+                f"- {setting(name).label}: beta left `d` inside its band in {inside:.0%} of the updates and outside it in "
                 f"{below + above:.0%} ({below:.0%} below, {above:.0%} above), with the median `d` at "
                 f"{np.median(d) / target:.2f} of the target."
             )

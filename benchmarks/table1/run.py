@@ -68,9 +68,8 @@ class UpdateMeasures(BaseCallback):
     after ``learn``) it takes ``d``, the mean per-state KL[before || after] over those observations, with
     the package's :func:`~sb3_ppo_kl.common.kl.per_state_kl`, and the mean action std. Each row also holds
     the mean return of the last 100 training episodes when the rollout ended and, for PPOKL, beta after
-    the update; with PPOKL's stop inside the update (``kl_stop``), also the epochs and minibatches the update ran
-    and whether it stopped, as the update logged them (``train/n_epochs_run``, ``train/n_minibatches_run``,
-    ``train/stopped``: still in the logger at the next rollout's start, which SB3 dumps after the rollout).
+    the update. (The curves' epochs, minibatches and stopped columns were filled by the stop inside the update,
+    ``kl_stop``, removed by issue 45: blank in every new curve.)
     """
 
     def __init__(self, progress=None) -> None:
@@ -94,13 +93,6 @@ class UpdateMeasures(BaseCallback):
             kl = per_state_kl(self._old_params, policy.get_distribution(self._obs)).mean().item()
         std = th.exp(policy.log_std).mean().item() if hasattr(policy, "log_std") else ""
         self.rows[-1].update(kl=kl, std=std, kl_coef=getattr(self.model, "kl_coef", ""))
-        if getattr(self.model, "kl_stop", None) is not None:
-            logged = self.model.logger.name_to_value
-            self.rows[-1].update(
-                epochs=logged["train/n_epochs_run"],
-                minibatches=logged["train/n_minibatches_run"],
-                stopped=logged["train/stopped"],
-            )
         self._obs = self._old_params = None
 
     def _on_rollout_start(self) -> None:

@@ -8,6 +8,7 @@ number > 0, got '0.01' (str)"). Every check runs before an environment is made o
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -140,3 +141,51 @@ def scheduled_value(name: str, schedule: Callable[[float], float], progress_rema
             f"`{name}` as a schedule must give finite numbers >= 0, got {value!r} at progress_remaining={progress_remaining}"
         )
     return float(value)
+
+
+def check_ppo_hyperparameters(
+    n_steps: int,
+    batch_size: int,
+    n_epochs: int,
+    normalize_advantage: bool,
+    clip_range: Any,
+    clip_range_vf: Any,
+    target_kl: Any,
+) -> None:
+    """
+    The PPO arguments PPOKL shares with SB3 PPO, checked by this module's one rule: TypeError for a wrong type
+    (``n_steps=True``, ``batch_size=64.0``, ``clip_range="0.2"``), ValueError for a value out of range, each naming the
+    parameter and what it accepts.
+    """
+    check_int("n_steps", n_steps, "an integer >= 1", lambda value: value >= 1)
+    check_int("n_epochs", n_epochs, "an integer >= 1", lambda value: value >= 1)
+    check_bool("normalize_advantage", normalize_advantage)
+    min_batch = 2 if normalize_advantage else 1
+    when = " when normalize_advantage=True" if normalize_advantage else ""
+    check_int("batch_size", batch_size, f"an integer >= {min_batch}{when}", lambda value: value >= min_batch)
+    check_optional_positive("clip_range", clip_range, schedule=True)
+    check_optional_positive("clip_range_vf", clip_range_vf, schedule=True)
+    check_optional_positive("target_kl", target_kl)
+
+
+def check_rollout_size(n_steps: int, n_envs: int, batch_size: int, normalize_advantage: bool) -> None:
+    """
+    SB3 PPO's own checks of the rollout against the minibatch (sb3-contrib's variants make none): a rollout of one
+    sample cannot be normalised (ValueError), and a rollout that is not a multiple of the minibatch ends each epoch
+    with a truncated minibatch, which SB3 PPO warns about in the same words.
+    """
+    rollout_size = n_steps * n_envs
+    if normalize_advantage and rollout_size <= 1:
+        raise ValueError(
+            f"`n_steps * n_envs` must be > 1 when normalize_advantage=True, got n_steps={n_steps} and n_envs={n_envs}"
+        )
+    if rollout_size % batch_size > 0:
+        warnings.warn(
+            f"You have specified a mini-batch size of {batch_size},"
+            f" but because the `RolloutBuffer` is of size `n_steps * n_envs = {rollout_size}`,"
+            f" after every {rollout_size // batch_size} untruncated mini-batches,"
+            f" there will be a truncated mini-batch of size {rollout_size % batch_size}\n"
+            f"We recommend using a `batch_size` that is a factor of `n_steps * n_envs`.\n"
+            f"Info: (n_steps={n_steps} and n_envs={n_envs})",
+            stacklevel=3,
+        )

@@ -14,8 +14,8 @@ This module holds the pieces an algorithm needs:
   policy that collected the rollout (stored as a parameter tensor) and the current policy,
   summed over action dimensions. :func:`sampled_kl` is the fallback for distributions
   without an analytic form.
-- :class:`KLCoefController`: the adaptive coefficient beta (the paper's rule), and
-  :class:`LogProportionalKLController`, a rule whose step grows with the error.
+- :class:`KLCoefController`: the adaptive coefficient beta (the paper's rule); a subclass that overrides
+  :meth:`KLCoefController.adapt` is another rule.
 - :func:`make_kl_controller`: a controller of a class the user chose, with its own arguments.
 """
 
@@ -249,26 +249,21 @@ class KLCoefController:
             raise ValueError(f"`kl_target` schedule gave {value} at progress_remaining={progress_remaining}; it must be >= 0")
         return value
 
-    def update(self, kl: float, progress_remaining: float = 1.0, stopped: bool = False) -> float:
+    def update(self, kl: float, progress_remaining: float = 1.0) -> float:
         """
         Adapt beta to the KL measured over the last policy update.
 
         The step itself is :meth:`adapt`, which subclasses override; this method checks ``kl``, reads the
-        target, applies ``stopped`` and clamps the result to ``kl_coef_bounds``.
+        target and clamps the result to ``kl_coef_bounds``.
 
         :param kl: ``d``, the mean KL between the policy before and after the update (nats)
         :param progress_remaining: where training stands (1 to 0), for a ``kl_target`` schedule
-        :param stopped: whether the update's epochs were ended early because ``d`` passed a bound (the algorithm's
-            ``kl_stop``). A stopped update never raises beta: the stop, not beta, limited it, so ``kl`` counts as at
-            most the target. Default False: ``kl`` is taken as measured.
         :return: the new beta, also stored in ``self.kl_coef``
         """
         if not math.isfinite(kl):
             raise ValueError(f"the measured KL must be finite, got {kl}")
         if self.adaptive_kl:
             target = self.target(progress_remaining)
-            if stopped:
-                kl = min(kl, target)
             low, high = self.kl_coef_bounds
             self.kl_coef = min(max(self.adapt(kl, target), low), high)
         return self.kl_coef
@@ -293,68 +288,6 @@ class KLCoefController:
         return f"{type(self).__name__}({arguments})"
 
 
-# The gain of LogProportionalKLController, chosen in its docstring
-DEFAULT_LOG_GAIN = 0.2
-
-
-class LogProportionalKLController(KLCoefController):
-    """
-    A KL coefficient beta that steps in proportion to the error in log space: after each update, with ``d`` the
-    mean KL between the policy before and after it::
-
-        beta <- beta * clamp((d / kl_target) ** gain, 1 / kl_adapt_factor, kl_adapt_factor)
-
-    and the result is clamped to ``kl_coef_bounds``. ``d == kl_target`` leaves beta unchanged, ``d > kl_target``
-    raises it and ``d < kl_target`` lowers it, by a step that grows with the error, up to ``kl_adapt_factor``.
-    ``kl_tolerance`` does not gate the step (there is no dead band): it keeps its meaning only as the band
-    ``[kl_target / kl_tolerance, kl_target * kl_tolerance]`` that reports count ``d`` inside.
-
-    Why: the paper's rule (:class:`KLCoefController`) moves beta by a factor of 2 or not at all. Measured on 7
-    MuJoCo tasks (issue 32), ``log d`` responds to ``log beta`` as ``log d = c - a * log beta + noise`` with
-    ``a`` between 1.5 and 2 and a noise of 0.35 to 0.5 in ``log d`` per update, so one doubling moves ``d`` by 3
-    to 4 times, wider than the band's 2.25: the rule jumps across the band and back, and keeps ``d`` inside it on
-    about 40% of updates. A step of ``gain * log(d / target)`` in ``log beta`` cancels a fraction ``a * gain``
-    of an error in one update. ``gain = 1 / a`` would cancel it all, but passes all the noise into beta; a small
-    gain filters the noise but follows a drifting ``c`` slowly. Simulating the model with ``c`` a random walk
-    (steps of 0.05 to 0.3 per update, the range whose paper's-rule autocorrelations of ``log(d / target)`` match
-    the measured -0.1 to -0.42) over ``a`` in {1.5, 1.75, 2} and the noise in {0.35, 0.425, 0.5}, the share of
-    updates inside the band is highest on average at ``gain = 0.2`` (54%, against 33-48% for the paper's rule),
-    which is also the gain whose worst loss against the best gain of each case is smallest (3 points); gains
-    0.15 to 0.25 are within half a point of it on average. The noise alone caps any rule that acts only between updates at 58-75%.
-    Measured on the 7 tasks (issue 32, 300k steps, seeds 0-2), ``gain=0.2`` kept ``d`` inside the band on 53% of
-    updates, against the paper's rule's 43%, and reached 0.88 of clip-0.2's score, against the rule's 0.99. Under
-    ``kl_stop=1.0`` it scored more than the rule at the same band (0.65 of clip-0.2 against 0.58; 95% and 96% inside).
-
-    The arguments are :class:`KLCoefController`'s, checked as there, with ``kl_adapt_factor`` the bound of each
-    step, and:
-
-    :param gain: the exponent of ``d / kl_target``: the step in ``log beta`` per unit of ``log(d / kl_target)``,
-        a finite number ``> 0`` (TypeError for anything but a real number, ValueError out of range). Default 0.2
-        (see above).
-    """
-
-    def __init__(
-        self,
-        kl_coef: float = 1.0,
-        kl_target: float | Callable[[float], float] = 0.01,
-        adaptive_kl: bool = True,
-        kl_tolerance: float = 1.5,
-        kl_adapt_factor: float = 2.0,
-        kl_coef_bounds: Sequence[float] = (1e-4, 1e4),
-        gain: float = DEFAULT_LOG_GAIN,
-    ):
-        super().__init__(kl_coef, kl_target, adaptive_kl, kl_tolerance, kl_adapt_factor, kl_coef_bounds)
-        self.gain = check_real("gain", gain, "a finite number > 0", lambda value: value > 0)
-
-    def adapt(self, kl: float, target: float) -> float:
-        if kl == target:  # also 0 == 0: a target annealed to 0 and no change
-            return self.kl_coef
-        # log(d / target) * gain, with log 0 = -inf and d / 0 = +inf; the clamp makes both one full step
-        log_error = math.inf if target == 0 else -math.inf if kl <= 0 else math.log(kl / target)
-        log_step = math.log(self.kl_adapt_factor)
-        return self.kl_coef * math.exp(min(max(self.gain * log_error, -log_step), log_step))
-
-
 # The arguments of every controller that the algorithms take as their own (PPOKL's kl_coef, kl_target, ...)
 STANDARD_CONTROLLER_ARGUMENTS = ("kl_coef", "kl_target", "adaptive_kl", "kl_tolerance", "kl_adapt_factor", "kl_coef_bounds")
 
@@ -363,7 +296,6 @@ STANDARD_CONTROLLER_ARGUMENTS = ("kl_coef", "kl_target", "adaptive_kl", "kl_tole
 # (an RL Zoo hyperparameter file, ``python -m sb3_ppo_kl --param``)
 CONTROLLERS: dict[str, type[KLCoefController]] = {
     "KLCoefController": KLCoefController,
-    "LogProportionalKLController": LogProportionalKLController,
 }
 
 
@@ -374,8 +306,8 @@ def make_kl_controller(controller_class: Any, controller_kwargs: Any, **standard
     ``rollout_buffer_kwargs``.
 
     :param controller_class: a subclass of :class:`KLCoefController` (or the class itself), or the name of one of
-        the package's controllers (:data:`CONTROLLERS`: ``"LogProportionalKLController"``)
-    :param controller_kwargs: None, or a dict of the class's own arguments (``dict(gain=0.3)``) that are not
+        the package's controllers (:data:`CONTROLLERS`: ``"KLCoefController"``)
+    :param controller_kwargs: None, or a dict of the class's own arguments that are not
         the standard ones: those are the algorithm's own arguments
     :param standard: the standard arguments (see ``STANDARD_CONTROLLER_ARGUMENTS``), as the algorithm got them
     :return: the controller, every argument checked by the class

@@ -9,7 +9,6 @@ module before the weights are loaded into it. The module itself is never pickled
 
 import inspect
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -24,11 +23,15 @@ from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import polyak_update
 
 from sb3_ppo_kl.common.buffers import KLBufferMixin
-from sb3_ppo_kl.common.checks import check_coef_bounds, check_int, check_real, check_schedule, scheduled_value
-from sb3_ppo_kl.common.kl import KLCoefController, comparable_distributions, has_analytic_kl
+from sb3_ppo_kl.common.checks import check_real, check_schedule, scheduled_value
+from sb3_ppo_kl.common.kl import comparable_distributions, has_analytic_kl
 from sb3_ppo_kl.common.safe_load import ModelZip, check_policy_size, policy_kwargs_of
 
 PolicySource = BasePolicy | str | os.PathLike
+
+#: ``ref_tau`` of the reference :meth:`ReferencePolicyMixin.from_pretrained` gives by default: the soft update that
+#: won the fine-tuning benchmark (issue 31's 5 seeds on LunarLander-v3 and LunarLanderContinuous-v3, issue 45)
+PRETRAINED_REF_TAU = 0.3
 
 
 def _constant_schedule(progress_remaining: float) -> float:
@@ -255,119 +258,60 @@ else:
 class ReferencePolicyMixin(_Algorithm):
     """
     The reference-policy options of :class:`~sb3_ppo_kl.PPOKL` and its variants: ``ref_policy``, ``ref_kl_coef``
-    (a number or a schedule), ``ref_kl_target``, ``ref_kl_coef_bounds``, ``ref_tau``, ``ref_update_interval``, and
-    :meth:`from_pretrained`. Mixed into PPOKL before SB3's ``OnPolicyAlgorithm``; the variants inherit it with PPOKL.
+    (a number or a schedule), ``ref_tau``, and :meth:`from_pretrained`. Mixed into PPOKL before SB3's
+    ``OnPolicyAlgorithm``; the variants inherit it with PPOKL.
 
-    What it adds to the model: ``ref_policy`` (frozen: never optimised), ``ref_kl_controller`` (a second
-    :class:`~sb3_ppo_kl.KLCoefController`: fixed, or adapted toward ``ref_kl_target`` within ``ref_kl_coef_bounds``),
-    ``ref_kl_coef`` (the value in use), and once per update ``rollout_buffer.ref_dist_params``, the reference's
-    distribution for every sample, which the algorithm's loss compares with the policy's. With ``ref_tau > 0`` the
-    reference moves toward the policy after every ``ref_update_interval`` updates (:meth:`_move_ref_policy`), as
-    SB3's DQN and SAC move their target networks. The reference is saved as its weights and a spec
-    (:func:`policy_spec`), never pickled.
+    What it adds to the model: ``ref_policy`` (never optimised), ``ref_kl_coef`` (the value in use), and once per
+    update ``rollout_buffer.ref_dist_params``, the reference's distribution for every sample, which the algorithm's
+    loss compares with the policy's. With ``ref_tau > 0`` the reference moves toward the policy after every update
+    (:meth:`_move_ref_policy`), as SB3's DQN and SAC move their target networks. The reference is saved as its
+    weights and a spec (:func:`policy_spec`), never pickled.
     """
 
     ref_policy: BasePolicy | None
-    ref_kl_controller: KLCoefController
     _ref_policy_spec: dict[str, Any] | None
-    kl_controller: KLCoefController  # the algorithm's beta, whose tolerance, factor and bounds the reference's shares
     rollout_buffer: KLBufferMixin  # type: ignore[assignment]
 
-    # ref_kl_coef as a schedule of the progress remaining, or None when it is a number (in ref_kl_controller).
-    # A class attribute too, for models saved before schedules were accepted.
+    # ref_kl_coef: a number, or a schedule of the progress remaining (then _ref_kl_coef is its value at the start)
+    _ref_kl_coef: float = 1.0
     _ref_kl_coef_schedule: Schedule | None = None
     #: The soft update coefficient of the reference (0: frozen; 1: a copy of the policy), see ``ref_tau`` in PPOKL.
     #: Class attributes too, for models saved before the reference could move: they load with a frozen reference.
     ref_tau: float = 0.0
-    #: Policy updates between two moves of the reference (``ref_update_interval``).
-    ref_update_interval: int = 1
-    # Updates so far in which the policy was trained (train() calls outside the value warm-up), the clock of
-    # ref_update_interval, and the moves of the reference so far; both saved with the model
-    _n_policy_updates: int = 0
+    # The moves of the reference so far, saved with the model
     _n_ref_updates: int = 0
 
     @property
     def ref_kl_coef(self) -> float:
         """
-        The current coefficient of the KL to the reference policy (the value the next update uses): the adapted
-        or fixed value, or the schedule's value at the current progress remaining.
+        The current coefficient of the KL to the reference policy (the value the next update uses): the fixed
+        value, or the schedule's value at the current progress remaining.
         """
         if self._ref_kl_coef_schedule is not None:
             return scheduled_value("ref_kl_coef", self._ref_kl_coef_schedule, self._current_progress_remaining)
-        return self.ref_kl_controller.kl_coef
+        return self._ref_kl_coef
 
     @ref_kl_coef.setter
     def ref_kl_coef(self, value: float | Schedule) -> None:
-        """A number (fixed, or the adapted coefficient's new value) or, unless it is adapted, a schedule."""
+        """A number ``>= 0`` or a schedule of the progress remaining giving numbers ``>= 0``."""
         if callable(value):
-            if self.ref_kl_controller.adaptive_kl:
-                raise ValueError("`ref_kl_coef` cannot be a schedule while it is adapted toward `ref_kl_target`")
             check_schedule("ref_kl_coef", value)
             self._ref_kl_coef_schedule = value
-            self.ref_kl_controller.kl_coef = scheduled_value("ref_kl_coef", value, 1.0)
+            self._ref_kl_coef = scheduled_value("ref_kl_coef", value, 1.0)
             return
-        self.ref_kl_controller.kl_coef = check_real(
-            "ref_kl_coef", value, "a finite number >= 0 or a schedule", lambda v: v >= 0
-        )
+        self._ref_kl_coef = check_real("ref_kl_coef", value, "a finite number >= 0 or a schedule", lambda v: v >= 0)
         self._ref_kl_coef_schedule = None
 
-    def _make_ref_policy(
-        self,
-        ref_policy: PolicySource | None,
-        ref_kl_coef: float | Schedule,
-        ref_kl_target: float | None,
-        ref_kl_coef_bounds: Sequence[float] | None = None,
-        ref_tau: float = 0.0,
-        ref_update_interval: int = 1,
-    ) -> None:
+    def _make_ref_policy(self, ref_policy: PolicySource | None, ref_kl_coef: float | Schedule, ref_tau: float = 0.0) -> None:
         """
-        Validate the reference arguments, create ``self.ref_kl_controller`` (and ``self._ref_kl_coef_schedule``)
-        and load the reference policy, frozen, on the CPU, into ``self.ref_policy`` (with ``self._ref_policy_spec``,
-        what rebuilds it on load). Set ``self.ref_tau`` and ``self.ref_update_interval``, and start the clock of the
-        reference's moves.
+        Validate the reference arguments, set ``self.ref_kl_coef`` and ``self.ref_tau``, and load the reference
+        policy, frozen, on the CPU, into ``self.ref_policy`` (with ``self._ref_policy_spec``, what rebuilds it on load).
         """
         self.ref_tau = check_real("ref_tau", ref_tau, "a finite number in [0, 1]", lambda v: 0 <= v <= 1)
-        self.ref_update_interval = check_int(
-            "ref_update_interval", ref_update_interval, "an integer >= 1", lambda value: value >= 1
-        )
         if ref_policy is None and self.ref_tau > 0:
             raise ValueError(f"`ref_tau` applies to a reference policy; give `ref_policy`, got ref_tau={ref_tau!r}")
-        self._n_policy_updates = self._n_ref_updates = 0
-        schedule: Schedule | None = None
-        if callable(ref_kl_coef):
-            schedule = ref_kl_coef
-            if ref_kl_target is not None:
-                raise ValueError(
-                    "`ref_kl_coef` is a schedule and `ref_kl_target` is set: the coefficient cannot follow both. Give "
-                    f"ref_kl_target=None to follow the schedule, or a number ref_kl_coef to adapt it; got ref_kl_target={ref_kl_target!r}"
-                )
-            check_schedule("ref_kl_coef", schedule)
-            start = scheduled_value("ref_kl_coef", schedule, 1.0)
-        else:
-            start = check_real("ref_kl_coef", ref_kl_coef, "a finite number >= 0 or a schedule", lambda v: v >= 0)
-        if ref_kl_coef_bounds is None:
-            bounds = self.kl_controller.kl_coef_bounds
-        else:
-            bounds = check_coef_bounds("ref_kl_coef_bounds", ref_kl_coef_bounds, adaptive=ref_kl_target is not None)
-        if ref_kl_target is not None:
-            check_real("ref_kl_target", ref_kl_target, "None or a finite number > 0", lambda v: v > 0)
-            low, high = bounds
-            if not low <= start <= high:
-                raise ValueError(
-                    f"`ref_kl_coef` must lie within ref_kl_coef_bounds=[{low}, {high}] when ref_kl_target is set "
-                    f"(it is then adapted; ref_kl_coef_bounds defaults to kl_coef_bounds), got {start}"
-                )
-        # A second controller of the same kind as beta's: fixed unless ref_kl_target is given, then the step rule
-        # with beta's tolerance and factor, and its own bounds
-        self.ref_kl_controller = KLCoefController(
-            kl_coef=start,
-            kl_target=1.0 if ref_kl_target is None else ref_kl_target,
-            adaptive_kl=ref_kl_target is not None,
-            kl_tolerance=self.kl_controller.kl_tolerance,
-            kl_adapt_factor=self.kl_controller.kl_adapt_factor,
-            kl_coef_bounds=bounds,
-        )
-        self._ref_kl_coef_schedule = schedule
+        self._n_ref_updates = 0
+        self.ref_kl_coef = ref_kl_coef  # type: ignore[assignment]  # the setter checks it
         self.ref_policy: BasePolicy | None = None
         self._ref_policy_spec: dict[str, Any] | None = None
         if ref_policy is None:
@@ -408,12 +352,10 @@ class ReferencePolicyMixin(_Algorithm):
 
     def _move_ref_policy(self) -> None:
         """
-        After an update that trained the policy (not a value warm-up one): count it and, every
-        ``ref_update_interval`` such updates, move the reference toward the policy by ``ref_tau``
-        (:func:`move_toward`). Nothing moves while ``ref_tau`` is 0 or without a reference.
+        After an update, move the reference toward the policy by ``ref_tau`` (:func:`move_toward`) and count the move.
+        Nothing moves while ``ref_tau`` is 0 or without a reference.
         """
-        self._n_policy_updates += 1
-        if self.ref_policy is None or self.ref_tau == 0 or self._n_policy_updates % self.ref_update_interval:
+        if self.ref_policy is None or self.ref_tau == 0:
             return
         move_toward(self.ref_policy, self.policy, self.ref_tau)
         self._n_ref_updates += 1
@@ -431,7 +373,7 @@ class ReferencePolicyMixin(_Algorithm):
 
         ::
 
-            model = PPOKL.from_pretrained("expert.zip", env, ref_kl_coef=0.5, value_warmup_rollouts=2)
+            model = PPOKL.from_pretrained("expert.zip", env)
 
         :param pretrained: an SB3 model (PPO, A2C, PPOKL, MaskablePPO..., e.g. one returned by
             :func:`~sb3_ppo_kl.behaviour_clone`), its policy (``model.policy``) or the path of an SB3 model zip.
@@ -443,9 +385,12 @@ class ReferencePolicyMixin(_Algorithm):
         :param kwargs: the algorithm's other arguments. ``policy_kwargs`` defaults to the pretrained policy's
             architecture (net_arch, activation, features extractor...), ``use_sde`` to whether it used gSDE.
             ``ref_policy`` defaults to the pretrained policy (as this algorithm's policy class, so that
-            MaskablePPOKL masks it); pass ``ref_policy=None`` to fine-tune without a reference. ``ref_kl_coef``,
-            ``ref_kl_target``, ``ref_kl_coef_bounds``, ``ref_tau`` and ``ref_update_interval`` apply to that reference
-            as to any other: with ``ref_tau > 0`` it starts as the pretrained policy and then follows the new one.
+            MaskablePPOKL masks it); pass ``ref_policy=None`` to fine-tune without a reference. That default
+            reference starts as the pretrained policy and moves toward the new one after every update with
+            ``ref_tau=0.3`` (:data:`PRETRAINED_REF_TAU`), the setting that protected the pretrained policy at least as
+            well as a frozen reference and ended higher on every task of the fine-tuning benchmark (the user guide's
+            fine-tuning page); ``ref_tau=0`` keeps it frozen. ``ref_kl_coef`` (default 1.0) applies to it as to any
+            other. A ``ref_policy`` given here is the constructor's, frozen unless ``ref_tau`` is given.
         :raises ValueError: if the new policy's architecture differs from the pretrained one (naming the weights
             that differ), or for any invalid argument
         """
@@ -467,19 +412,12 @@ class ReferencePolicyMixin(_Algorithm):
         if "use_sde" not in kwargs and getattr(source, "use_sde", False) and accepts(cls, "use_sde"):
             kwargs["use_sde"] = True
         default_reference = "ref_policy" not in kwargs
-        ref_keys = ("ref_kl_coef", "ref_kl_target", "ref_kl_coef_bounds", "ref_tau", "ref_update_interval")
-        ref_kwargs = {key: kwargs.pop(key) for key in ref_keys if default_reference and key in kwargs}
+        ref_kwargs = {key: kwargs.pop(key) for key in ("ref_kl_coef", "ref_tau") if default_reference and key in kwargs}
         model = cls(policy, env, **kwargs)  # type: ignore[arg-type]
         copy_weights(source, model.policy, "pretrained")
         if default_reference:
-            model._make_ref_policy(
-                model.policy,
-                ref_kwargs.get("ref_kl_coef", 1.0),
-                ref_kwargs.get("ref_kl_target"),
-                ref_kwargs.get("ref_kl_coef_bounds"),
-                ref_kwargs.get("ref_tau", 0.0),
-                ref_kwargs.get("ref_update_interval", 1),
-            )
+            ref_kl_coef, ref_tau = ref_kwargs.get("ref_kl_coef", 1.0), ref_kwargs.get("ref_tau", PRETRAINED_REF_TAU)
+            model._make_ref_policy(model.policy, ref_kl_coef, ref_tau)
             model._setup_ref_policy()
         return model
 
@@ -494,13 +432,6 @@ class ReferencePolicyMixin(_Algorithm):
             )
         with th.no_grad():
             self.rollout_buffer.ref_dist_params = self._reference_dist_params(self.ref_policy)
-
-    def _skip_ref_snapshot(self) -> None:
-        """
-        A rollout the reference plays no part in (a value warm-up update): nothing is stored. RecurrentPPOKL still
-        runs its reference over it, so that the reference's LSTM state follows every rollout.
-        """
-        self.rollout_buffer.ref_dist_params = None
 
     def _reference_dist_params(self, ref_policy: BasePolicy) -> th.Tensor:
         """

@@ -53,6 +53,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.save_util import open_path
 from torch.overrides import TorchFunctionMode
 
+from sb3_ppo_kl.common.legacy import REMOVED_STATE
 from sb3_ppo_kl.common.safe_pickle import Refused, SafeUnpickler, TooManyOps, admitted, names_method, shown
 
 __all__ = [
@@ -496,11 +497,9 @@ def safe_custom_objects(
 
 #: Fields of the file that are paths: the caller's value is used (None unless given), never the file's
 _PATH_FIELDS = ("tensorboard_log",)
-#: Attributes saved by this package's earlier versions for options since removed: not restored, not refused
+#: Attributes saved by this package's versions before 0.2.0 for options since removed: not restored, not refused
 _RETIRED = frozenset(
-    {"kl_stop", "kl_stop_interval", "value_warmup_rollouts", "_n_rollouts_trained", "cutoff_coef", "cutoff_factor",
-     "kl_penalty", "per_state", "variance_weight", "horizon", "rule", "ref_update_interval", "ref_kl_target",
-     "ref_kl_coef_bounds"}
+    {"cutoff_coef", "cutoff_factor", "kl_penalty", "per_state", "variance_weight", "horizon", "rule"}
 )  # fmt: skip
 #: Set only when a model has an environment, so not by the constructor _known_keys calls without one
 _ENV_STATE = ("observation_space", "action_space", "n_envs", "lr_schedule")
@@ -576,6 +575,8 @@ def _check_keys(cls: type[BaseAlgorithm], data: dict[str, Any], given: dict[str,
             raise how.error("field", key, f"names a method or property of {cls.__name__}, which a file may not replace", key)
         elif key in known:
             kept[key] = value
+        elif key in REMOVED_STATE:
+            kept[key] = value  # 0.2.0's removed options: the model's _setup_model drops them, warning (common.legacy)
         elif key in _RETIRED:
             continue
         elif key in excluded:

@@ -1,9 +1,8 @@
-import copy
 import io
 import math
 import os
 import pathlib
-import warnings
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -12,7 +11,6 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, BasePolicy, MultiInputActorCriticPolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
@@ -20,27 +18,24 @@ from stable_baselines3.common.utils import FloatSchedule, explained_variance
 from torch.nn import functional as F
 
 from sb3_ppo_kl.common.atomic import atomic_write, save_target
-from sb3_ppo_kl.common.buffers import KLBufferMixin, KLDictRolloutBuffer, KLRolloutBatch, KLRolloutBuffer
-from sb3_ppo_kl.common.checks import check_bool, check_int, check_optional_positive, check_real, described
+from sb3_ppo_kl.common.buffers import KLBufferMixin, KLDictRolloutBuffer, KLRolloutBuffer
+from sb3_ppo_kl.common.checks import check_ppo_hyperparameters, check_real, check_rollout_size, described
 from sb3_ppo_kl.common.finite import CheckFiniteCallback, NonFiniteError
 from sb3_ppo_kl.common.kl import (
     KLCoefController,
-    distribution_params,
-    has_analytic_kl,
     make_kl_controller,
     per_state_kl,
     sampled_kl,
 )
+from sb3_ppo_kl.common.legacy import drop_removed_options, removed_classes
 from sb3_ppo_kl.common.reference import PolicySource, ReferencePolicyMixin
+from sb3_ppo_kl.common.rollout import RolloutKLMixin, masked_mean
 from sb3_ppo_kl.common.safe_load import SafeLoadLimits, prepare_load
 
 SelfPPOKL = TypeVar("SelfPPOKL", bound="PPOKL")
 
-# Samples per forward pass when the whole rollout is evaluated (old-policy snapshot, KL after the update).
-FULL_PASS_BATCH_SIZE = 4096
 
-
-class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
+class PPOKL(RolloutKLMixin, ReferencePolicyMixin, OnPolicyAlgorithm):
     """
     Proximal Policy Optimization with an adaptive KL penalty ("PPO1").
 
@@ -60,12 +55,11 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
     policy before and after the update adapts beta (see :class:`~sb3_ppo_kl.KLCoefController`):
     divided by ``kl_adapt_factor`` when ``d < kl_target / kl_tolerance``, multiplied when
     ``d > kl_target * kl_tolerance``, clamped to ``kl_coef_bounds``. ``model.kl_coef`` is always
-    the current beta; it is saved and loaded with the model. ``kl_controller_class`` chooses another rule, and
-    ``kl_stop`` ends an update's epochs once ``d`` reaches a multiple of the target.
+    the current beta; it is saved and loaded with the model. ``kl_controller_class`` chooses another rule.
 
     With ``ref_policy`` (fine-tuning a pretrained policy), the loss also has
     ``+ ref_kl_coef * KL[pi_ref(.|s) || pi_theta(.|s)].mean()``, the KL to a reference policy: frozen, or with
-    ``ref_tau > 0`` moved toward the policy after every ``ref_update_interval`` updates, as SB3's target networks.
+    ``ref_tau > 0`` moved toward the policy after every update, as SB3's target networks.
 
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy)
     :param env: The environment to learn from (if registered in Gym, can be str)
@@ -93,34 +87,11 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
     :param kl_controller_class: The rule that adapts beta: :class:`~sb3_ppo_kl.KLCoefController` (default, the
         paper's rule above) or a subclass of it, built as ``kl_controller_class(kl_coef=..., kl_target=...,
         adaptive_kl=..., kl_tolerance=..., kl_adapt_factor=..., kl_coef_bounds=..., **kl_controller_kwargs)``, as
-        SB3 builds ``rollout_buffer_class``. :class:`~sb3_ppo_kl.LogProportionalKLController` multiplies beta by
-        ``(d / kl_target) ** gain`` after each update, a step that grows with the error. The controller is
-        ``model.kl_controller``; its class and state (beta, its own arguments) are saved and loaded with the model.
-        Where a class cannot be written (an RL Zoo hyperparameter file, ``python -m sb3_ppo_kl --param``), the name
-        of one of the package's controllers does: ``"LogProportionalKLController"``.
-    :param kl_controller_kwargs: None (default), or a dict of the controller class's own arguments, e.g.
-        ``dict(gain=0.3)``; the standard ones above are refused there (give them as this algorithm's arguments).
-    :param kl_stop: Control inside the update. None (default): every update runs its ``n_epochs`` (unless
-        ``target_kl`` stops it). A float ``> 0``, a multiple of ``kl_target``: every ``kl_stop_interval`` minibatches
-        ``d``, the KL between the rollout policy and the current one, is measured over the whole rollout, as beta's
-        rule measures it, and the policy's steps end once ``d >= kl_stop * kl_target``. ``kl_stop=1.0`` stops at
-        the target: ``d`` then ends a little past it. Two more rules, chosen by issue 32's trials
-        (``benchmarks/RESULTS.md``): a check that finds ``d`` above the band (``kl_target * kl_tolerance``) puts
-        back the parameters and optimizer state of the last check inside it, as TRPO's line search backtracks
-        (``train/backtracked``); and the epochs left after the stop train the value function alone, the
-        parameters of the action distribution held fixed, as in the value warm-up. The stopped update's ``d``
-        adapts beta (no extra pass is needed for it), but a stopped update never raises beta: the stop, not beta,
-        limited it (see ``stopped`` in :meth:`~sb3_ppo_kl.KLCoefController.update`). Logged as ``train/stopped``
-        (1 or 0), ``train/n_minibatches_run`` and ``train/n_epochs_run`` (the policy's steps, over minibatches per
-        epoch). The cost is one forward pass of the actor over the rollout, without gradients, per check, and a
-        copy of the parameters and optimizer state per check inside the band. Independent of ``target_kl``, which
-        stops on one minibatch's sampled estimate, before its step; both may be set. Measured on the paper's 7
-        MuJoCo tasks (issue 32, 300k steps, seeds 0-2), ``kl_stop=1.0`` kept ``d`` inside the band on 96% of
-        updates, against the paper's rule's 43%, and reached 0.58 of clip-0.2's score, against the rule's 0.99:
-        it buys a bounded step with return (the user guide's "PPO1 in one page").
-    :param kl_stop_interval: Minibatches (gradient steps, counted across epochs) between two checks of
-        ``kl_stop``, an integer ``>= 1``. Default 4: with the paper's 2048 samples and minibatches of 64, one check
-        per 256 samples trained on. Fewer checks cost less and overshoot more.
+        SB3 builds ``rollout_buffer_class``. The controller is ``model.kl_controller``; its class and state (beta,
+        its own arguments) are saved and loaded with the model. Where a class cannot be written (an RL Zoo
+        hyperparameter file, ``python -m sb3_ppo_kl --param``), the name ``"KLCoefController"`` does.
+    :param kl_controller_kwargs: None (default), or a dict of the controller class's own arguments; the standard
+        ones above are refused there (give them as this algorithm's arguments).
     :param ref_policy: None (default), or a frozen reference policy to stay close to, e.g. a pretrained
         policy being fine-tuned: an SB3 policy (a ``BasePolicy``, copied) or the path of an SB3 model zip
         (PPO, A2C, PPOKL, MaskablePPO...). Its observation and action spaces must be the environment's.
@@ -135,37 +106,20 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
         (eval mode, no gradients, never optimised) as ``model.ref_policy``, and saved and loaded with the model.
         See :meth:`from_pretrained` to start from the same policy.
     :param ref_kl_coef: Coefficient of the KL to the reference, ``>= 0``, or a schedule of the progress remaining
-        (1 to 0), as ``clip_range``, giving values ``>= 0``: e.g. :class:`~sb3_ppo_kl.HoldThenLinearSchedule` to hold
-        the pretrained behaviour early and release it later. Only used with ``ref_policy``.
+        (1 to 0), as ``clip_range``, giving values ``>= 0``. Only used with ``ref_policy``.
         Default 1.0 (beta's default start: the KL to the reference weighs as much as the PPO1 term at first).
         ``model.ref_kl_coef`` is its current value (a schedule's at the current progress), logged as
         ``train/ref_kl_coef``.
-    :param ref_kl_target: None (default): ``ref_kl_coef`` stays fixed (or follows its schedule). A float ``> 0``:
-        after each update ``ref_kl_coef`` (then a number) is adapted toward it by a second
-        :class:`~sb3_ppo_kl.KLCoefController` with beta's rule, ``kl_tolerance`` and ``kl_adapt_factor``, clamped to
-        ``ref_kl_coef_bounds``, to the mean KL to the reference over the rollout after the update (logged as
-        ``train/ref_kl``). A schedule for ``ref_kl_coef`` with a ``ref_kl_target`` is refused.
-    :param ref_kl_coef_bounds: ``(low, high)``, ``0 <= low <= high``: the adapted ``ref_kl_coef`` is clamped to this
-        range, and must start in it; validated as ``kl_coef_bounds`` (an adapted coefficient needs ``low > 0``).
-        None (default): ``kl_coef_bounds``. ``(ref_kl_coef, 1e4)`` makes the start a
-        floor: the coefficient rises while the KL to the reference is too high and never falls below its start.
     :param ref_tau: The soft update coefficient of the reference, in ``[0, 1]``, as ``tau`` in SB3's DQN and SAC.
-        0 (default): the reference is frozen. Otherwise, after every ``ref_update_interval`` updates the reference
-        becomes ``(1 - ref_tau) * reference + ref_tau * policy``, parameter by parameter (SB3's ``polyak_update``;
+        0 (default): the reference is frozen. Otherwise, after every update the reference becomes
+        ``(1 - ref_tau) * reference + ref_tau * policy``, parameter by parameter (SB3's ``polyak_update``;
         buffers such as batch norm's running statistics are copied, as SB3 copies them): the leash then limits how
         fast the policy drifts, not how far. ``ref_tau=1`` resets the reference to the policy. It needs
         ``ref_policy`` of the policy's architecture (the same state-dict keys and shapes, which
-        :meth:`from_pretrained` gives); another is refused. ``train/ref_kl`` is the KL to the moving reference
+        :meth:`from_pretrained` gives); another is refused. :meth:`from_pretrained` defaults to ``ref_tau=0.3``,
+        the setting that won the fine-tuning benchmark. ``train/ref_kl`` is the KL to the moving reference
         (before its move), ``train/ref_updates`` the number of moves so far; the moved reference is what ``save()``
         keeps.
-    :param ref_update_interval: The number of updates between two moves of the reference, an integer ``>= 1``, as
-        ``target_update_interval`` (default 1: after every update). Only the updates that train the policy count:
-        the value warm-up updates (``value_warmup_rollouts``) neither move the reference nor count. ``ref_tau=1,
-        ref_update_interval=N`` is a hard reset of the reference to the policy every N updates.
-    :param value_warmup_rollouts: For the first N rollouts (N calls to ``train()``) train only the value
-        function: the loss is ``vf_coef * value_loss`` and every parameter the action distribution depends on
-        (shared layers included) is left unchanged; beta and ``ref_kl_coef`` are not adapted. Useful when
-        fine-tuning a pretrained policy whose value function is new or stale. ``>= 0``, default 0.
     :param clip_range: None (default) for pure PPO1. A float or schedule adds PPO2's ratio clipping on
         top of the penalty (as RLlib does).
     :param clip_range_vf: Clipping of the value function update, as in SB3 PPO. None (default): no clipping.
@@ -192,12 +146,9 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
     :param _init_setup_model: Whether to build the network at the creation of the instance.
 
     The arguments of this package's own are checked before an environment is made or a network built, and an
-    error names the argument and what it accepts. For ``kl_target``, ``kl_coef``, ``adaptive_kl``,
-    ``kl_tolerance``, ``kl_adapt_factor``, ``kl_coef_bounds``, ``kl_controller_class``, ``kl_controller_kwargs``,
-    ``kl_stop``, ``kl_stop_interval``, ``ref_tau``, ``ref_update_interval`` and ``value_warmup_rollouts`` a wrong
-    type raises
-    TypeError (a string such as ``"0.01"`` from a config file; a bool where a number is expected; anything but a
-    bool for ``adaptive_kl``), a value out of range ValueError.
+    error names the argument and what it accepts: a wrong type raises TypeError (a string such as ``"0.01"`` from
+    a config file; a bool where a number is expected; anything but a bool for ``adaptive_kl``), a value out of range
+    ValueError.
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -240,15 +191,9 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
         kl_coef_bounds: Sequence[float] = (1e-4, 1e4),
         kl_controller_class: type[KLCoefController] | str = KLCoefController,
         kl_controller_kwargs: dict[str, Any] | None = None,
-        kl_stop: float | None = None,
-        kl_stop_interval: int = 4,
         ref_policy: PolicySource | None = None,
         ref_kl_coef: float | Schedule = 1.0,
-        ref_kl_target: float | None = None,
-        ref_kl_coef_bounds: Sequence[float] | None = None,
         ref_tau: float = 0.0,
-        ref_update_interval: int = 1,
-        value_warmup_rollouts: int = 0,
         clip_range: float | Schedule | None = None,
         clip_range_vf: float | Schedule | None = None,
         normalize_advantage: bool = True,
@@ -278,8 +223,6 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
             kl_coef_bounds=kl_coef_bounds,
             kl_controller_class=kl_controller_class,
             kl_controller_kwargs=kl_controller_kwargs,
-            kl_stop=kl_stop,
-            kl_stop_interval=kl_stop_interval,
             n_steps=n_steps,
             batch_size=batch_size,
             n_epochs=n_epochs,
@@ -290,11 +233,7 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
             rollout_buffer_class=rollout_buffer_class,
             ref_policy=ref_policy,
             ref_kl_coef=ref_kl_coef,
-            ref_kl_target=ref_kl_target,
-            ref_kl_coef_bounds=ref_kl_coef_bounds,
             ref_tau=ref_tau,
-            ref_update_interval=ref_update_interval,
-            value_warmup_rollouts=value_warmup_rollouts,
         )
 
         super().__init__(
@@ -320,7 +259,8 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
             _init_setup_model=False,
         )
         self._check_env()
-        self._check_rollout_size(batch_size, normalize_advantage)
+        if self.env is not None:
+            check_rollout_size(self.n_steps, self.env.num_envs, batch_size, normalize_advantage)
 
         self.batch_size = batch_size
         self.n_epochs = n_epochs
@@ -344,8 +284,6 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
         kl_coef_bounds: Sequence[float],
         kl_controller_class: type[KLCoefController] | str,
         kl_controller_kwargs: dict[str, Any] | None,
-        kl_stop: float | None,
-        kl_stop_interval: int,
         n_steps: int,
         batch_size: int,
         n_epochs: int,
@@ -356,17 +294,12 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
         rollout_buffer_class: type[RolloutBuffer] | None = None,
         ref_policy: PolicySource | None = None,
         ref_kl_coef: float | Schedule = 1.0,
-        ref_kl_target: float | None = None,
-        ref_kl_coef_bounds: Sequence[float] | None = None,
         ref_tau: float = 0.0,
-        ref_update_interval: int = 1,
-        value_warmup_rollouts: int = 0,
     ) -> None:
         """
         Validate the arguments (TypeError for a wrong type, ValueError for a wrong value, naming the parameter and
-        what it accepts) and create ``self.kl_controller`` (a ``kl_controller_class``), ``self.kl_stop`` and
-        ``self.kl_stop_interval``, the reference policy (loaded, frozen; moved to the device and checked against the
-        environment's spaces in ``_setup_model``) and ``self.ref_kl_controller``.
+        what it accepts) and create ``self.kl_controller`` (a ``kl_controller_class``) and the reference policy
+        (loaded, frozen; moved to the device and checked against the environment's spaces in ``_setup_model``).
 
         Called first in ``__init__`` by PPOKL and its variants: every check runs before an
         environment is made or a network built.
@@ -381,11 +314,7 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
             kl_adapt_factor=kl_adapt_factor,
             kl_coef_bounds=kl_coef_bounds,
         )
-        _check_hyperparameters(n_steps, batch_size, n_epochs, normalize_advantage, clip_range, clip_range_vf, target_kl)
-        if kl_stop is not None:
-            kl_stop = check_real("kl_stop", kl_stop, "None or a finite number > 0 (a multiple of kl_target)", lambda v: v > 0)
-        self.kl_stop = kl_stop
-        self.kl_stop_interval = check_int("kl_stop_interval", kl_stop_interval, "an integer >= 1", lambda value: value >= 1)
+        check_ppo_hyperparameters(n_steps, batch_size, n_epochs, normalize_advantage, clip_range, clip_range_vf, target_kl)
         if rollout_buffer_class is not None and not issubclass(rollout_buffer_class, KLBufferMixin):
             raise ValueError(
                 f"`rollout_buffer_class` must mix in sb3_ppo_kl.common.buffers.KLBufferMixin, got {rollout_buffer_class.__name__}"
@@ -394,15 +323,7 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
         action_space = getattr(env, "action_space", None)
         if isinstance(action_space, spaces.Space):
             self._check_action_space(action_space)
-        self.value_warmup_rollouts = check_int(
-            "value_warmup_rollouts", value_warmup_rollouts, "an integer >= 0", lambda value: value >= 0
-        )
-        self._n_rollouts_trained = 0  # train() calls so far: the first value_warmup_rollouts train the value function only
-        if ref_policy is None and ref_kl_target is not None:
-            raise ValueError(
-                f"`ref_kl_target` applies to a reference policy; give `ref_policy`, got ref_kl_target={ref_kl_target!r}"
-            )
-        self._make_ref_policy(ref_policy, ref_kl_coef, ref_kl_target, ref_kl_coef_bounds, ref_tau, ref_update_interval)
+        self._make_ref_policy(ref_policy, ref_kl_coef, ref_tau)
 
     def _check_action_space(self, action_space: spaces.Space) -> None:
         if not isinstance(action_space, self.supported_action_spaces):
@@ -423,31 +344,6 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
             return
         self._check_action_space(self.action_space)
 
-    def _check_rollout_size(self, batch_size: int, normalize_advantage: bool) -> None:
-        """
-        SB3 PPO's own checks of the rollout against the minibatch (sb3-contrib's variants make none): a rollout of
-        one sample cannot be normalised, and a rollout that is not a multiple of the minibatch ends each epoch
-        with a truncated minibatch, which SB3 PPO warns about in the same words.
-        """
-        if self.env is None:
-            return
-        rollout_size = self.n_steps * self.env.num_envs
-        if normalize_advantage and rollout_size <= 1:
-            raise ValueError(
-                f"`n_steps * n_envs` must be > 1 when normalize_advantage=True, got n_steps={self.n_steps} and "
-                f"n_envs={self.env.num_envs}"
-            )
-        if rollout_size % batch_size > 0:
-            warnings.warn(
-                f"You have specified a mini-batch size of {batch_size},"
-                f" but because the `RolloutBuffer` is of size `n_steps * n_envs = {rollout_size}`,"
-                f" after every {rollout_size // batch_size} untruncated mini-batches,"
-                f" there will be a truncated mini-batch of size {rollout_size % batch_size}\n"
-                f"We recommend using a `batch_size` that is a factor of `n_steps * n_envs`.\n"
-                f"Info: (n_steps={self.n_steps} and n_envs={self.env.num_envs})",
-                stacklevel=3,
-            )
-
     @property
     def kl_coef(self) -> float:
         """The current KL coefficient beta (the value the next update uses)."""
@@ -459,7 +355,8 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
 
     def _setup_model(self) -> None:
         # Rebuilds what load() does not restore. The KL controller (beta) is restored with __dict__
-        # and must not be touched here.
+        # and must not be touched here; a 0.2.0 model's removed options are dropped, with a warning.
+        drop_removed_options(self)
         if self.rollout_buffer_class is None:
             flat, dict_ = self.kl_rollout_buffer_classes
             self.rollout_buffer_class = dict_ if isinstance(self.observation_space, spaces.Dict) else flat
@@ -474,341 +371,156 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
         self.clip_range_vf = None if clip_range_vf is None else FloatSchedule(clip_range_vf)
         self._setup_ref_policy()
 
-    def _evaluate_actions(self, rollout_data: Any, policy: Any = None) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
-        """
-        Values, log-probabilities and entropy of the rollout's actions under the current policy (or under
-        ``policy``, the reference policy, when given).
-
-        As a side effect ``policy.action_dist`` holds the action distribution of these states:
-        SB3 policies fill that object in place on every forward pass (sb3-contrib's too). Variants
-        whose policies take more inputs override this method: MaskablePPOKL passes the stored action
-        masks, RecurrentPPOKL the stored LSTM states and episode starts.
-        """
-        actions = rollout_data.actions
-        if isinstance(self.action_space, spaces.Discrete):
-            actions = actions.long().flatten()
-        return (policy or self.policy).evaluate_actions(rollout_data.observations, actions)
-
-    def _action_distribution(self, rollout_data: Any, policy: Any = None) -> Distribution:
-        """
-        The action distribution of the rollout's states under the current policy (or ``policy``): the actor alone,
-        without the value function, for the full-rollout passes that need only the distribution (the old-policy
-        and reference snapshots, and ``d``). Like :meth:`_evaluate_actions` it leaves the distribution in
-        ``policy.action_dist``, and variants override it the same way.
-        """
-        return (policy or self.policy).get_distribution(rollout_data.observations)
-
-    def _valid_samples(self, rollout_data: Any) -> th.Tensor | None:
-        """
-        Boolean mask of the minibatch rows that are real samples, or None when all are.
-
-        PPOKL's minibatches have no padding. :class:`~sb3_ppo_kl.RecurrentPPOKL` overrides this
-        with the mask of its padded sequences; every mean of the update (losses, KL, ``d``) is
-        taken over the valid rows only (see :func:`_masked_mean`).
-        """
-        return None
-
-    def _kl_to_old(self, batch: KLRolloutBatch, log_prob: th.Tensor) -> th.Tensor:
-        """Per-sample ``KL[pi_old || pi_theta]`` for a batch just passed through :meth:`_evaluate_actions`."""
-        if batch.old_dist_params is not None:
-            return per_state_kl(batch.old_dist_params, self.policy.action_dist)
-        return sampled_kl(batch.data.old_log_prob, log_prob)
-
-    def _snapshot_rollout_policy(self) -> None:
-        """Store the rollout policy's action distribution for every sample, in one pass without gradients."""
-        self.rollout_buffer.old_dist_params = None
-        if not has_analytic_kl(self.policy.action_dist):
-            return  # the sampled KL needs only the rollout's log-probabilities, already stored
-        self.rollout_buffer.old_dist_params = self._rollout_dist_params(self.policy)
-
-    def _rollout_dist_params(self, policy: BasePolicy) -> th.Tensor:
-        """``policy``'s :func:`distribution_params` for every sample of the rollout, in its flattened order."""
-        params, indices = [], []
-        with th.no_grad():
-            for batch in self.rollout_buffer.get(FULL_PASS_BATCH_SIZE):  # type: ignore[attr-defined]
-                batch_params = distribution_params(self._action_distribution(batch.data, policy))
-                batch_indices = th.as_tensor(batch.indices, device=batch_params.device)
-                valid = self._valid_samples(batch.data)
-                if valid is not None:  # scatter back only the real samples, not the padding
-                    batch_params, batch_indices = batch_params[valid], batch_indices[valid]
-                params.append(batch_params)
-                indices.append(batch_indices)
-        flat = th.cat(params)
-        snapshot = th.empty_like(flat)
-        snapshot[th.cat(indices)] = flat
-        return snapshot
-
-    def _rollout_kl(self) -> tuple[float, float | None]:
-        """
-        ``d``, the mean KL over the whole rollout between the rollout policy and the current policy, and in the
-        same pass the mean ``KL[pi_ref || pi_theta]`` over the rollout (None without a reference policy).
-        """
-        with_ref = self.rollout_buffer.ref_dist_params is not None
-        totals, count = th.zeros(2 if with_ref else 1), 0
-        with th.no_grad():
-            for batch in self.rollout_buffer.get(FULL_PASS_BATCH_SIZE):  # type: ignore[attr-defined]
-                if batch.old_dist_params is None:  # the sampled KL needs the log-probabilities of the rollout's actions
-                    _, log_prob, _ = self._evaluate_actions(batch.data)
-                else:
-                    self._action_distribution(batch.data)
-                    log_prob = batch.data.old_log_prob  # unused by the analytic KL
-                kl = self._kl_to_old(batch, log_prob)
-                kls = [kl]
-                if with_ref:
-                    kls.append(per_state_kl(batch.ref_dist_params, self.policy.action_dist))
-                valid = self._valid_samples(batch.data)
-                if valid is not None:
-                    kls = [values[valid] for values in kls]
-                totals += th.stack([values.sum() for values in kls]).cpu()
-                count += kl.numel() if valid is None else int(valid.sum())
-        means = (totals / count).tolist()
-        return means[0], means[1] if with_ref else None
-
-    def _measured_rollout_kl(self) -> tuple[float, float | None]:
-        """:meth:`_rollout_kl` in evaluation mode (the mode the rollout policy acted in), refused unless ``d`` is finite."""
-        self.policy.set_training_mode(False)
-        kl, ref_kl = self._rollout_kl()
-        if not math.isfinite(kl):
-            raise NonFiniteError(
-                f"{type(self).__name__}: the KL between the policies before and after the update after "
-                f"{self.num_timesteps} timesteps is {kl}; beta was left at {self.kl_coef}"
-            )
-        return kl, ref_kl
-
-    def _training_state(self) -> dict[str, Any]:
-        """A copy of the policy's parameters and the optimizer's state (Adam's moments), for backtracking."""
-        return {
-            "policy": {name: value.detach().clone() for name, value in self.policy.state_dict().items()},
-            "optimizer": copy.deepcopy(self.policy.optimizer.state_dict()),
-        }
-
-    def _restore_training_state(self, state: dict[str, Any], kl: tuple[float, float | None]) -> tuple[float, float | None]:
-        """Put back a :meth:`_training_state`; return ``kl``, the KLs measured at it."""
-        self.policy.load_state_dict(state["policy"])
-        self.policy.optimizer.load_state_dict(state["optimizer"])
-        return kl
-
-    def _minibatches_per_epoch(self) -> int:
-        """Minibatches in one pass over the rollout (the last one may be truncated; one when it is larger)."""
-        return math.ceil(self.rollout_buffer.buffer_size * self.rollout_buffer.n_envs / self.batch_size)  # type: ignore[attr-defined]
-
     def train(self) -> None:
         """
-        Update policy using the currently gathered rollout buffer, then adapt beta.
-
-        During the first ``value_warmup_rollouts`` calls only the value function is trained (see ``__init__``).
+        One update: snapshot the rollout policy (and the reference); ``n_epochs`` passes of minibatch steps on the
+        penalised loss; measure ``d`` over the whole rollout; adapt beta; move the reference; log.
         """
-        # Value warm-up: the loss is the value loss alone, and no parameter the action distribution depends on moves
-        warmup = self._n_rollouts_trained < self.value_warmup_rollouts
-        self._n_rollouts_trained += 1
-        # The rollout policy is evaluated in the mode it acted in (affects batch norm / dropout)
+        # Snapshot: the action distribution of the policy that collected the rollout (and of the reference) for every
+        # sample, evaluated in the mode the rollout policy acted in (affects batch norm / dropout)
         self.policy.set_training_mode(False)
-        if warmup:
-            self._skip_ref_snapshot()
-        else:
-            self._snapshot_rollout_policy()
-            self._snapshot_ref_policy()
+        self._snapshot_rollout_policy()
+        self._snapshot_ref_policy()
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
-        clip_range = None if self.clip_range is None else self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
-        if self.clip_range_vf is not None:
-            clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
-        kl_coef = self.kl_coef  # beta and d_targ are constant within an update; beta is adapted after it
-        ref_kl_coef = self.ref_kl_coef
-        actor_params: list[th.nn.Parameter] | None = None  # warm-up: the parameters kept fixed
-        ref_penalties: list[float] = []
         progress = self._current_progress_remaining
-        kl_target = self.kl_controller.target(progress)
-        # kl_stop: every kl_stop_interval steps, d over the whole rollout; the epochs end once it reaches stop_at
-        stop_at = None if warmup or self.kl_stop is None else self.kl_stop * kl_target
-        band = (kl_target / self.kl_controller.kl_tolerance, kl_target * self.kl_controller.kl_tolerance)
-        kl_checked: tuple[float, float | None] | None = None  # (d, KL to the reference) at the current parameters
-        last_in_band: tuple[dict[str, Any], tuple[float, float | None]] | None = None  # backtracking's snapshot
-        n_steps_run, stopped, backtracked = 0, False, False
-        value_only = False  # after the stop: the rest of the epochs train the value function alone
+        clip_range = None if self.clip_range is None else self.clip_range(progress)  # type: ignore[operator]
+        clip_range_vf = None if self.clip_range_vf is None else self.clip_range_vf(progress)  # type: ignore[operator]
+        beta, ref_kl_coef = self.kl_coef, self.ref_kl_coef  # constant within an update; beta is adapted after it
+        stats: dict[str, list[float]] = defaultdict(list)
 
-        entropy_losses, pg_losses, value_losses, kl_divs, kl_penalties, clip_fractions = [], [], [], [], [], []
         continue_training = True
         for epoch in range(self.n_epochs):
-            if not value_only:  # SB3 logs the last epoch's; the value epochs do not move the policy
-                approx_kl_divs = []
+            approx_kl_divs = []  # SB3 logs the last epoch's
             for minibatch, batch in enumerate(self.rollout_buffer.get(self.batch_size)):  # type: ignore[attr-defined]
                 rollout_data = batch.data
                 values, log_prob, entropy = self._evaluate_actions(rollout_data)
                 values = values.flatten()
                 valid = self._valid_samples(rollout_data)  # None, or the unpadded rows of recurrent minibatches
-                if (warmup or value_only) and actor_params is None:
-                    # every parameter the action distribution depends on: those the log-probabilities reach
-                    all_params = list(self.policy.parameters())
-                    grads = th.autograd.grad(log_prob.sum(), all_params, allow_unused=True, retain_graph=True)
-                    actor_params = [param for param, grad in zip(all_params, grads) if grad is not None]
+                advantages = rollout_data.advantages
+                # Normalization does not make sense if mini batchsize == 1
+                valid_advantages = advantages if valid is None else advantages[valid]
+                if self.normalize_advantage and len(valid_advantages) > 1:
+                    advantages = (advantages - valid_advantages.mean()) / (valid_advantages.std() + 1e-8)
 
-                if self.clip_range_vf is None:
+                # The importance-sampled surrogate, r_t(theta) * A_t; optionally clipped as in PPO2
+                ratio = th.exp(log_prob - rollout_data.old_log_prob)
+                surrogate = advantages * ratio
+                if clip_range is not None:
+                    surrogate = th.min(surrogate, advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range))
+                    stats["clip_fraction"].append(masked_mean((th.abs(ratio - 1) > clip_range).float(), valid).item())
+                policy_loss = -masked_mean(surrogate, valid)
+                # The KL penalty: beta * KL[pi_old(.|s) || pi_theta(.|s)], averaged over states
+                kl_div = masked_mean(self._kl_to_old(batch, log_prob), valid)
+                kl_penalty = beta * kl_div
+
+                if clip_range_vf is None:
                     values_pred = values
-                else:
-                    # Clip the difference between old and new value (depends on the reward scaling)
+                else:  # clip the difference between old and new value (depends on the reward scaling)
                     values_pred = rollout_data.old_values + th.clamp(
                         values - rollout_data.old_values, -clip_range_vf, clip_range_vf
                     )
                 if valid is None:
                     value_loss = F.mse_loss(rollout_data.returns, values_pred)
                 else:
-                    value_loss = _masked_mean((rollout_data.returns - values_pred) ** 2, valid)
-                value_losses.append(value_loss.item())
+                    value_loss = masked_mean((rollout_data.returns - values_pred) ** 2, valid)
+                # Entropy loss favours exploration; approximate it when there is no analytical form
+                entropy_loss = -masked_mean(-log_prob if entropy is None else entropy, valid)
 
-                if value_only:
-                    # After the stop the policy is held where the stop left it: only the value function trains,
-                    # and the policy's terms are not computed
-                    loss = self.vf_coef * value_loss
-                else:
-                    advantages = rollout_data.advantages
-                    # Normalization does not make sense if mini batchsize == 1
-                    valid_advantages = advantages if valid is None else advantages[valid]
-                    if self.normalize_advantage and len(valid_advantages) > 1:
-                        advantages = (advantages - valid_advantages.mean()) / (valid_advantages.std() + 1e-8)
+                loss = policy_loss + kl_penalty + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+                # With a reference policy: + ref_kl_coef * KL[pi_ref(.|s) || pi_theta(.|s)], averaged over states
+                if batch.ref_dist_params is not None:
+                    ref_penalty = ref_kl_coef * masked_mean(
+                        per_state_kl(batch.ref_dist_params, self.policy.action_dist), valid
+                    )
+                    stats["ref_kl_penalty"].append(ref_penalty.item())
+                    loss = loss + ref_penalty
 
-                    # Importance-sampled surrogate, r * A; optionally clipped as in PPO2
-                    ratio = th.exp(log_prob - rollout_data.old_log_prob)
-                    surrogate = advantages * ratio
-                    if clip_range is not None:
-                        surrogate = th.min(surrogate, advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range))
-                        clip_fractions.append(_masked_mean((th.abs(ratio - 1) > clip_range).float(), valid).item())
-                    policy_loss = -_masked_mean(surrogate, valid)
+                stats["value_loss"].append(value_loss.item())
+                stats["policy_gradient_loss"].append(policy_loss.item())
+                stats["kl_minibatch"].append(kl_div.item())
+                stats["kl_penalty"].append(beta * stats["kl_minibatch"][-1])
+                stats["entropy_loss"].append(entropy_loss.item())
 
-                    # The KL penalty: beta * KL[pi_old(.|s) || pi_theta(.|s)], averaged over states
-                    kl_div = _masked_mean(self._kl_to_old(batch, log_prob), valid)
-                    kl_penalty = kl_coef * kl_div
-
-                    # Entropy loss favours exploration; approximate it when there is no analytical form
-                    entropy_loss = -_masked_mean(-log_prob if entropy is None else entropy, valid)
-
-                    loss = policy_loss + kl_penalty + self.ent_coef * entropy_loss + self.vf_coef * value_loss
-                    # With a reference policy: ref_kl_coef * KL[pi_ref(.|s) || pi_theta(.|s)], averaged over states
-                    if batch.ref_dist_params is not None:
-                        ref_kl = per_state_kl(batch.ref_dist_params, self.policy.action_dist)
-                        ref_penalty = ref_kl_coef * _masked_mean(ref_kl, valid)
-                        ref_penalties.append(ref_penalty.item())
-                        loss = loss + ref_penalty
-                    if warmup:
-                        loss = self.vf_coef * value_loss
-
-                    pg_losses.append(policy_loss.item())
-                    kl_divs.append(kl_div.item())
-                    kl_penalties.append(kl_coef * kl_divs[-1])
-                    entropy_losses.append(entropy_loss.item())
-
-                    # SB3's optional early stop on the sampled KL estimate (independent of beta)
-                    with th.no_grad():
-                        approx_kl_div = _masked_mean(sampled_kl(rollout_data.old_log_prob, log_prob), valid).item()
-                    approx_kl_divs.append(approx_kl_div)
-                    if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
-                        continue_training = False
-                        if self.verbose >= 1:
-                            print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
-                        break
+                # SB3's optional early stop on the sampled KL estimate (independent of beta)
+                with th.no_grad():
+                    approx_kl_div = masked_mean(sampled_kl(rollout_data.old_log_prob, log_prob), valid).item()
+                approx_kl_divs.append(approx_kl_div)
+                if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
+                    continue_training = False
+                    if self.verbose >= 1:
+                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
+                    break
 
                 self.policy.optimizer.zero_grad()
                 loss.backward()
-                for param in actor_params or ():  # warm-up, value epochs: no gradient, so the optimizer leaves them alone
-                    param.grad = None
                 grad_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
                 if not math.isfinite(grad_norm):  # a 0-d tensor: math's check costs less than torch's
-                    self.policy.optimizer.zero_grad(set_to_none=True)
-                    terms = {"value loss": value_loss}
-                    if not value_only:  # the value epochs after a stop compute no policy terms
-                        terms.update(
-                            {
-                                "policy loss (ratio * advantage)": policy_loss,
-                                "KL divergence": kl_div,
-                                "entropy loss": entropy_loss,
-                            }
-                        )
-                    bad = [name for name, term in terms.items() if not th.isfinite(term)] or ["gradient norm"]
-                    raise NonFiniteError(
-                        f"{type(self).__name__}: non-finite {', '.join(bad)} in the update after {self.num_timesteps} timesteps "
-                        f"(epoch {epoch + 1}/{self.n_epochs}, minibatch {minibatch + 1}). This step was not applied: the "
-                        "parameters are those of the last finite step and the model can still be saved."
-                    )
+                    self._raise_non_finite(epoch, minibatch, value_loss, policy_loss, kl_div, entropy_loss)
                 self.policy.optimizer.step()
-                if value_only:  # the policy did not move: the last check's d still holds
-                    continue
-                n_steps_run += 1
-                kl_checked = None
-
-                # Control inside the update (kl_stop): end the epochs once d over the whole rollout reaches stop_at
-                if stop_at is not None and n_steps_run % self.kl_stop_interval == 0:
-                    # the pass shuffles the rollout as get() does: keep the RNG, so that the minibatches stay as without it
-                    rng_state = np.random.get_state()
-                    kl_checked = self._measured_rollout_kl()
-                    np.random.set_state(rng_state)
-                    self.policy.set_training_mode(True)
-                    if kl_checked[0] >= stop_at:
-                        stopped = True
-                        if (
-                            kl_checked[0] > band[1] and last_in_band is not None
-                        ):  # overshot: back to the last check in the band
-                            kl_checked = self._restore_training_state(*last_in_band)
-                            backtracked = True
-                        value_only = True  # the policy's step ends here; the value function trains on
-                        continue
-                    if kl_checked[0] >= band[0]:
-                        last_in_band = self._training_state(), kl_checked
 
             self._n_updates += 1
             if not continue_training:
                 break
 
-        # Adapt beta to d, the KL between the policy before and after this update, over the whole rollout
-        # (and ref_kl_coef to the KL to the reference, in the same pass, or the last check's if nothing moved since);
-        # not during the value warm-up
-        self.policy.set_training_mode(False)
-        kl_after = 0.0
-        ref_kl_after = None
-        if not warmup:
-            kl_after, ref_kl_after = self._measured_rollout_kl() if kl_checked is None else kl_checked
-            self.kl_controller.update(kl_after, progress, stopped=stopped)
-            if ref_kl_after is not None:
-                self.ref_kl_controller.update(ref_kl_after, progress)
-            # With ref_tau > 0, the reference moves toward the policy, every ref_update_interval such updates
-            self._move_ref_policy()
+        # d, the KL between the policy before and after this update over the whole rollout, adapts beta; the
+        # reference (with ref_tau > 0) moves toward the policy
+        kl, ref_kl = self._measured_rollout_kl()
+        self.kl_controller.update(kl, progress)
+        self._move_ref_policy()
+        stats["approx_kl"] = approx_kl_divs
+        self._log_update(stats, loss, kl, ref_kl, clip_range, clip_range_vf)
 
-        explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())  # type: ignore[attr-defined]
+    def _raise_non_finite(self, epoch: int, minibatch: int, *terms: th.Tensor) -> None:
+        """
+        The guard of a step whose gradient is not finite: the step is not applied (the gradients are dropped), and
+        :class:`~sb3_ppo_kl.NonFiniteError` names the non-finite terms of the loss (value loss, policy loss, KL,
+        entropy loss, in this order) and where the update stood.
+        """
+        self.policy.optimizer.zero_grad(set_to_none=True)
+        names = ("value loss", "policy loss (ratio * advantage)", "KL divergence", "entropy loss")
+        bad = [name for name, term in zip(names, terms) if not th.isfinite(term)] or ["gradient norm"]
+        raise NonFiniteError(
+            f"{type(self).__name__}: non-finite {', '.join(bad)} in the update after {self.num_timesteps} timesteps "
+            f"(epoch {epoch + 1}/{self.n_epochs}, minibatch {minibatch + 1}). This step was not applied: the "
+            "parameters are those of the last finite step and the model can still be saved."
+        )
 
-        # Logs
-        self.logger.record("train/entropy_loss", np.mean(entropy_losses))
-        self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
-        self.logger.record("train/value_loss", np.mean(value_losses))
-        self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
+    def _log_update(
+        self,
+        stats: dict[str, list[float]],
+        loss: th.Tensor,
+        kl: float,
+        ref_kl: float | None,
+        clip_range: float | None,
+        clip_range_vf: float | None,
+    ) -> None:
+        """Record an update's train/* values: SB3 PPO's, then beta, ``d`` and the reference's."""
+        for key in ("entropy_loss", "policy_gradient_loss", "value_loss", "approx_kl"):
+            self.logger.record(f"train/{key}", np.mean(stats[key]))
         self.logger.record("train/loss", loss.item())
+        explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())  # type: ignore[attr-defined]
         self.logger.record("train/explained_variance", explained_var)
         if hasattr(self.policy, "log_std"):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/kl_coef", self.kl_coef)
-        if warmup:
-            self.logger.record("train/value_warmup", 1)
-        else:
-            self.logger.record("train/kl", kl_after)
-        self.logger.record("train/kl_target", kl_target)
-        if ref_kl_after is not None:
-            self.logger.record("train/ref_kl", ref_kl_after)
-            self.logger.record("train/ref_kl_penalty", np.mean(ref_penalties))
+        self.logger.record("train/kl", kl)
+        self.logger.record("train/kl_target", self.kl_controller.target(self._current_progress_remaining))
+        if ref_kl is not None:
+            self.logger.record("train/ref_kl", ref_kl)
+            self.logger.record("train/ref_kl_penalty", np.mean(stats["ref_kl_penalty"]))
         if self.ref_policy is not None:
             self.logger.record("train/ref_kl_coef", self.ref_kl_coef)
             if self.ref_tau > 0:
                 self.logger.record("train/ref_updates", self._n_ref_updates)
-        self.logger.record("train/kl_penalty", np.mean(kl_penalties))
-        self.logger.record("train/kl_minibatch", np.mean(kl_divs))
+        self.logger.record("train/kl_penalty", np.mean(stats["kl_penalty"]))
+        self.logger.record("train/kl_minibatch", np.mean(stats["kl_minibatch"]))
         if clip_range is not None:
-            self.logger.record("train/clip_fraction", np.mean(clip_fractions))
+            self.logger.record("train/clip_fraction", np.mean(stats["clip_fraction"]))
             self.logger.record("train/clip_range", clip_range)
-        if self.clip_range_vf is not None:
+        if clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
-        if self.kl_stop is not None:
-            self.logger.record("train/stopped", int(stopped))
-            self.logger.record("train/n_minibatches_run", n_steps_run)
-            self.logger.record("train/n_epochs_run", n_steps_run / self._minibatches_per_epoch())
-            self.logger.record("train/backtracked", int(backtracked))
 
     def learn(
         self: SelfPPOKL,
@@ -918,55 +630,26 @@ class PPOKL(ReferencePolicyMixin, OnPolicyAlgorithm):
         """
         if not isinstance(safe, (bool, np.bool_, SafeLoadLimits)):
             raise TypeError(f"`safe` must be a bool (True or False) or a SafeLoadLimits, got {described(safe)}")
-        if isinstance(safe, SafeLoadLimits) or safe:
-            where = repr(str(path)) if isinstance(path, (str, os.PathLike)) else "<file object>"
-            path, custom_objects = prepare_load(
-                cls,
+        with removed_classes():  # the classes a 0.2.0 model may name (see sb3_ppo_kl.common.legacy)
+            if isinstance(safe, SafeLoadLimits) or safe:
+                where = repr(str(path)) if isinstance(path, (str, os.PathLike)) else "<file object>"
+                path, custom_objects = prepare_load(
+                    cls,
+                    path,
+                    env,
+                    {"lr_schedule": None, **(custom_objects or {})},
+                    kwargs,
+                    safe if isinstance(safe, SafeLoadLimits) else None,
+                    context=f"{cls.__name__}.load({where}, safe=True)",
+                    remedy="If you trust this file, load it with safe=False, or give that field yourself in "
+                    "custom_objects (SB3 then does not decode it).",
+                )
+            return super().load(
                 path,
-                env,
-                {"lr_schedule": None, **(custom_objects or {})},
-                kwargs,
-                safe if isinstance(safe, SafeLoadLimits) else None,
-                context=f"{cls.__name__}.load({where}, safe=True)",
-                remedy="If you trust this file, load it with safe=False, or give that field yourself in "
-                "custom_objects (SB3 then does not decode it).",
+                env=env,
+                device=device,
+                custom_objects=custom_objects,
+                print_system_info=print_system_info,
+                force_reset=force_reset,
+                **kwargs,
             )
-        return super().load(
-            path,
-            env=env,
-            device=device,
-            custom_objects=custom_objects,
-            print_system_info=print_system_info,
-            force_reset=force_reset,
-            **kwargs,
-        )
-
-
-def _masked_mean(x: th.Tensor, valid: th.Tensor | None) -> th.Tensor:
-    """Mean of ``x`` over the valid rows (``x[valid].mean()``, as RecurrentPPO masks its losses), or over all when None."""
-    return x.mean() if valid is None else x[valid].mean()
-
-
-def _check_hyperparameters(
-    n_steps: int,
-    batch_size: int,
-    n_epochs: int,
-    normalize_advantage: bool,
-    clip_range: float | Schedule | None,
-    clip_range_vf: float | Schedule | None,
-    target_kl: float | None,
-) -> None:
-    """
-    The PPO arguments PPOKL shares with SB3 PPO, checked by this package's one rule (:mod:`sb3_ppo_kl.common.checks`):
-    TypeError for a wrong type (``n_steps=True``, ``batch_size=64.0``, ``clip_range="0.2"``), ValueError for a value
-    out of range, each naming the parameter and what it accepts.
-    """
-    check_int("n_steps", n_steps, "an integer >= 1", lambda value: value >= 1)
-    check_int("n_epochs", n_epochs, "an integer >= 1", lambda value: value >= 1)
-    check_bool("normalize_advantage", normalize_advantage)
-    min_batch = 2 if normalize_advantage else 1
-    when = " when normalize_advantage=True" if normalize_advantage else ""
-    check_int("batch_size", batch_size, f"an integer >= {min_batch}{when}", lambda value: value >= min_batch)
-    check_optional_positive("clip_range", clip_range, schedule=True)
-    check_optional_positive("clip_range_vf", clip_range_vf, schedule=True)
-    check_optional_positive("target_kl", target_kl)

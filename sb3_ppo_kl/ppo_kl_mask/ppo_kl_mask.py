@@ -67,27 +67,16 @@ class MaskablePPOKL(PPOKL, MaskablePPO):  # type: ignore[misc]
         would stay 0 for good (0 times ``kl_adapt_factor`` is 0).
     :param kl_controller_class: The rule that adapts beta, a :class:`~sb3_ppo_kl.KLCoefController` subclass.
         Default ``KLCoefController`` (the paper's rule); a class's name also does (see PPOKL).
-    :param kl_controller_kwargs: None (default), or a dict of the controller class's own arguments, e.g.
-        ``dict(gain=0.3)`` for :class:`~sb3_ppo_kl.LogProportionalKLController`.
-    :param kl_stop: None (default), or a float ``> 0``: end the epochs of an update once ``d`` over the whole
-        rollout reaches ``kl_stop * kl_target``, measured every ``kl_stop_interval`` minibatches (the policies masked with the stored action masks, as the
-        penalty compares them);
-        see PPOKL.
-    :param kl_stop_interval: Minibatches between two checks of ``kl_stop``, ``>= 1``. Default 4.
+    :param kl_controller_kwargs: None (default), or a dict of the controller class's own arguments.
     :param ref_policy: None (default), or a frozen reference policy: ``ref_kl_coef * KL[pi_ref || pi_theta]``
         joins the loss, as in PPOKL (see its docstring for the direction). It must be a maskable policy
         (``MaskableActorCriticPolicy``, or the zip of a MaskablePPO / MaskablePPOKL model), and is masked with the
         stored action masks, as the policy is; :meth:`~sb3_ppo_kl.PPOKL.from_pretrained` converts a
         pretrained PPO policy of the same architecture.
     :param ref_kl_coef: Coefficient of the KL to the reference, ``>= 0``, or a schedule. Default 1.0.
-    :param ref_kl_target: None (default) keeps ``ref_kl_coef`` fixed; a float ``> 0`` adapts it with beta's rule.
-    :param ref_kl_coef_bounds: ``(low, high)`` clamping the adapted ``ref_kl_coef``; None (default): ``kl_coef_bounds``.
     :param ref_tau: Soft update coefficient of the reference, in ``[0, 1]``: 0 (default) keeps it frozen; otherwise
-        after every ``ref_update_interval`` updates it becomes ``(1 - ref_tau) * reference + ref_tau * policy``, as
+        after every update it becomes ``(1 - ref_tau) * reference + ref_tau * policy``, as
         in PPOKL (see its docstring). It then needs a reference of the policy's architecture.
-    :param ref_update_interval: Updates that train the policy between two moves of the reference, ``>= 1``.
-        Default 1.
-    :param value_warmup_rollouts: Train only the value function for the first N rollouts, ``>= 0``. Default 0.
     :param clip_range: None (default) for pure PPO1. A float or schedule adds PPO2's ratio clipping on
         top of the penalty.
     :param clip_range_vf: Clipping of the value function update. None (default): no clipping.
@@ -141,15 +130,9 @@ class MaskablePPOKL(PPOKL, MaskablePPO):  # type: ignore[misc]
         kl_coef_bounds: Sequence[float] = (1e-4, 1e4),
         kl_controller_class: type[KLCoefController] | str = KLCoefController,
         kl_controller_kwargs: dict[str, Any] | None = None,
-        kl_stop: float | None = None,
-        kl_stop_interval: int = 4,
         ref_policy: PolicySource | None = None,
         ref_kl_coef: float | Schedule = 1.0,
-        ref_kl_target: float | None = None,
-        ref_kl_coef_bounds: Sequence[float] | None = None,
         ref_tau: float = 0.0,
-        ref_update_interval: int = 1,
-        value_warmup_rollouts: int = 0,
         clip_range: float | Schedule | None = None,
         clip_range_vf: float | Schedule | None = None,
         normalize_advantage: bool = True,
@@ -180,8 +163,6 @@ class MaskablePPOKL(PPOKL, MaskablePPO):  # type: ignore[misc]
             kl_coef_bounds=kl_coef_bounds,
             kl_controller_class=kl_controller_class,
             kl_controller_kwargs=kl_controller_kwargs,
-            kl_stop=kl_stop,
-            kl_stop_interval=kl_stop_interval,
             n_steps=n_steps,
             batch_size=batch_size,
             n_epochs=n_epochs,
@@ -192,11 +173,7 @@ class MaskablePPOKL(PPOKL, MaskablePPO):  # type: ignore[misc]
             rollout_buffer_class=rollout_buffer_class,
             ref_policy=ref_policy,
             ref_kl_coef=ref_kl_coef,
-            ref_kl_target=ref_kl_target,
-            ref_kl_coef_bounds=ref_kl_coef_bounds,
             ref_tau=ref_tau,
-            ref_update_interval=ref_update_interval,
-            value_warmup_rollouts=value_warmup_rollouts,
         )
         # MaskablePPO's __init__ (not PPOKL's, which passes gSDE arguments MaskablePPO does not take);
         # PPOKL's _setup_model, train() and kl_coef come first in the MRO, MaskablePPO's

@@ -14,7 +14,8 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from sb3_ppo_kl.common.buffers import KLRecurrentDictRolloutBuffer, KLRecurrentRolloutBuffer
 from sb3_ppo_kl.common.kl import KLCoefController, distribution_params
 from sb3_ppo_kl.common.reference import PolicySource
-from sb3_ppo_kl.ppo_kl.ppo_kl import FULL_PASS_BATCH_SIZE, PPOKL
+from sb3_ppo_kl.common.rollout import FULL_PASS_BATCH_SIZE
+from sb3_ppo_kl.ppo_kl.ppo_kl import PPOKL
 
 SelfRecurrentPPOKL = TypeVar("SelfRecurrentPPOKL", bound="RecurrentPPOKL")
 
@@ -65,13 +66,7 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
         would stay 0 for good (0 times ``kl_adapt_factor`` is 0).
     :param kl_controller_class: The rule that adapts beta, a :class:`~sb3_ppo_kl.KLCoefController` subclass.
         Default ``KLCoefController`` (the paper's rule); a class's name also does (see PPOKL).
-    :param kl_controller_kwargs: None (default), or a dict of the controller class's own arguments, e.g.
-        ``dict(gain=0.3)`` for :class:`~sb3_ppo_kl.LogProportionalKLController`.
-    :param kl_stop: None (default), or a float ``> 0``: end the epochs of an update once ``d`` over the whole
-        rollout reaches ``kl_stop * kl_target``, measured every ``kl_stop_interval`` minibatches (over the unpadded steps of the sequences, from the
-        stored LSTM states);
-        see PPOKL.
-    :param kl_stop_interval: Minibatches between two checks of ``kl_stop``, ``>= 1``. Default 4.
+    :param kl_controller_kwargs: None (default), or a dict of the controller class's own arguments.
     :param ref_policy: None (default), or a frozen recurrent reference policy (a ``RecurrentActorCriticPolicy``, or
         the zip of a RecurrentPPO / RecurrentPPOKL model): ``ref_kl_coef * KL[pi_ref || pi_theta]`` joins the loss, as
         in PPOKL (see its docstring). The rollout stores the LSTM states of the policy that collected it, not the
@@ -82,15 +77,10 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
         Its LSTM may differ in size from the policy's (unless ``ref_tau > 0``). :meth:`~sb3_ppo_kl.PPOKL.from_pretrained` fine-tunes a
         pretrained RecurrentPPO policy of the same architecture.
     :param ref_kl_coef: Coefficient of the KL to the reference, ``>= 0``, or a schedule. Default 1.0.
-    :param ref_kl_target: None (default) keeps ``ref_kl_coef`` fixed; a float ``> 0`` adapts it with beta's rule.
-    :param ref_kl_coef_bounds: ``(low, high)`` clamping the adapted ``ref_kl_coef``; None (default): ``kl_coef_bounds``.
     :param ref_tau: Soft update coefficient of the reference, in ``[0, 1]``: 0 (default) keeps it frozen; otherwise
-        after every ``ref_update_interval`` updates it becomes ``(1 - ref_tau) * reference + ref_tau * policy``, as
+        after every update it becomes ``(1 - ref_tau) * reference + ref_tau * policy``, as
         in PPOKL (see its docstring). It then needs a reference of the policy's architecture. The reference's LSTM moves
         with its other weights; its LSTM states carry on from one rollout to the next as before.
-    :param ref_update_interval: Updates that train the policy between two moves of the reference, ``>= 1``.
-        Default 1.
-    :param value_warmup_rollouts: Train only the value function for the first N rollouts, ``>= 0``. Default 0.
     :param clip_range: None (default) for pure PPO1. A float or schedule adds PPO2's ratio clipping on
         top of the penalty.
     :param clip_range_vf: Clipping of the value function update. None (default): no clipping.
@@ -145,15 +135,9 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
         kl_coef_bounds: Sequence[float] = (1e-4, 1e4),
         kl_controller_class: type[KLCoefController] | str = KLCoefController,
         kl_controller_kwargs: dict[str, Any] | None = None,
-        kl_stop: float | None = None,
-        kl_stop_interval: int = 4,
         ref_policy: PolicySource | None = None,
         ref_kl_coef: float | Schedule = 1.0,
-        ref_kl_target: float | None = None,
-        ref_kl_coef_bounds: Sequence[float] | None = None,
         ref_tau: float = 0.0,
-        ref_update_interval: int = 1,
-        value_warmup_rollouts: int = 0,
         clip_range: float | Schedule | None = None,
         clip_range_vf: float | Schedule | None = None,
         normalize_advantage: bool = True,
@@ -181,8 +165,6 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
             kl_coef_bounds=kl_coef_bounds,
             kl_controller_class=kl_controller_class,
             kl_controller_kwargs=kl_controller_kwargs,
-            kl_stop=kl_stop,
-            kl_stop_interval=kl_stop_interval,
             n_steps=n_steps,
             batch_size=batch_size,
             n_epochs=n_epochs,
@@ -192,11 +174,7 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
             target_kl=target_kl,
             ref_policy=ref_policy,
             ref_kl_coef=ref_kl_coef,
-            ref_kl_target=ref_kl_target,
-            ref_kl_coef_bounds=ref_kl_coef_bounds,
             ref_tau=ref_tau,
-            ref_update_interval=ref_update_interval,
-            value_warmup_rollouts=value_warmup_rollouts,
         )
         # RecurrentPPO's __init__ (not PPOKL's, which passes buffer arguments RecurrentPPO does not take);
         # PPOKL's _setup_model, train() and kl_coef come first in the MRO, RecurrentPPO's
@@ -282,12 +260,6 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
             FULL_PASS_BATCH_SIZE,
         )
         return params
-
-    def _skip_ref_snapshot(self) -> None:
-        """A value warm-up rollout: the reference still runs over it, for its LSTM state; nothing is stored."""
-        super()._skip_ref_snapshot()
-        if self.ref_policy is not None:
-            self._reference_dist_params(self.ref_policy)
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_ref_lstm_states"]
