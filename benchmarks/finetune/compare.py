@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.finetune.protocol import MODELS_CSV, RESULTS_CSV, Protocol, method_label, methods_with_rows
+from benchmarks.finetune.protocol import METHODS, MODELS_CSV, RESULTS_CSV, Protocol, method_label, methods_with_rows
 from benchmarks.finetune.report import Curves, read_curves, setup_text
 from benchmarks.results import ResultsDir, read_rows
 
