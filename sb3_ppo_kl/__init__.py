@@ -14,7 +14,7 @@ from sb3_ppo_kl.ppo_kl import PPOKL
 from sb3_ppo_kl.ppo_kl_mask import MaskablePPOKL
 from sb3_ppo_kl.ppo_kl_recurrent import RecurrentPPOKL
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "PPOKL",
