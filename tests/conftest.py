@@ -4,6 +4,9 @@ import pytest
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 
+from sb3_ppo_kl import KLCoefController
+from sb3_ppo_kl.common.checks import check_real
+
 # Small MLPs on 2 cores run fastest single-threaded (measured in benchmarks/speed.py).
 th.set_num_threads(1)
 
@@ -79,3 +82,33 @@ class PerUpdate(BaseCallback):
 
     def _on_training_end(self):
         self._read()
+
+
+class ScalingController(KLCoefController):
+    """A user's own rule with an argument of its own: multiply beta by ``factor`` after every update."""
+
+    def __init__(
+        self,
+        kl_coef=1.0,
+        kl_target=0.01,
+        adaptive_kl=True,
+        kl_tolerance=1.5,
+        kl_adapt_factor=2.0,
+        kl_coef_bounds=(1e-4, 1e4),
+        factor: float = 0.5,
+    ):
+        super().__init__(kl_coef, kl_target, adaptive_kl, kl_tolerance, kl_adapt_factor, kl_coef_bounds)
+        self.factor = check_real("factor", factor, "a finite number > 0", lambda value: value > 0)
+
+    def adapt(self, kl: float, target: float) -> float:
+        return self.kl_coef * self.factor
+
+
+class Call:
+    """A pickle payload: unpickling it calls ``function(*args)``, as a crafted model file would."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args

@@ -6,11 +6,11 @@ rule as the one built-in controller (issue 45 removed the log-proportional contr
 import math
 
 import pytest
+from conftest import ScalingController
 from sb3_contrib.common.envs import InvalidActionEnvDiscrete
 from stable_baselines3.common.env_util import make_vec_env
 
 from sb3_ppo_kl import PPOKL, KLCoefController, MaskablePPOKL, RecurrentPPOKL
-from sb3_ppo_kl.common.checks import check_real
 
 
 class HalvingController(KLCoefController):
@@ -18,26 +18,6 @@ class HalvingController(KLCoefController):
 
     def adapt(self, kl: float, target: float) -> float:
         return self.kl_coef / 2
-
-
-class ScalingController(KLCoefController):
-    """A user's own rule with an argument of its own: multiply beta by ``factor`` after every update."""
-
-    def __init__(
-        self,
-        kl_coef=1.0,
-        kl_target=0.01,
-        adaptive_kl=True,
-        kl_tolerance=1.5,
-        kl_adapt_factor=2.0,
-        kl_coef_bounds=(1e-4, 1e4),
-        factor: float = 0.5,
-    ):
-        super().__init__(kl_coef, kl_target, adaptive_kl, kl_tolerance, kl_adapt_factor, kl_coef_bounds)
-        self.factor = check_real("factor", factor, "a finite number > 0", lambda value: value > 0)
-
-    def adapt(self, kl: float, target: float) -> float:
-        return self.kl_coef * self.factor
 
 
 def test_the_paper_rule_is_the_default_and_the_only_built_in_controller():

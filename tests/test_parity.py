@@ -5,14 +5,13 @@ import warnings
 
 import pytest
 import torch as th
-from conftest import PerUpdate
+from conftest import PerUpdate, ScalingController
 from sb3_contrib import MaskablePPO, RecurrentPPO
 from sb3_contrib.common.envs import InvalidActionEnvDiscrete
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
-from sb3_ppo_kl import PPOKL, KLCoefController, MaskablePPOKL, RecurrentPPOKL
-from sb3_ppo_kl.common.checks import check_real
+from sb3_ppo_kl import PPOKL, MaskablePPOKL, RecurrentPPOKL
 
 PAIRS = {
     "ppo": (PPO, PPOKL, "MlpPolicy", "CartPole-v1"),
@@ -139,26 +138,6 @@ def test_every_variant_refuses_the_same_reference_options_by_name(pair):
     ]:
         with pytest.raises(error, match=message):
             ours(policy, _env(env_id, 1), ref_policy=reference, **kwargs)
-
-
-class ScalingController(KLCoefController):
-    """A user's rule with an argument of its own: beta times ``factor`` after every update."""
-
-    def __init__(
-        self,
-        kl_coef=1.0,
-        kl_target=0.01,
-        adaptive_kl=True,
-        kl_tolerance=1.5,
-        kl_adapt_factor=2.0,
-        kl_coef_bounds=(1e-4, 1e4),
-        factor: float = 0.5,
-    ):
-        super().__init__(kl_coef, kl_target, adaptive_kl, kl_tolerance, kl_adapt_factor, kl_coef_bounds)
-        self.factor = check_real("factor", factor, "a finite number > 0", lambda value: value > 0)
-
-    def adapt(self, kl: float, target: float) -> float:
-        return self.kl_coef * self.factor
 
 
 @pytest.mark.parametrize("pair", list(PAIRS))

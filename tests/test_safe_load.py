@@ -20,6 +20,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from conftest import Call as _Call
 from sb3_contrib import MaskablePPO, RecurrentPPO
 from sb3_contrib.common.envs import InvalidActionEnvDiscrete
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
@@ -33,16 +34,6 @@ from sb3_ppo_kl import PPOKL, KLCoefController, MaskablePPOKL, RecurrentPPOKL
 from sb3_ppo_kl.common.safe_load import SafeLoadError, admitted, safe_custom_objects, safe_loads
 
 SMALL = dict(n_steps=16, batch_size=16, n_epochs=1, seed=0)
-
-
-class _Call:
-    """A pickle payload: unpickling it calls ``function(*args)``, as a crafted model file would."""
-
-    def __init__(self, function, *args):
-        self.function, self.args = function, args
-
-    def __reduce__(self):
-        return self.function, self.args
 
 
 def _fields(path) -> dict:
@@ -186,7 +177,7 @@ def test_the_allowlist():
         ("stable_baselines3", "PPO"),  # a class of SB3 that is no policy, buffer, extractor or schedule
         ("sb3_ppo_kl.common.kl", "KLCoefController.__init__"),  # a dotted path reaches a function's globals
         ("sb3_ppo_kl.common.kl", "th"),
-        (__name__, "_Call"),  # this test module: neither SB3, sb3-contrib nor sb3_ppo_kl
+        ("conftest", "Call"),  # the tests' conftest: neither SB3, sb3-contrib nor sb3_ppo_kl
     ]:
         assert admitted(module, name) is None, (module, name)
     for module, name in [

@@ -21,6 +21,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from conftest import Call as _Call
 from stable_baselines3 import PPO
 from stable_baselines3.common import save_util
 from stable_baselines3.common.utils import ConstantSchedule, LinearSchedule
@@ -29,16 +30,6 @@ from sb3_ppo_kl import PPOKL, KLCoefController, SafeLoadLimits
 from sb3_ppo_kl.common.safe_load import SafeLoadError, safe_loads
 
 SMALL = dict(n_steps=16, batch_size=16, n_epochs=1, seed=0)
-
-
-class _Call:
-    """A pickle payload: unpickling it calls ``function(*args)``."""
-
-    def __init__(self, function, *args):
-        self.function, self.args = function, args
-
-    def __reduce__(self):
-        return self.function, self.args
 
 
 @pytest.fixture(scope="module")
