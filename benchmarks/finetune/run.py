@@ -255,8 +255,8 @@ def run(
 ) -> None:
     """
     The whole benchmark, resumable, recorded in ``results``: experts and clones (one job per task), then the
-    fine-tuning runs of ``methods`` (a task of ``task_methods``: its own list); in a pool of ``workers`` processes or on the Ray cluster at ``ray_address``
-    (:func:`~benchmarks.dispatch.run_jobs`).
+    fine-tuning runs of ``methods`` (a task of ``task_methods``: its own list); in a pool of ``workers`` processes or
+    on the Ray cluster at ``ray_address`` (:func:`~benchmarks.dispatch.run_jobs`).
     """
     th.set_num_threads(1)
     dispatch = dict(workers=workers, ray_address=ray_address, ray_working_dir=ray_working_dir, describe=_describe)
