@@ -185,12 +185,13 @@ def verdict_table(tasks: list[str], protocol: Protocol, rows: list[dict[str, str
     header = "| method | " + " | ".join(f"{t}: protects | {t}: ends as PPO" for t in tasks) + " | both, on every task run |"
     lines += ["", header, "|---|" + "---|---|" * len(tasks) + "---|"]
     partial = False
+    # per task, the methods it runs or has rows of: any other is "not run" there
+    ran = {task_id: _methods(protocol, [r for r in rows if r["task"] == task_id], task_id) for task_id in tasks}
     for method in _methods(protocol, rows):
         cells, met = [], True
         for task_id in tasks:
             v = verdict(stats, task_id, method)
-            task_rows = [r for r in rows if r["task"] == task_id]
-            if v is None and method not in _methods(protocol, task_rows, task_id):
+            if v is None and method not in ran[task_id]:
                 cells += ["not run", "not run"]
                 continue
             if v is None:
