@@ -25,7 +25,8 @@ from typing import Any
 from sb3_ppo_kl.common.kl import STANDARD_CONTROLLER_ARGUMENTS, KLCoefController
 
 _KL_MODULE = "sb3_ppo_kl.common.kl"
-_SCHEDULES_MODULE = "sb3_ppo_kl.common.schedules"
+#: The module of 0.2.0's schedules, present only while a 0.2.0 model loads (the safe decoder admits it too)
+SCHEDULES_MODULE = "sb3_ppo_kl.common.schedules"
 
 
 class _RemovedLogProportionalKLController(KLCoefController):
@@ -55,7 +56,7 @@ class _RemovedHoldThenLinearSchedule:
 # the names the pickles of 0.2.0 use
 _RemovedLogProportionalKLController.__module__ = _KL_MODULE
 _RemovedLogProportionalKLController.__name__ = _RemovedLogProportionalKLController.__qualname__ = "LogProportionalKLController"
-_RemovedHoldThenLinearSchedule.__module__ = _SCHEDULES_MODULE
+_RemovedHoldThenLinearSchedule.__module__ = SCHEDULES_MODULE
 _RemovedHoldThenLinearSchedule.__name__ = _RemovedHoldThenLinearSchedule.__qualname__ = "HoldThenLinearSchedule"
 
 _lock = threading.RLock()
@@ -70,12 +71,12 @@ def removed_classes() -> Iterator[None]:
     """
     with _lock:
         kl_module = sys.modules[_KL_MODULE]
-        schedules = types.ModuleType(_SCHEDULES_MODULE, "sb3_ppo_kl 0.2.0's schedules, while a 0.2.0 model loads")
+        schedules = types.ModuleType(SCHEDULES_MODULE, "sb3_ppo_kl 0.2.0's schedules, while a 0.2.0 model loads")
         schedules.HoldThenLinearSchedule = _RemovedHoldThenLinearSchedule  # type: ignore[attr-defined]
-        added_module = _SCHEDULES_MODULE not in sys.modules  # not already there (a load within a load)
+        added_module = SCHEDULES_MODULE not in sys.modules  # not already there (a load within a load)
         added_name = not hasattr(kl_module, "LogProportionalKLController")
         if added_module:
-            sys.modules[_SCHEDULES_MODULE] = schedules
+            sys.modules[SCHEDULES_MODULE] = schedules
         if added_name:
             kl_module.LogProportionalKLController = _RemovedLogProportionalKLController  # type: ignore[attr-defined]
         try:
@@ -84,7 +85,7 @@ def removed_classes() -> Iterator[None]:
             if added_name:
                 del kl_module.LogProportionalKLController  # type: ignore[attr-defined]
             if added_module:
-                del sys.modules[_SCHEDULES_MODULE]
+                del sys.modules[SCHEDULES_MODULE]
 
 
 # attribute of a 0.2.0 model -> the value that changed nothing (no warning when the file has it)

@@ -49,9 +49,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
 from sb3_ppo_kl.common.kl import KLCoefController
-
-#: The module of 0.2.0's schedules, present only while a 0.2.0 model loads (sb3_ppo_kl.common.legacy)
-_SCHEDULES = "sb3_ppo_kl.common.schedules"
+from sb3_ppo_kl.common.legacy import SCHEDULES_MODULE
 
 
 class Refused(Exception):
@@ -126,7 +124,7 @@ def _by_kind(module: str, obj: type) -> bool:
         return False
     if issubclass(obj, (BasePolicy, BaseBuffer, BaseFeaturesExtractor)):
         return True
-    return _in_package(module, ("sb3_ppo_kl",)) and (issubclass(obj, KLCoefController) or module == _SCHEDULES)
+    return _in_package(module, ("sb3_ppo_kl",)) and (issubclass(obj, KLCoefController) or module == SCHEDULES_MODULE)
 
 
 def _module_dict(module: str) -> dict[str, Any]:
@@ -447,7 +445,7 @@ def _instantiable(cls: Any) -> bool:
         return True
     if module == "rl_zoo3.utils" and cls.__name__ == "SimpleLinearSchedule":
         return True
-    return issubclass(cls, KLCoefController) or (module == _SCHEDULES and cls.__module__ == module)
+    return issubclass(cls, KLCoefController) or (module == SCHEDULES_MODULE and cls.__module__ == module)
 
 
 def names_method(cls: type, key: str) -> bool:
