@@ -20,6 +20,11 @@ faster). The pairs:
 - ``HalfCheetah-v5``: PPOKL against SB3 PPO on the paper's protocol (one env, n_steps 2048, batch_size 64, 10 epochs,
   lr 3e-4: SB3 PPO's defaults). Not in the default set (MuJoCo).
 
+On CPU PPOKL steps its default Adam with torch's multi-tensor implementation (the same parameters, bit for bit:
+``sb3_ppo_kl/common/optim.py``), which SB3 PPO does not. The Pendulum-v1 and HalfCheetah-v5 pairs therefore also run
+``ppo_foreach``, SB3 PPO with that same step, and report ours against it too: PPOKL's own extra work per step,
+apart from the optimizer.
+
 Besides the ratio of the medians, every pair reports the median of the per-round ratios (``ratio_pairs_...``: round r's
 ours over round r's original, the two run side by side), and where the time goes: the seconds per 1000 steps spent in
 ``train()`` (the update) and outside it (the rollout: ``collect_rollouts`` and the callbacks).
@@ -44,7 +49,7 @@ import torch as th
 from benchmarks.results import ResultsDir
 
 
-def _ppo(clip: bool | None) -> Callable[[str, int], Any]:
+def _ppo(clip: bool | None, multi_tensor_adam: bool = False) -> Callable[[str, int], Any]:
     def make(env_id: str, seed: int) -> Any:
         from stable_baselines3 import PPO
         from stable_baselines3.common.env_util import make_vec_env
@@ -54,6 +59,9 @@ def _ppo(clip: bool | None) -> Callable[[str, int], Any]:
         env = make_vec_env(env_id, n_envs=1, seed=seed)
         # SB3 PPO's defaults, which are PPOKL's too: n_steps=2048, batch_size=64, n_epochs=10, lr=3e-4
         if clip is None:
+            if multi_tensor_adam:  # SB3's Adam (eps 1e-5) with torch's multi-tensor step, as PPOKL steps on CPU
+                policy_kwargs = dict(optimizer_kwargs=dict(eps=1e-5, foreach=True))
+                return PPO("MlpPolicy", env, seed=seed, device="cpu", policy_kwargs=policy_kwargs)
             return PPO("MlpPolicy", env, seed=seed, device="cpu")
         return PPOKL("MlpPolicy", env, seed=seed, device="cpu", clip_range=0.2 if clip else None)
 
@@ -104,11 +112,14 @@ def _recurrent(ours: bool) -> Callable[[str, int], Any]:
 # pair name -> (env id, {algorithm name: factory}); the first algorithm is the baseline of the ratios
 PAIRS: dict[str, tuple[str, dict[str, Callable[[str, int], Any]]]] = {
     "CartPole-v1": ("CartPole-v1", {"ppo": _ppo(None), "ppo_kl": _ppo(False), "ppo_kl_clip": _ppo(True)}),
-    "Pendulum-v1": ("Pendulum-v1", {"ppo": _ppo(None), "ppo_kl": _ppo(False), "ppo_kl_clip": _ppo(True)}),
+    "Pendulum-v1": (
+        "Pendulum-v1",
+        {"ppo": _ppo(None), "ppo_kl": _ppo(False), "ppo_kl_clip": _ppo(True), "ppo_foreach": _ppo(None, True)},
+    ),
     "mask": ("InvalidActionEnvDiscrete", {"maskable_ppo": _maskable(False), "maskable_ppo_kl": _maskable(True)}),
     "lstm": ("CartPole-v1", {"recurrent_ppo": _recurrent(False), "recurrent_ppo_kl": _recurrent(True)}),
     "finite_check": ("CartPole-v1", {"ppo_kl_unchecked": _finite_check(False), "ppo_kl": _finite_check(True)}),
-    "HalfCheetah-v5": ("HalfCheetah-v5", {"ppo": _ppo(None), "ppo_kl": _ppo(False)}),
+    "HalfCheetah-v5": ("HalfCheetah-v5", {"ppo": _ppo(None), "ppo_kl": _ppo(False), "ppo_foreach": _ppo(None, True)}),
 }
 
 
@@ -145,11 +156,17 @@ def measure(pair: str, rounds: int, timesteps: int) -> dict[str, Any]:
     rollout_k = {
         name: 1000 * statistics.median(a - u for a, u in zip(times[name], updates[name])) / timesteps for name in names
     }
-    baseline = names[0]
-    ratios = {f"ratio_{name}_to_{baseline}": per_k[name] / per_k[baseline] for name in names[1:]}
+    # the ratios of every other algorithm to the first; and of ours to SB3 PPO with the multi-tensor Adam, if run
+    baselines = [names[0]] + [name for name in names if name.endswith("_foreach")]
+    compared = [(name, base) for base in baselines for name in names if name != base and name not in baselines]
+    ratios = {f"ratio_{name}_to_{base}": per_k[name] / per_k[base] for name, base in compared}
     pairs = {
-        f"ratio_pairs_{name}_to_{baseline}": statistics.median(o / b for o, b in zip(times[name], times[baseline]))
-        for name in names[1:]
+        f"ratio_pairs_{name}_to_{base}": statistics.median(o / b for o, b in zip(times[name], times[base]))
+        for name, base in compared
+    }
+    pairs |= {
+        f"ratio_pairs_update_{name}_to_{base}": statistics.median(o / b for o, b in zip(updates[name], updates[base]))
+        for name, base in compared
     }
     return {
         "env": env_id,

@@ -28,6 +28,7 @@ from sb3_ppo_kl.common.kl import (
     sampled_kl,
 )
 from sb3_ppo_kl.common.legacy import drop_removed_options, removed_classes
+from sb3_ppo_kl.common.optim import use_multi_tensor_adam
 from sb3_ppo_kl.common.reference import PolicySource, ReferencePolicyMixin
 from sb3_ppo_kl.common.rollout import RolloutKLMixin, masked_mean
 from sb3_ppo_kl.common.safe_load import SafeLoadLimits, prepare_load
@@ -442,15 +443,17 @@ class PPOKL(RolloutKLMixin, ReferencePolicyMixin, OnPolicyAlgorithm):
                 stats["kl_penalty"].append(beta * stats["kl_minibatch"][-1])
                 stats["entropy_loss"].append(entropy_loss.item())
 
-                # SB3's optional early stop on the sampled KL estimate (independent of beta)
-                with th.no_grad():
-                    approx_kl_div = masked_mean(sampled_kl(rollout_data.old_log_prob, log_prob), valid).item()
-                approx_kl_divs.append(approx_kl_div)
-                if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
-                    continue_training = False
-                    if self.verbose >= 1:
-                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
-                    break
+                # SB3's optional early stop on the sampled KL estimate (independent of beta). Only the last epoch's
+                # estimates are logged, as SB3 does: without target_kl the other epochs need none
+                if self.target_kl is not None or epoch == self.n_epochs - 1:
+                    with th.no_grad():
+                        approx_kl_div = masked_mean(sampled_kl(rollout_data.old_log_prob, log_prob), valid).item()
+                    approx_kl_divs.append(approx_kl_div)
+                    if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
+                        continue_training = False
+                        if self.verbose >= 1:
+                            print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
+                        break
 
                 self.policy.optimizer.zero_grad()
                 loss.backward()
@@ -539,6 +542,20 @@ class PPOKL(RolloutKLMixin, ReferencePolicyMixin, OnPolicyAlgorithm):
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
         )
+
+    def _setup_learn(
+        self,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        reset_num_timesteps: bool = True,
+        tb_log_name: str = "run",
+        progress_bar: bool = False,
+    ) -> tuple[int, BaseCallback]:
+        # Every learn() (PPOKL's, MaskablePPO's, RecurrentPPO's) starts here, after a construction, a load() or a
+        # set_parameters(): the default Adam steps with torch's multi-tensor implementation on CPU (the same
+        # parameters, bit for bit, with less overhead; see common/optim.py)
+        use_multi_tensor_adam(self.policy.optimizer)
+        return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
 
     def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
         """
