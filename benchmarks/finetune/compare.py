@@ -261,7 +261,7 @@ def plot_panels(task_id: str, protocol: Protocol, rows: list[dict[str, str]], cu
             ax.set_title(f"{method_label(method)} ({_seeds(len(returns))})", fontsize=9)
         ax.axhline(float(rows[0]["expert_return"]), color="black", ls="--", lw=0.8)
         ax.axhline(float(rows[0]["clone_return"]), color="grey", ls="-.", lw=0.8)
-        ax.legend(fontsize=6.5, loc="lower right")
+        ax.legend(fontsize=6.5, loc="best")
         ax.set_xlim(left=0)
     for ax in axes.flat[len(methods) :]:
         ax.set_visible(False)
