@@ -543,19 +543,11 @@ class PPOKL(RolloutKLMixin, ReferencePolicyMixin, OnPolicyAlgorithm):
             progress_bar=progress_bar,
         )
 
-    def _setup_learn(
-        self,
-        total_timesteps: int,
-        callback: MaybeCallback = None,
-        reset_num_timesteps: bool = True,
-        tb_log_name: str = "run",
-        progress_bar: bool = False,
-    ) -> tuple[int, BaseCallback]:
-        # Every learn() (PPOKL's, MaskablePPO's, RecurrentPPO's) starts here, after a construction, a load() or a
-        # set_parameters(): the default Adam steps with torch's multi-tensor implementation on CPU (the same
-        # parameters, bit for bit, with less overhead; see common/optim.py)
+    def _setup_learn(self, *args: Any, **kwargs: Any) -> tuple[int, BaseCallback]:
+        # Every learn() (PPOKL's, MaskablePPO's, RecurrentPPO's) starts here, also after a load(): on CPU the default
+        # Adam steps with torch's multi-tensor implementation (the same parameters, bit for bit; common/optim.py)
         use_multi_tensor_adam(self.policy.optimizer)
-        return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+        return super()._setup_learn(*args, **kwargs)
 
     def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
         """
