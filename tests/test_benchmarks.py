@@ -237,7 +237,7 @@ def test_finetune_pipeline_resumes_and_summary_renders(tmp_path, capsys):
     tasks = {"CartPole-v1": task}
     methods = list(protocol.METHODS)
     options = protocol.MethodOptions(ref_kl_coef=0.5)
-    finetune(results, tasks, methods, seeds=[0], options=options, workers=1)
+    finetune(results, tasks, {"CartPole-v1": methods}, seeds=[0], options=options, workers=1)
 
     models = {r["kind"]: r for r in read_rows(tmp_path / "finetune_models.csv")}
     assert set(models) == {"expert", "clone", "random"}
@@ -268,11 +268,18 @@ def test_finetune_pipeline_resumes_and_summary_renders(tmp_path, capsys):
         else:
             assert not spec.reference and row["final_ref_kl_coef"] == "" and row["params"] == ""
 
-    finetune(results, tasks, methods, seeds=[0], options=options, workers=1)  # finished rows are skipped
+    finetune(results, tasks, {"CartPole-v1": methods}, seeds=[0], options=options, workers=1)  # finished rows are skipped
     assert len(read_rows(tmp_path / "finetune.csv")) == len(methods)
     assert len(read_rows(tmp_path / "finetune_models.csv")) == 3
     with pytest.raises(ValueError, match="other settings"):
-        finetune(results, tasks, ["ppokl-ref"], seeds=[1], options=protocol.MethodOptions(ref_kl_coef=2.0), workers=1)
+        finetune(
+            results,
+            tasks,
+            {"CartPole-v1": ["ppokl-ref"]},
+            seeds=[1],
+            options=protocol.MethodOptions(ref_kl_coef=2.0),
+            workers=1,
+        )
 
     capsys.readouterr()
     text = report(results)

@@ -78,14 +78,16 @@ def main() -> None:
                 sys.exit(f"error: {error}")
             print(f"{dataset.id}: {dataset.total_episodes} episodes, {dataset.total_steps} steps")
         return
-    methods = args.methods or (list(METHODS) if protocol is None else protocol.methods)
-    task_methods = {} if args.methods or protocol is None else protocol.task_methods
+    # each task's methods: the command line's, else the protocol's for that task, else all
+    methods = {
+        task_id: args.methods or (list(METHODS) if protocol is None else protocol.methods_of(task_id)) for task_id in tasks
+    }
     seeds = args.seeds or (SEEDS if protocol is None else protocol.seeds)
     options = MethodOptions(args.ref_kl_coef)
     if protocol is not None:
         copy_models(ResultsDir(), results, tasks)
     with exit_on_failure():
-        run(results, tasks, methods, seeds, options, models_only=args.models_only, task_methods=task_methods, **dispatch)
+        run(results, tasks, methods, seeds, options, models_only=args.models_only, **dispatch)
 
 
 if __name__ == "__main__":

@@ -244,19 +244,18 @@ def copy_models(source: ResultsDir, results: ResultsDir, tasks: dict[str, Task])
 def run(
     results: ResultsDir,
     tasks: dict[str, Task],
-    methods: list[str],
+    methods: dict[str, list[str]],
     seeds: list[int],
     options: MethodOptions,
     workers: int = 1,
     models_only: bool = False,
     ray_address: str | None = None,
     ray_working_dir: str | Path | None = None,
-    task_methods: dict[str, list[str]] | None = None,
 ) -> None:
     """
     The whole benchmark, resumable, recorded in ``results``: experts and clones (one job per task), then the
-    fine-tuning runs of ``methods`` (a task of ``task_methods``: its own list); in a pool of ``workers`` processes or
-    on the Ray cluster at ``ray_address`` (:func:`~benchmarks.dispatch.run_jobs`).
+    fine-tuning runs of each task's ``methods``; in a pool of ``workers`` processes or on the Ray cluster at
+    ``ray_address`` (:func:`~benchmarks.dispatch.run_jobs`).
     """
     th.set_num_threads(1)
     dispatch = dict(workers=workers, ray_address=ray_address, ray_working_dir=ray_working_dir, describe=_describe)
@@ -279,15 +278,14 @@ def run(
     path = results / RESULTS_CSV
     done = read_rows(path)
     finished = {(r["task"], r["method"], int(r["seed"])) for r in done}
-    plan = {task_id: (task_methods or {}).get(task_id, methods) for task_id in tasks}
     for task_id, task in tasks.items():
-        for method in plan[task_id]:
+        for method in methods[task_id]:
             _check_settings(path, done, task_id, task, method, options)
     jobs = [
         (task_id, task, method, seed, options)
         for seed in seeds
         for task_id, task in tasks.items()
-        for method in plan[task_id]
+        for method in methods[task_id]
         if (task_id, method, seed) not in finished
     ]
     where = f"Ray cluster {ray_address}" if ray_address else f"{workers} workers"
