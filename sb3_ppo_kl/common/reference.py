@@ -131,9 +131,9 @@ def load_policy(source: Any, name: str) -> BasePolicy:
         )
     kwargs = policy_kwargs_of(policy_class, data, data.get("use_sde", False))
     check_policy_size(policy_class, kwargs, "the fields 'policy_class' and 'policy_kwargs'", model_zip.limits, model_zip.how)
-    params = {"policy": model_zip.weights("policy.pth")}
+    weights = model_zip.weights("policy.pth")
     policy = policy_class(**kwargs)
-    policy.load_state_dict(params["policy"])  # type: ignore[arg-type]  # SB3 types its state dicts as tensors
+    policy.load_state_dict(weights)  # type: ignore[arg-type]  # SB3 types its state dicts as tensors
     return policy
 
 
