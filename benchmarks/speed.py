@@ -55,14 +55,15 @@ def _ppo(clip: bool | None, multi_tensor_adam: bool = False) -> Callable[[str, i
         from stable_baselines3.common.env_util import make_vec_env
 
         from sb3_ppo_kl import PPOKL
+        from sb3_ppo_kl.common.optim import use_multi_tensor_adam
 
         env = make_vec_env(env_id, n_envs=1, seed=seed)
         # SB3 PPO's defaults, which are PPOKL's too: n_steps=2048, batch_size=64, n_epochs=10, lr=3e-4
         if clip is None:
-            if multi_tensor_adam:  # SB3's Adam (eps 1e-5) with torch's multi-tensor step, as PPOKL steps on CPU
-                policy_kwargs = dict(optimizer_kwargs=dict(eps=1e-5, foreach=True))
-                return PPO("MlpPolicy", env, seed=seed, device="cpu", policy_kwargs=policy_kwargs)
-            return PPO("MlpPolicy", env, seed=seed, device="cpu")
+            model = PPO("MlpPolicy", env, seed=seed, device="cpu")
+            if multi_tensor_adam:  # the multi-tensor step PPOKL's learn() switches its Adam to on CPU
+                use_multi_tensor_adam(model.policy.optimizer)
+            return model
         return PPOKL("MlpPolicy", env, seed=seed, device="cpu", clip_range=0.2 if clip else None)
 
     return make
