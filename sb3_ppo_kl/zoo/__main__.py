@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     register()
     if not _has_option(args, "--num-threads"):
         args += ["--num-threads", "1"]
-    if script == "train" and _algo(args) in ALGOS and not {"-conf", "--conf-file"} & {a.split("=", 1)[0] for a in args}:
+    if script == "train" and _algo(args) in ALGOS and not (_has_option(args, "-conf") or _has_option(args, "--conf-file")):
         args += ["--conf-file", default_config(_algo(args))]
     sys.argv = [f"sb3_ppo_kl.zoo {script}", *args]
     if script == "train":
