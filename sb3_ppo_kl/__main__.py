@@ -26,9 +26,10 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.utils import LinearSchedule
 
 from sb3_ppo_kl import PPOKL
+from sb3_ppo_kl.zoo import SCHEDULED  # PPOKL's own scheduled arguments, as the zoo reads them
 
 # PPOKL's arguments that take a schedule of the progress remaining: the only ones a `lin_<x>` value may set
-SCHEDULES = ("learning_rate", "clip_range", "clip_range_vf", "kl_target", "ref_kl_coef")
+SCHEDULES = ("learning_rate", "clip_range", "clip_range_vf", *SCHEDULED)
 _LIN = re.compile(r"lin_(.+)")
 # How values that are meant as expressions start: one that cannot be read is an error, not a string
 _EXPRESSIONS = ("dict(", "[", "{", "(", "nn.", "th.", "torch.")
