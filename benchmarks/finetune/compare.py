@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.finetune.protocol import METHODS, MODELS_CSV, RESULTS_CSV, Protocol, method_label, methods_with_rows
+from benchmarks.finetune.protocol import MODELS_CSV, RESULTS_CSV, Protocol, method_label, methods_with_rows
 from benchmarks.finetune.report import Curves, read_curves, setup_text
 from benchmarks.results import ResultsDir, read_rows
 
@@ -124,8 +124,7 @@ def _methods(protocol: Protocol, rows: list[dict[str, str]], task_id: str | None
     """The protocol's methods (on ``task_id``, or on any of its tasks), then any other method with rows in the folder
     (removed ones after the others)."""
     tasks = protocol.tasks if task_id is None else [task_id]
-    planned = [m for m in METHODS if any(m in protocol.methods_of(t) for t in tasks)]
-    planned += [m for t in tasks for m in protocol.methods_of(t) if m not in planned]
+    planned = list(dict.fromkeys(m for t in tasks for m in protocol.methods_of(t)))
     return methods_with_rows(planned, rows)
 
 
