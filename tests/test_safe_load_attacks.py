@@ -339,6 +339,24 @@ def test_a_zip_bomb_in_the_weights_is_refused(ppokl_zip, tmp_path):
     assert error.limit == "max_bytes"
 
 
+def test_a_weights_member_of_many_entries_is_checked_in_linear_time(ppokl_zip, tmp_path):
+    # 80,000 empty entries before an oversized one: the check of the inner archive visits each entry once (a lookup of
+    # each name in the list of names took about 9 s at 40,000 entries, growing with the square of their number)
+    entries = _entries(ppokl_zip)
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as archive:
+        for i in range(80_000):
+            archive.writestr(f"archive/empty/{i}", b"")
+        archive.writestr("archive/data/99", b"\0" * (48 * 2**20), compress_type=zipfile.ZIP_DEFLATED)
+    entries["policy.pth"] = inner.getvalue()
+    crafted = _write(tmp_path / "crafted.zip", entries)
+    _bounded(
+        lambda: PPOKL.load(crafted, safe=SafeLoadLimits(max_bytes=32 * 2**20)),
+        r"the member 'policy.pth/archive/data/99' declares an uncompressed size of 50,331,648 bytes",
+        max_seconds=10.0,
+    )
+
+
 def test_a_file_over_the_limit_is_not_read(ppokl_zip):
     size = ppokl_zip.stat().st_size
     _bounded(lambda: PPOKL.load(ppokl_zip, safe=SafeLoadLimits(max_bytes=size - 1)), rf"the file has {size:,} bytes, over")

@@ -42,7 +42,7 @@ import pickletools
 import re
 import warnings
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -241,11 +241,13 @@ def _read_once(path: str | os.PathLike | io.BufferedIOBase, limits: SafeLoadLimi
     return raw
 
 
-def _check_archive(archive: zipfile.ZipFile, names: Iterable[str], owner: str, limits: SafeLoadLimits, how: _Context) -> None:
-    """The declared uncompressed sizes of these members, each and in total, within ``max_bytes``."""
+def _check_archive(
+    archive: zipfile.ZipFile, names: Container[str] | None, owner: str, limits: SafeLoadLimits, how: _Context
+) -> None:
+    """The declared uncompressed sizes of these members (None: all), each and in total, within ``max_bytes``."""
     total = 0
     for info in archive.infolist():
-        if info.filename not in names:
+        if names is not None and info.filename not in names:
             continue
         if info.file_size > limits.max_bytes:
             raise how.over(
@@ -294,7 +296,7 @@ def _torch_load(
     if zipfile.is_zipfile(buffer):
         try:
             with zipfile.ZipFile(buffer) as inner:
-                _check_archive(inner, inner.namelist(), f"{member}/", limits, how)
+                _check_archive(inner, None, f"{member}/", limits, how)
         except zipfile.BadZipFile as error:
             raise how.error("member", member, f"is a damaged torch file ({error})", advise=False) from None
     else:
