@@ -7,7 +7,6 @@ and a *spec*: its class and constructor arguments, from which :func:`build_polic
 module before the weights are loaded into it. The module itself is never pickled.
 """
 
-import inspect
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -25,7 +24,7 @@ from stable_baselines3.common.utils import polyak_update
 from sb3_ppo_kl.common.buffers import KLBufferMixin
 from sb3_ppo_kl.common.checks import check_real, check_schedule, scheduled_value
 from sb3_ppo_kl.common.kl import comparable_distributions, has_analytic_kl
-from sb3_ppo_kl.common.safe_load import ModelZip, check_policy_size, policy_kwargs_of
+from sb3_ppo_kl.common.safe_load import ModelZip, accepts, check_policy_size, policy_kwargs_of, with_lr_schedule
 
 PolicySource = BasePolicy | str | os.PathLike
 
@@ -33,17 +32,6 @@ PolicySource = BasePolicy | str | os.PathLike
 #: won the fine-tuning benchmark on LunarLander-v3 and LunarLanderContinuous-v3 (issues 31 and 45), and ended
 #: under PPO on Walker2d-v5 and HalfCheetah-v5, where it was checked afterwards (issue 46)
 PRETRAINED_REF_TAU = 0.3
-
-
-def _constant_schedule(progress_remaining: float) -> float:
-    """The learning rate a frozen policy is built with: never used (a reference is never optimised)."""
-    del progress_remaining
-    return 0.0
-
-
-def accepts(cls: type, name: str) -> bool:
-    """Whether ``cls``'s constructor has a parameter of this name."""
-    return name in inspect.signature(cls.__init__).parameters  # type: ignore[misc]
 
 
 def policy_spec(policy: BasePolicy) -> dict[str, Any]:
@@ -71,11 +59,7 @@ def policy_spec(policy: BasePolicy) -> dict[str, Any]:
 
 def build_policy(spec: dict[str, Any]) -> BasePolicy:
     """A new policy (random weights, on the CPU) from a :func:`policy_spec`."""
-    policy_class = spec["policy_class"]
-    kwargs = dict(spec["kwargs"])
-    if accepts(policy_class, "lr_schedule"):
-        kwargs["lr_schedule"] = _constant_schedule
-    return policy_class(**kwargs)
+    return spec["policy_class"](**with_lr_schedule(spec["policy_class"], spec["kwargs"]))
 
 
 def freeze(policy: BasePolicy) -> BasePolicy:

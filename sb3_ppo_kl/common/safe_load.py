@@ -709,13 +709,22 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _accepts(cls: type, name: str) -> bool:
+def accepts(cls: type, name: str) -> bool:
+    """Whether ``cls``'s constructor has a parameter of this name."""
     return name in inspect.signature(cls.__init__).parameters  # type: ignore[misc]
 
 
-def _zero(progress_remaining: float) -> float:
+def constant_schedule(progress_remaining: float) -> float:
+    """The learning rate a policy is built with here, never used: a policy built to be sized, or a frozen reference."""
     del progress_remaining
     return 0.0
+
+
+def with_lr_schedule(policy_class: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``kwargs`` with :func:`constant_schedule` as ``lr_schedule`` where ``policy_class`` takes one."""
+    if isinstance(policy_class, type) and accepts(policy_class, "lr_schedule"):
+        return {**kwargs, "lr_schedule": constant_schedule}
+    return dict(kwargs)
 
 
 def policy_kwargs_of(policy_class: Any, objects: dict[str, Any], use_sde: Any) -> dict[str, Any]:
@@ -726,10 +735,9 @@ def policy_kwargs_of(policy_class: Any, objects: dict[str, Any], use_sde: Any) -
     net_arch = policy_kwargs.get("net_arch")
     if isinstance(net_arch, list) and net_arch and isinstance(net_arch[0], dict):
         policy_kwargs["net_arch"] = net_arch[0]  # the format of SB3 < 1.8, as BaseAlgorithm.load converts it
-    kwargs: dict[str, Any] = dict(observation_space=objects.get("observation_space"), action_space=objects.get("action_space"))
-    if isinstance(policy_class, type) and _accepts(policy_class, "lr_schedule"):
-        kwargs["lr_schedule"] = _zero
-    if isinstance(policy_class, type) and _accepts(policy_class, "use_sde") and "use_sde" not in policy_kwargs:
+    spaces = dict(observation_space=objects.get("observation_space"), action_space=objects.get("action_space"))
+    kwargs = with_lr_schedule(policy_class, spaces)
+    if isinstance(policy_class, type) and accepts(policy_class, "use_sde") and "use_sde" not in policy_kwargs:
         kwargs["use_sde"] = bool(use_sde)
     return {**kwargs, **policy_kwargs}
 
@@ -760,9 +768,7 @@ def _check_sizes(objects: dict[str, Any], kwargs: dict[str, Any], env: Any, limi
     if spec is not None:
         if not (isinstance(spec, dict) and isinstance(spec.get("kwargs"), dict)):
             raise how.error("field", "_ref_policy_spec", "is not a reference policy's spec (a dict with its kwargs)")
-        spec_kwargs = dict(spec["kwargs"])
-        if isinstance(spec.get("policy_class"), type) and _accepts(spec["policy_class"], "lr_schedule"):
-            spec_kwargs["lr_schedule"] = _zero
+        spec_kwargs = with_lr_schedule(spec.get("policy_class"), spec["kwargs"])
         check_policy_size(spec.get("policy_class"), spec_kwargs, "the field '_ref_policy_spec' would", limits, how)
 
 
@@ -811,6 +817,5 @@ def prepare_load(
     for key in _PATH_FIELDS:
         if key not in given:
             objects[key] = None  # the caller's, given to load() as a keyword, replaces it after
-    plain = {key: value for key, value in (data or {}).items() if key not in objects}
-    _check_sizes({**plain, **objects}, kwargs, env, limits, model_zip.how)
+    _check_sizes({**(data or {}), **objects}, kwargs, env, limits, model_zip.how)
     return model_zip.as_file(data), objects

@@ -445,7 +445,7 @@ def _instantiable(cls: Any) -> bool:
         return True
     if module == "rl_zoo3.utils" and cls.__name__ == "SimpleLinearSchedule":
         return True
-    return issubclass(cls, KLCoefController) or (module == SCHEDULES_MODULE and cls.__module__ == module)
+    return issubclass(cls, KLCoefController) or module == SCHEDULES_MODULE
 
 
 def names_method(cls: type, key: str) -> bool:
