@@ -203,8 +203,13 @@ def _decode(data: bytes, field: str, how: _Context, limits: SafeLoadLimits) -> A
 
 
 def _first_line(error: BaseException) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()  # no terminal colours
+    text = _plain(error).strip()
     return text.splitlines()[0] if text else ""
+
+
+def _plain(error: BaseException) -> str:
+    """The error's message without terminal colours."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", str(error))
 
 
 # --- the zip ------------------------------------------------------------------------------------------------------
@@ -216,25 +221,31 @@ _READ_MEMBERS = ("data", "system_info.txt", "_stable_baselines3_version")
 _CHUNK = 1 << 20
 
 
+def _read_chunks(stream: Any, size: int) -> list[bytes]:
+    """Up to ``size`` bytes of ``stream``, in chunks: one read of ``size`` would allocate them all at once."""
+    chunks = []
+    while size > 0:
+        chunk = stream.read(min(_CHUNK, size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+    return chunks
+
+
 def _read_once(path: str | os.PathLike | io.BufferedIOBase, limits: SafeLoadLimits, how: _Context) -> bytes:
     """The file's bytes, read once (SB3's rules for a path: ``.zip`` appended if the path does not exist)."""
     file = open_path(path, "r", suffix="zip")  # type: ignore[arg-type]
-    chunks: list[bytes] = []
-    total = 0
     try:
         with contextlib.suppress(OSError, AttributeError, io.UnsupportedOperation):
             size = os.fstat(file.fileno()).st_size
             if size > limits.max_bytes:
                 raise how.over("", "the file", "has", size, limits, "max_bytes", " bytes")
-        while total <= limits.max_bytes:  # in chunks: a read of max_bytes would allocate them all
-            chunk = file.read(min(_CHUNK, limits.max_bytes + 1 - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
+        chunks = _read_chunks(file, limits.max_bytes + 1)  # one byte over the limit tells a file over it
     finally:
         if isinstance(path, (str, os.PathLike)):
             file.close()
+    total = sum(map(len, chunks))
     if total > limits.max_bytes:
         raise how.over("", "the file", "has more than", limits.max_bytes, limits, "max_bytes", " bytes")
     raw = b"".join(chunks)
@@ -272,15 +283,8 @@ def _read_member(archive: zipfile.ZipFile, name: str) -> bytes:
     once, whatever the member declares, so that a member whose header lies would be inflated in full first.
     """
     info = archive.getinfo(name)
-    chunks = []
-    left = info.file_size
     with archive.open(info) as member:
-        while left > 0:
-            chunk = member.read(min(_CHUNK, left))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
+        chunks = _read_chunks(member, info.file_size)
         member.read(1)  # at the end: zipfile checks the CRC (a member longer than it declares fails it)
     return b"".join(chunks)
 
@@ -305,7 +309,7 @@ def _torch_load(
     try:
         return th.load(buffer, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 (torch's refusal (an UnpicklingError) or a damaged file)
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+        text = _plain(error)
         found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
         if found is not None:
             refused = shown(found.group(1))
@@ -371,7 +375,6 @@ class ModelZip:
     data: dict[str, Any] | None
     limits: SafeLoadLimits
     how: _Context
-    _weights: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod
     def read(
@@ -449,9 +452,7 @@ class ModelZip:
         """The ``*.pth`` member ``name`` read by ``torch.load(weights_only=True)`` (None if absent)."""
         if name not in self.members:
             return None
-        if name not in self._weights:
-            self._weights[name] = _torch_load(self.members[name], name, self.how, self.limits)
-        return self._weights[name]
+        return _torch_load(self.members[name], name, self.how, self.limits)  # not kept: SB3's load reads them again
 
     def check_weights(self) -> None:
         """Read every ``*.pth`` member as :meth:`weights` does: a refusal names the member."""
