@@ -15,15 +15,18 @@ faster). The pairs:
 - ``lstm``: RecurrentPPOKL against RecurrentPPO on CartPole-v1 with 8 envs, n_steps 128, batch_size 256,
   10 epochs, lr 7e-4, LSTM 64;
 - ``finite_check``: the cost of PPOKL's check of the environment's observations and rewards
-  (``check_finite_env``): PPOKL with it against PPOKL without it, on CartPole-v1 (the cheapest step, so the
-  largest share), one env, SB3 PPO's defaults. Not in the default set of pairs.
+  (``check_finite_env``): PPOKL with it against PPOKL without it, both without torch's distribution checks, on
+  CartPole-v1 (the cheapest step, so the largest share), one env, SB3 PPO's defaults. Not in the default set of
+  pairs.
 - ``HalfCheetah-v5``: PPOKL against SB3 PPO on the paper's protocol (one env, n_steps 2048, batch_size 64, 10 epochs,
   lr 3e-4: SB3 PPO's defaults). Not in the default set (MuJoCo).
 
-On CPU PPOKL steps its default Adam with torch's multi-tensor implementation (the same parameters, bit for bit:
-``sb3_ppo_kl/common/optim.py``), which SB3 PPO does not. The Pendulum-v1 and HalfCheetah-v5 pairs therefore also run
-``ppo_foreach``, SB3 PPO with that same step, and report ours against it too: PPOKL's own extra work per step,
-apart from the optimizer.
+PPOKL's ``learn()`` makes two torch settings SB3 PPO does not, neither of which changes a number: on CPU it steps its
+default Adam with torch's multi-tensor implementation (``sb3_ppo_kl/common/optim.py``), and while it checks the
+environment's outputs it skips torch's checks of the action distributions (``distribution_validation_skipped`` in
+``sb3_ppo_kl/common/finite.py``). The Pendulum-v1 and HalfCheetah-v5 pairs therefore also run ``ppo_foreach``, SB3 PPO
+with the first, and ``ppo_as_ppokl``, SB3 PPO with both, and report ours against them too: against ``ppo_as_ppokl``
+the ratio is PPOKL's own extra work per step.
 
 Besides the ratio of the medians, every pair reports the median of the per-round ratios (``ratio_pairs_...``: round r's
 ours over round r's original, the two run side by side), and where the time goes: the seconds per 1000 steps spent in
@@ -49,7 +52,20 @@ import torch as th
 from benchmarks.results import ResultsDir
 
 
-def _ppo(clip: bool | None, multi_tensor_adam: bool = False) -> Callable[[str, int], Any]:
+def _skip_validation(model: Any) -> None:
+    """Let ``model.learn()`` run without torch's checks of distribution arguments, as PPOKL's does by default."""
+    from sb3_ppo_kl.common.finite import distribution_validation_skipped
+
+    learn = model.learn
+
+    def learn_unvalidated(*args: Any, **kwargs: Any) -> Any:
+        with distribution_validation_skipped(True):
+            return learn(*args, **kwargs)
+
+    model.learn = learn_unvalidated
+
+
+def _ppo(clip: bool | None, multi_tensor_adam: bool = False, unvalidated: bool = False) -> Callable[[str, int], Any]:
     def make(env_id: str, seed: int) -> Any:
         from stable_baselines3 import PPO
         from stable_baselines3.common.env_util import make_vec_env
@@ -63,6 +79,8 @@ def _ppo(clip: bool | None, multi_tensor_adam: bool = False) -> Callable[[str, i
             model = PPO("MlpPolicy", env, seed=seed, device="cpu")
             if multi_tensor_adam:  # the multi-tensor step PPOKL's learn() switches its Adam to on CPU
                 use_multi_tensor_adam(model.policy.optimizer)
+            if unvalidated:  # torch's distribution checks, which PPOKL's learn() skips while it checks the env
+                _skip_validation(model)
             return model
         return PPOKL("MlpPolicy", env, seed=seed, device="cpu", clip_range=0.2 if clip else None)
 
@@ -77,6 +95,8 @@ def _finite_check(check: bool) -> Callable[[str, int], Any]:
 
         model = PPOKL("MlpPolicy", make_vec_env(env_id, n_envs=1, seed=seed), seed=seed, device="cpu")
         model.check_finite_env = check
+        if not check:  # without the check PPOKL has torch validate its distributions: skip that too, as with it
+            _skip_validation(model)
         return model
 
     return make
@@ -115,12 +135,21 @@ PAIRS: dict[str, tuple[str, dict[str, Callable[[str, int], Any]]]] = {
     "CartPole-v1": ("CartPole-v1", {"ppo": _ppo(None), "ppo_kl": _ppo(False), "ppo_kl_clip": _ppo(True)}),
     "Pendulum-v1": (
         "Pendulum-v1",
-        {"ppo": _ppo(None), "ppo_kl": _ppo(False), "ppo_kl_clip": _ppo(True), "ppo_foreach": _ppo(None, True)},
+        {
+            "ppo": _ppo(None),
+            "ppo_kl": _ppo(False),
+            "ppo_kl_clip": _ppo(True),
+            "ppo_foreach": _ppo(None, True),
+            "ppo_as_ppokl": _ppo(None, True, True),
+        },
     ),
     "mask": ("InvalidActionEnvDiscrete", {"maskable_ppo": _maskable(False), "maskable_ppo_kl": _maskable(True)}),
     "lstm": ("CartPole-v1", {"recurrent_ppo": _recurrent(False), "recurrent_ppo_kl": _recurrent(True)}),
     "finite_check": ("CartPole-v1", {"ppo_kl_unchecked": _finite_check(False), "ppo_kl": _finite_check(True)}),
-    "HalfCheetah-v5": ("HalfCheetah-v5", {"ppo": _ppo(None), "ppo_kl": _ppo(False), "ppo_foreach": _ppo(None, True)}),
+    "HalfCheetah-v5": (
+        "HalfCheetah-v5",
+        {"ppo": _ppo(None), "ppo_kl": _ppo(False), "ppo_foreach": _ppo(None, True), "ppo_as_ppokl": _ppo(None, True, True)},
+    ),
 }
 
 
@@ -157,8 +186,8 @@ def measure(pair: str, rounds: int, timesteps: int) -> dict[str, Any]:
     rollout_k = {
         name: 1000 * statistics.median(a - u for a, u in zip(times[name], updates[name])) / timesteps for name in names
     }
-    # the ratios of every other algorithm to the first; and of ours to SB3 PPO with the multi-tensor Adam, if run
-    baselines = [names[0]] + [name for name in names if name.endswith("_foreach")]
+    # the ratios of every other algorithm to the first; and of ours to SB3 PPO with PPOKL's torch settings, if run
+    baselines = [names[0]] + [name for name in names if name in ("ppo_foreach", "ppo_as_ppokl")]
     compared = [(name, base) for base in baselines for name in names if name != base and name not in baselines]
     ratios = {f"ratio_{name}_to_{base}": per_k[name] / per_k[base] for name, base in compared}
     pairs = {

@@ -287,3 +287,23 @@ def test_finetune_pipeline_resumes_and_summary_renders(tmp_path, capsys):
     for method in methods:
         assert f"| {method} | 0 |" in text and f"| **{method}** | **mean** |" in text
     assert (tmp_path / "finetune_CartPole-v1.png").stat().st_size > 0
+
+
+def test_speed_baseline_as_ppokl_makes_ppokl_s_two_torch_settings():
+    """`ppo_as_ppokl` is SB3 PPO with the multi-tensor Adam and torch's distribution checks skipped during learn()."""
+    from stable_baselines3.common.callbacks import BaseCallback
+    from torch.distributions import Distribution
+
+    from benchmarks.speed import PAIRS
+
+    seen = set()
+
+    class Record(BaseCallback):
+        def _on_step(self) -> bool:
+            seen.add(Distribution._validate_args)
+            return True
+
+    model = PAIRS["Pendulum-v1"][1]["ppo_as_ppokl"]("CartPole-v1", 0)
+    assert type(model) is PPO and model.policy.optimizer.param_groups[0]["foreach"] is True
+    model.learn(16, callback=Record())
+    assert seen == {False} and Distribution._validate_args

@@ -6,8 +6,10 @@ import pytest
 import torch as th
 from gymnasium import spaces
 from sb3_contrib.common.wrappers import ActionMasker
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.envs import SimpleMultiObsEnv
 from stable_baselines3.common.vec_env import DummyVecEnv
+from torch.distributions import Distribution
 
 from sb3_ppo_kl import PPOKL, MaskablePPOKL, NonFiniteError, RecurrentPPOKL
 from sb3_ppo_kl.common.finite import _all_finite, _non_finite
@@ -233,6 +235,64 @@ def test_the_check_can_be_turned_off():
     with pytest.raises(ValueError, match="Expected parameter loc") as error:
         model.learn(64)
     assert not isinstance(error.value, NonFiniteError)
+
+
+class _RecordValidation(BaseCallback):
+    """Whether torch validated distribution arguments at each step of learn()."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def _on_step(self) -> bool:
+        self.seen.add(Distribution._validate_args)
+        return True
+
+
+def _variant(algo, env_id="CartPole-v1", **kwargs):
+    env = gym.make(env_id)
+    if algo is MaskablePPOKL:
+        env = ActionMasker(env, lambda env: np.ones(2, dtype=bool))
+    policy = "MlpLstmPolicy" if algo is RecurrentPPOKL else "MlpPolicy"
+    return algo(policy, DummyVecEnv([lambda: env]), n_steps=32, batch_size=32, n_epochs=1, seed=0, **kwargs)
+
+
+@pytest.mark.parametrize("algo", [PPOKL, MaskablePPOKL, RecurrentPPOKL])
+def test_torch_validation_is_skipped_during_learn_while_the_check_is_on(algo):
+    assert Distribution._validate_args  # torch's default outside python -O
+    model, recorder = _variant(algo), _RecordValidation()
+    model.learn(64, callback=recorder)
+    assert recorder.seen == {False}
+    assert Distribution._validate_args  # restored
+    model.check_finite_env, recorder = False, _RecordValidation()
+    model.learn(64, callback=recorder)
+    assert recorder.seen == {True}
+
+
+def test_torch_validation_is_restored_when_learn_raises_and_a_user_setting_is_kept():
+    with pytest.raises(NonFiniteError):
+        PPOKL("MlpPolicy", _two_envs("Pendulum-v1", 5, "reward"), n_steps=32, batch_size=64, seed=0).learn(64)
+    assert Distribution._validate_args
+    Distribution.set_default_validate_args(False)  # a user's own choice, with the check off, is left alone
+    try:
+        model, recorder = _variant(PPOKL), _RecordValidation()
+        model.check_finite_env = False
+        model.learn(64, callback=recorder)
+        assert recorder.seen == {False} and not Distribution._validate_args
+    finally:
+        Distribution.set_default_validate_args(True)
+
+
+@pytest.mark.parametrize("algo", [PPOKL, MaskablePPOKL, RecurrentPPOKL])
+def test_the_check_and_skipped_validation_change_no_number(algo):
+    """With the check (and torch's validation skipped) or without (torch's validation on): the same parameters."""
+    checked = _variant(algo).learn(96)  # each built right before its learn(): both sample from torch's global RNG
+    unchecked = _variant(algo)
+    unchecked.check_finite_env = False
+    unchecked.learn(96)
+    for a, b in zip(checked.policy.parameters(), unchecked.policy.parameters(), strict=True):
+        assert th.equal(a, b)
+    assert checked.kl_coef == unchecked.kl_coef
 
 
 def test_finite_values_whose_sum_overflows_are_not_reported():

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from sb3_ppo_kl.common.atomic import atomic_write, save_target
 from sb3_ppo_kl.common.buffers import KLBufferMixin, KLDictRolloutBuffer, KLRolloutBuffer
 from sb3_ppo_kl.common.checks import check_ppo_hyperparameters, check_real, check_rollout_size, described
-from sb3_ppo_kl.common.finite import CheckFiniteCallback, NonFiniteError
+from sb3_ppo_kl.common.finite import CheckFiniteCallback, NonFiniteError, distribution_validation_skipped
 from sb3_ppo_kl.common.kl import (
     KLCoefController,
     make_kl_controller,
@@ -118,9 +118,9 @@ class PPOKL(RolloutKLMixin, ReferencePolicyMixin, OnPolicyAlgorithm):
         fast the policy drifts, not how far. ``ref_tau=1`` resets the reference to the policy. It needs
         ``ref_policy`` of the policy's architecture (the same state-dict keys and shapes, which
         :meth:`from_pretrained` gives); another is refused. :meth:`from_pretrained` defaults to ``ref_tau=0.3``,
-        the setting that won the fine-tuning benchmark. ``train/ref_kl`` is the KL to the moving reference
-        (before its move), ``train/ref_updates`` the number of moves so far; the moved reference is what ``save()``
-        keeps.
+        chosen on the fine-tuning benchmark's LunarLander tasks (its docstring says where it did worse).
+        ``train/ref_kl`` is the KL to the moving reference (before its move), ``train/ref_updates`` the number of
+        moves so far; the moved reference is what ``save()`` keeps.
     :param clip_range: None (default) for pure PPO1. A float or schedule adds PPO2's ratio clipping on
         top of the penalty (as RLlib does).
     :param clip_range_vf: Clipping of the value function update, as in SB3 PPO. None (default): no clipping.
@@ -171,7 +171,9 @@ class PPOKL(RolloutKLMixin, ReferencePolicyMixin, OnPolicyAlgorithm):
     rollout_buffer: KLBufferMixin  # type: ignore[assignment]
     #: Check every observation and reward the environment returns during ``learn()``, and raise
     #: :class:`~sb3_ppo_kl.NonFiniteError` naming the env and the step at the first non-finite one (see
-    #: :class:`~sb3_ppo_kl.common.finite.CheckFiniteCallback`). Set ``model.check_finite_env = False`` to skip it.
+    #: :class:`~sb3_ppo_kl.common.finite.CheckFiniteCallback`). While it is on, torch's own checks of the action
+    #: distributions are skipped (:func:`~sb3_ppo_kl.common.finite.distribution_validation_skipped`). Set
+    #: ``model.check_finite_env = False`` to skip the check and have torch's back, as in SB3 PPO.
     check_finite_env: bool = True
 
     def __init__(
@@ -534,14 +536,15 @@ class PPOKL(RolloutKLMixin, ReferencePolicyMixin, OnPolicyAlgorithm):
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
     ) -> SelfPPOKL:
-        return super().learn(
-            total_timesteps=total_timesteps,
-            callback=callback,
-            log_interval=log_interval,
-            tb_log_name=tb_log_name,
-            reset_num_timesteps=reset_num_timesteps,
-            progress_bar=progress_bar,
-        )
+        with distribution_validation_skipped(self.check_finite_env):
+            return super().learn(
+                total_timesteps=total_timesteps,
+                callback=callback,
+                log_interval=log_interval,
+                tb_log_name=tb_log_name,
+                reset_num_timesteps=reset_num_timesteps,
+                progress_bar=progress_bar,
+            )
 
     def _setup_learn(self, *args: Any, **kwargs: Any) -> tuple[int, BaseCallback]:
         # Every learn() (PPOKL's, MaskablePPO's, RecurrentPPO's) starts here, also after a load(): on CPU the default

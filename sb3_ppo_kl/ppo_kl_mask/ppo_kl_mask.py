@@ -12,6 +12,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 
 from sb3_ppo_kl.common.buffers import KLMaskableDictRolloutBuffer, KLMaskableRolloutBuffer
+from sb3_ppo_kl.common.finite import distribution_validation_skipped
 from sb3_ppo_kl.common.kl import KLCoefController
 from sb3_ppo_kl.common.reference import PolicySource
 from sb3_ppo_kl.ppo_kl.ppo_kl import PPOKL
@@ -236,13 +237,14 @@ class MaskablePPOKL(PPOKL, MaskablePPO):  # type: ignore[misc]
         use_masking: bool = True,
         progress_bar: bool = False,
     ) -> SelfMaskablePPOKL:
-        return MaskablePPO.learn(  # type: ignore[return-value]
-            self,
-            total_timesteps=total_timesteps,
-            callback=callback,
-            log_interval=log_interval,
-            tb_log_name=tb_log_name,
-            reset_num_timesteps=reset_num_timesteps,
-            use_masking=use_masking,
-            progress_bar=progress_bar,
-        )
+        with distribution_validation_skipped(self.check_finite_env):
+            return MaskablePPO.learn(  # type: ignore[return-value]
+                self,
+                total_timesteps=total_timesteps,
+                callback=callback,
+                log_interval=log_interval,
+                tb_log_name=tb_log_name,
+                reset_num_timesteps=reset_num_timesteps,
+                use_masking=use_masking,
+                progress_bar=progress_bar,
+            )

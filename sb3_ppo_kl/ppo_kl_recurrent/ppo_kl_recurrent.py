@@ -12,6 +12,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 
 from sb3_ppo_kl.common.buffers import KLRecurrentDictRolloutBuffer, KLRecurrentRolloutBuffer
+from sb3_ppo_kl.common.finite import distribution_validation_skipped
 from sb3_ppo_kl.common.kl import KLCoefController, distribution_params
 from sb3_ppo_kl.common.reference import PolicySource
 from sb3_ppo_kl.common.rollout import FULL_PASS_BATCH_SIZE
@@ -273,15 +274,16 @@ class RecurrentPPOKL(PPOKL, RecurrentPPO):  # type: ignore[misc]
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
     ) -> SelfRecurrentPPOKL:
-        return RecurrentPPO.learn(  # type: ignore[return-value]
-            self,
-            total_timesteps=total_timesteps,
-            callback=callback,
-            log_interval=log_interval,
-            tb_log_name=tb_log_name,
-            reset_num_timesteps=reset_num_timesteps,
-            progress_bar=progress_bar,
-        )
+        with distribution_validation_skipped(self.check_finite_env):
+            return RecurrentPPO.learn(  # type: ignore[return-value]
+                self,
+                total_timesteps=total_timesteps,
+                callback=callback,
+                log_interval=log_interval,
+                tb_log_name=tb_log_name,
+                reset_num_timesteps=reset_num_timesteps,
+                progress_bar=progress_bar,
+            )
 
 
 def recurrent_reference_dist_params(
