@@ -228,6 +228,22 @@ def test_the_variants_name_a_non_finite_observation(tmp_path, algo):
     _assert_saveable_with_finite_parameters(model, tmp_path / "model")
 
 
+@pytest.mark.parametrize("algo", [PPOKL, RecurrentPPOKL])
+def test_a_non_finite_action_is_named_as_the_policy_s(algo):
+    """With torch's checks skipped, a NaN the policy makes itself is refused after its step, naming the policy."""
+    policy = "MlpLstmPolicy" if algo is RecurrentPPOKL else "MlpPolicy"
+    model = algo(policy, DummyVecEnv([lambda: gym.make("Pendulum-v1")] * 2), n_steps=32, batch_size=64, seed=0)
+    model.learn(64)
+    with th.no_grad():  # parameters made non-finite from outside: training itself refuses a non-finite step
+        model.policy.action_net.bias[0] = float("nan")
+    message = (
+        r"the policy chose a non-finite action \(nan at index \(0,\)\) for env 0 \(of 2\); .* for env 1 \(of 2\), at step 1"
+    )
+    with pytest.raises(NonFiniteError, match=message):
+        model.learn(64, reset_num_timesteps=False)
+    assert model.rollout_buffer.pos == 0  # the step never entered the buffer
+
+
 def test_the_check_can_be_turned_off():
     """Without it, a NaN observation reaches the policy, where torch refuses it (SB3's own behaviour)."""
     model = PPOKL("MlpPolicy", _two_envs("Pendulum-v1", 5, "observation"), n_steps=32, batch_size=64, seed=0)

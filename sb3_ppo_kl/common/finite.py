@@ -90,8 +90,10 @@ def distribution_validation_skipped(skip: bool) -> Iterator[None]:
     speed section of the benchmarks guide). PPOKL's ``learn()`` skips them while ``check_finite_env`` is on: a NaN
     from the environment is then refused before it reaches the policy, and an update whose loss or gradient is not
     finite is refused before its step, so the parameters stay finite. What torch's checks would still have caught
-    is a NaN made inside the network from finite inputs (an overflow); it is refused at the next update's guard
-    instead of at the step. Validation changes no number: the checks only read.
+    is a NaN the policy makes from finite inputs (parameters made non-finite from outside, or an overflow in the
+    network): :class:`CheckFiniteCallback` refuses the action it chose, naming the policy, right after that step
+    instead of before it (a categorical distribution's sampling refuses it itself), and in an update the guard
+    refuses the step. Validation changes no number: the checks only read.
     """
     if not skip:
         yield
@@ -113,11 +115,14 @@ class CheckFiniteCallback(BaseCallback):
     :meth:`~sb3_ppo_kl.PPOKL._init_callback`), and checks:
 
     - at the start of ``learn()``: the first observation (from ``reset()``);
-    - after every ``env.step()``: the new observations (every key of a Dict observation), the rewards, and the
+    - after every ``env.step()``: the actions the policy chose (a non-finite one is the policy's, not the
+      environment's: torch's own check of the action distribution, which would have refused it, is skipped while
+      this check runs), the new observations (every key of a Dict observation), the rewards, and the
       ``terminal_observation`` of every env whose episode ended (SB3 bootstraps a truncated episode through it).
 
     The check runs before the step enters the rollout buffer and before the next forward pass of the policy. Its
-    cost is a sum over the observations and one over the rewards per step (see the speed guide in the docs).
+    cost is a sum over the actions, one over the observations and one over the rewards per step (see the speed guide
+    in the docs).
 
     :param callback: the callback to call after the checks, already initialised (``init_callback`` called)
     """
@@ -145,6 +150,9 @@ class CheckFiniteCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         step = self._step_locals
+        actions = step.get("actions")
+        if actions is not None and not _all_finite(actions):
+            self._raise_action(_non_finite(np.asarray(actions), "action", per_env=True))
         if not (_all_finite(step["new_obs"]) and _all_finite(step["rewards"])):
             self._raise(
                 _non_finite(step["new_obs"], "observation", per_env=True)
@@ -175,6 +183,19 @@ class CheckFiniteCallback(BaseCallback):
             "or reached the policy; the model's parameters are those of the last update and it can be saved. Look for "
             "the cause in the environment and its wrappers (SB3's VecCheckNan wrapper also names the action that led to "
             "it)."
+        )
+
+    def _raise_action(self, found: list[tuple[int, str]]) -> None:
+        """Raise NonFiniteError for a non-finite action the policy chose; nothing when ``found`` is empty."""
+        if not found:
+            return
+        n_envs = self.training_env.num_envs
+        chose = "; ".join(f"{text} for env {env} (of {n_envs})" for env, text in found)
+        raise NonFiniteError(
+            f"{type(self.model).__name__}: the policy chose {chose}, at step {self.n_calls} of this learn() call "
+            f"(num_timesteps={self.model.num_timesteps}). Training stopped before it entered the rollout buffer. The "
+            "environment's values before it were finite: look for non-finite parameters of the policy or an overflow "
+            "in its network."
         )
 
 
