@@ -169,8 +169,8 @@ class PPOKL(RolloutKLMixin, ReferencePolicyMixin, OnPolicyAlgorithm):
         KLDictRolloutBuffer,
     )
     rollout_buffer: KLBufferMixin  # type: ignore[assignment]
-    #: Check every observation and reward the environment returns during ``learn()``, and raise
-    #: :class:`~sb3_ppo_kl.NonFiniteError` naming the env and the step at the first non-finite one (see
+    #: Check every observation and reward the environment returns during ``learn()`` (and every action the policy
+    #: chooses), and raise :class:`~sb3_ppo_kl.NonFiniteError` naming the env and the step at the first non-finite one (see
     #: :class:`~sb3_ppo_kl.common.finite.CheckFiniteCallback`). While it is on, torch's own checks of the action
     #: distributions are skipped (:func:`~sb3_ppo_kl.common.finite.distribution_validation_skipped`). Set
     #: ``model.check_finite_env = False`` to skip the check and have torch's back, as in SB3 PPO.
