@@ -152,7 +152,7 @@ class CheckFiniteCallback(BaseCallback):
         step = self._step_locals
         actions = step.get("actions")
         if actions is not None and not _all_finite(actions):
-            self._raise_action(_non_finite(np.asarray(actions), "action", per_env=True))
+            self._raise_action(_non_finite(actions, "action", per_env=True))
         if not (_all_finite(step["new_obs"]) and _all_finite(step["rewards"])):
             self._raise(
                 _non_finite(step["new_obs"], "observation", per_env=True)
@@ -176,7 +176,7 @@ class CheckFiniteCallback(BaseCallback):
         if not found:
             return
         n_envs = self.training_env.num_envs
-        when = when or f"at step {self.n_calls} of this learn() call (num_timesteps={self.model.num_timesteps})"
+        when = when or self._at_this_step()
         returned = "; ".join(f"env {env} (of {n_envs}) returned {text}" for env, text in found)
         raise NonFiniteError(
             f"{type(self.model).__name__}: {returned}, {when}. Training stopped before it entered the rollout buffer "
@@ -192,11 +192,13 @@ class CheckFiniteCallback(BaseCallback):
         n_envs = self.training_env.num_envs
         chose = "; ".join(f"{text} for env {env} (of {n_envs})" for env, text in found)
         raise NonFiniteError(
-            f"{type(self.model).__name__}: the policy chose {chose}, at step {self.n_calls} of this learn() call "
-            f"(num_timesteps={self.model.num_timesteps}). Training stopped before it entered the rollout buffer. The "
-            "environment's values before it were finite: look for non-finite parameters of the policy or an overflow "
-            "in its network."
+            f"{type(self.model).__name__}: the policy chose {chose}, {self._at_this_step()}. Training stopped before it "
+            "entered the rollout buffer. The environment's values before it were finite: look for non-finite parameters "
+            "of the policy or an overflow in its network."
         )
+
+    def _at_this_step(self) -> str:
+        return f"at step {self.n_calls} of this learn() call (num_timesteps={self.model.num_timesteps})"
 
 
 def _as_arrays(observation: Any) -> Any:
