@@ -208,20 +208,21 @@ def test_a_non_finite_dict_observation_names_its_key():
         model.learn(64)
 
 
+def _variant(algo, make_envs=(lambda: gym.make("CartPole-v1"),), n_steps=32, batch_size=32, n_epochs=1, **kwargs):
+    """PPOKL or a variant with its MLP policy on these envs (for MaskablePPOKL with every action of CartPole valid)."""
+    if algo is MaskablePPOKL:
+        make_envs = [lambda make=make: ActionMasker(make(), lambda env: np.ones(2, dtype=bool)) for make in make_envs]
+    policy = "MlpLstmPolicy" if algo is RecurrentPPOKL else "MlpPolicy"
+    venv = DummyVecEnv(list(make_envs))
+    return algo(policy, venv, n_steps=n_steps, batch_size=batch_size, n_epochs=n_epochs, seed=0, **kwargs)
+
+
 @pytest.mark.parametrize("algo", [MaskablePPOKL, RecurrentPPOKL])
 def test_the_variants_name_a_non_finite_observation(tmp_path, algo):
     def make(at):
-        env = NaNAt(gym.make("CartPole-v1"), at, "observation")
-        return ActionMasker(env, lambda env: np.ones(2, dtype=bool)) if algo is MaskablePPOKL else env
+        return lambda: NaNAt(gym.make("CartPole-v1"), at, "observation")
 
-    model = algo(
-        "MlpLstmPolicy" if algo is RecurrentPPOKL else "MlpPolicy",
-        DummyVecEnv([lambda: make(0), lambda: make(20)]),
-        n_steps=16,
-        batch_size=32,
-        n_epochs=1,
-        seed=0,
-    )
+    model = _variant(algo, [make(0), make(20)], n_steps=16)
     message = rf"{algo.__name__}: env 1 \(of 2\) returned a non-finite observation \(nan at index \(1,\)\), at step 20 of"
     with pytest.raises(NonFiniteError, match=message):
         model.learn(128)
@@ -231,8 +232,7 @@ def test_the_variants_name_a_non_finite_observation(tmp_path, algo):
 @pytest.mark.parametrize("algo", [PPOKL, RecurrentPPOKL])
 def test_a_non_finite_action_is_named_as_the_policy_s(algo):
     """With torch's checks skipped, a NaN the policy makes itself is refused after its step, naming the policy."""
-    policy = "MlpLstmPolicy" if algo is RecurrentPPOKL else "MlpPolicy"
-    model = algo(policy, DummyVecEnv([lambda: gym.make("Pendulum-v1")] * 2), n_steps=32, batch_size=64, seed=0)
+    model = _variant(algo, [lambda: gym.make("Pendulum-v1")] * 2, batch_size=64, n_epochs=10)
     model.learn(64)
     with th.no_grad():  # parameters made non-finite from outside: training itself refuses a non-finite step
         model.policy.action_net.bias[0] = float("nan")
@@ -263,14 +263,6 @@ class _RecordValidation(BaseCallback):
     def _on_step(self) -> bool:
         self.seen.add(Distribution._validate_args)
         return True
-
-
-def _variant(algo, env_id="CartPole-v1", **kwargs):
-    env = gym.make(env_id)
-    if algo is MaskablePPOKL:
-        env = ActionMasker(env, lambda env: np.ones(2, dtype=bool))
-    policy = "MlpLstmPolicy" if algo is RecurrentPPOKL else "MlpPolicy"
-    return algo(policy, DummyVecEnv([lambda: env]), n_steps=32, batch_size=32, n_epochs=1, seed=0, **kwargs)
 
 
 @pytest.mark.parametrize("algo", [PPOKL, MaskablePPOKL, RecurrentPPOKL])
